@@ -1,0 +1,140 @@
+//! `wazuh-misp demo`: the whole pipeline, offline, with no setup.
+//!
+//! Starts the MISP simulator with a small event set (shipped inside the
+//! binary, in MISP's export format), writes sample alerts (analysisd's
+//! format) into a temporary alerts.json, runs the real daemon against a
+//! temporary queue socket it reads itself, and prints what came out.
+
+use crate::config::{Config, Secret, StartPosition};
+use crate::lookup::MispClient;
+use crate::output::frame;
+use crate::pipeline::Daemon;
+use crate::sim::{MispSim, SimData};
+use crate::stats::Stats;
+use serde_json::Value;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const DEMO_EVENTS: &[&str] = &[
+    include_str!("../config/demo/misp-events/01-emotet-c2.json"),
+    include_str!("../config/demo/misp-events/02-apt28-phishing.json"),
+    include_str!("../config/demo/misp-events/03-ssh-scanners.json"),
+];
+pub const DEMO_WARNINGLIST: &str = include_str!("../config/demo/warninglist-public-dns-v4.json");
+pub const DEMO_ALERTS: &str = include_str!("../config/demo/alerts.jsonl");
+const DEMO_KEY: &str = "demo0000000000000000000000000000000000000";
+
+/// The demo's MISP data set.
+pub fn demo_data() -> SimData {
+    let events = DEMO_EVENTS
+        .iter()
+        .map(|t| serde_json::from_str::<Value>(t).expect("demo events are valid JSON"));
+    let wl: Value = serde_json::from_str(DEMO_WARNINGLIST).expect("demo warninglist is valid JSON");
+    SimData::from_events(events).with_warninglist(&wl)
+}
+
+pub struct DemoOutcome {
+    pub datagrams: Vec<Vec<u8>>,
+    pub stats: Arc<Stats>,
+    pub misp_requests: u64,
+    pub misp_values: u64,
+    pub elapsed: Duration,
+}
+
+/// Runs the demo pipeline and returns what reached the socket.
+pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let mut sim = MispSim::start(&demo_data(), DEMO_KEY).await?;
+
+    let socket_path = dir.path().join("queue");
+    let receiver = tokio::net::UnixDatagram::bind(&socket_path)?;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = receiver.recv(&mut buf).await {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(buf[..n].to_vec());
+        }
+    });
+
+    let alerts_path = dir.path().join("alerts.json");
+    std::fs::write(&alerts_path, b"")?;
+    let mut cfg = Config::default();
+    cfg.input.alerts_file = alerts_path.clone();
+    cfg.input.state_dir = dir.path().join("state");
+    cfg.input.start_position = StartPosition::Beginning;
+    cfg.output.queue_socket = socket_path;
+    cfg.misp.url = sim.url();
+    cfg.misp.api_key = Some(Secret::new(DEMO_KEY));
+    let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key()?)?;
+    let daemon = Daemon::start(cfg, client)?;
+
+    // Append the way analysisd does: one write per alert line.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&alerts_path)?;
+    for line in alerts.lines().filter(|l| !l.trim().is_empty()) {
+        f.write_all(line.as_bytes())?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    let total = std::fs::metadata(&alerts_path)?.len();
+
+    // Done when the checkpointer says every byte is handled: by then every
+    // event has been sent to our socket.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let handled = daemon.checkpoints.committed().map_or(0, |b| b.offset);
+        if handled >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("demo did not finish within 60 s (handled {handled} of {total} bytes)");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = daemon.stats.clone();
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let misp_requests = sim.requests();
+    let misp_values = sim.values_asked();
+    sim.stop().await;
+    // Datagrams already sent are in the socket's queue; give the reader a
+    // moment to take them, then stop it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    reader.abort();
+    let datagrams = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(DemoOutcome {
+        datagrams,
+        stats,
+        misp_requests,
+        misp_values,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Prints each event and a closing summary.
+pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()> {
+    for d in &outcome.datagrams {
+        let Some((queue, location, payload)) = frame::parse(d) else {
+            writeln!(out, "malformed datagram: {}", String::from_utf8_lossy(d))?;
+            continue;
+        };
+        let event: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        writeln!(
+            out,
+            "── datagram: queue {queue}, location {location:?}, {} bytes",
+            d.len()
+        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&event).unwrap_or_default())?;
+    }
+    let s = &outcome.stats;
+    let g = Stats::get;
+    writeln!(out, "── summary")?;
+    writeln!(out, "alerts read:        {}", g(&s.lines_read))?;
+    writeln!(out, "alerts processed:   {} (skipped: {:?})", g(&s.alerts_processed), s.skipped())?;
+    writeln!(out, "IPs looked up:      {} (dedup hits {}, cache hits {})", g(&s.ips_extracted), g(&s.dedup_hits), g(&s.cache_hits))?;
+    writeln!(out, "MISP requests:      {} ({} values)", outcome.misp_requests, outcome.misp_values)?;
+    writeln!(out, "events sent:        {}", g(&s.events_sent))?;
+    writeln!(out, "elapsed:            {:.3} s", outcome.elapsed.as_secs_f64())?;
+    Ok(())
+}

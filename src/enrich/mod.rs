@@ -1,0 +1,618 @@
+//! Stage 6, enrichment: one enriched event for one IP of one alert.
+//!
+//! Pure: the MISP attributes and the clock come in as arguments. The event's
+//! field names are a public contract (Wazuh rules and dashboards key on
+//! them); README.md lists every field.
+
+mod score;
+
+pub use score::threat_score;
+
+use crate::extract::IpHit;
+use crate::lookup::model::{Attribute, Related, Tag};
+use md5::{Digest, Md5};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashMap};
+
+/// Top-level names of the enriched event; a key of the alert's `data` with
+/// one of these names is not copied up.
+const OWN_KEYS: &[&str] = &[
+    "integration",
+    "event_id",
+    "timestamp",
+    "detected_ip",
+    "misp_data",
+    "recommendations",
+    "rule",
+    "agent",
+    "manager",
+    "location",
+    "wazuh_alert_timestamp",
+    "decoder",
+    "misp_error",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrichedEvent {
+    pub integration: &'static str,
+    pub event_id: String,
+    pub timestamp: String,
+    pub detected_ip: DetectedIp,
+    pub misp_data: MispData,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recommendations: Option<Recommendations>,
+    pub rule: RuleContext,
+    pub agent: AgentContext,
+    pub manager: ManagerContext,
+    pub location: String,
+    pub wazuh_alert_timestamp: String,
+    pub decoder: DecoderContext,
+    /// The alert's `data` keys, copied to the top level so that `srcip` and
+    /// friends become Wazuh static fields an active response can use.
+    #[serde(flatten)]
+    pub data: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectedIp {
+    pub value: String,
+    pub direction: &'static str,
+    pub field_path: String,
+    pub raw_context: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MispData {
+    pub attributes: Vec<AggregatedAttribute>,
+    pub events: Vec<EventSummary>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AggregatedAttribute {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+    pub category: String,
+    pub to_ids: bool,
+    pub threat_score: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_score: Option<f64>,
+    pub tags: Vec<TagOut>,
+    pub related_attributes: Vec<RelatedOut>,
+    pub sightings: Sightings,
+    pub associated_misp_event_ids: Vec<String>,
+    pub attribute_timestamps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TagOut {
+    pub name: String,
+    pub color: Option<String>,
+    pub level: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelatedOut {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+    pub category: String,
+    pub relation: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, Default)]
+pub struct Sightings {
+    pub count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventSummary {
+    pub id: String,
+    pub uuid: String,
+    pub info: String,
+    pub date: String,
+    pub analysis: String,
+    pub threat_level_id: String,
+    pub org_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub total_attributes: usize,
+    pub total_events: usize,
+    pub earliest_event_date: Option<String>,
+    pub latest_event_date: Option<String>,
+    pub attribution: Vec<String>,
+    pub threat_types: Vec<String>,
+    pub max_threat_score: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub omitted_attributes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Recommendations {
+    pub priority: &'static str,
+    pub actions: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RuleContext {
+    pub id: String,
+    pub description: String,
+    pub level: Value,
+    pub groups: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AgentContext {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ManagerContext {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DecoderContext {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Wazuh's time format: `2026-11-22T10:00:00.123+0000`.
+pub fn wazuh_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3f%z").to_string()
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+fn string_at(v: &Value, path: &[&str]) -> String {
+    match path.iter().try_fold(v, |v, k| v.get(k)) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `md5(ip|rule.id|alert.timestamp|alert.id)`, lowercase hex. Deterministic,
+/// so a replay after a crash carries the same id.
+pub fn event_id(ip: &str, alert: &Value) -> String {
+    let mut h = Md5::new();
+    h.update(ip.as_bytes());
+    h.update(b"|");
+    h.update(string_at(alert, &["rule", "id"]).as_bytes());
+    h.update(b"|");
+    h.update(string_at(alert, &["timestamp"]).as_bytes());
+    h.update(b"|");
+    h.update(string_at(alert, &["id"]).as_bytes());
+    format!("{:x}", h.finalize())
+}
+
+/// The alert's context, copied into every event made from it.
+#[derive(Debug, Clone)]
+pub struct AlertContext {
+    pub rule: RuleContext,
+    pub agent: AgentContext,
+    pub manager: ManagerContext,
+    pub location: String,
+    pub timestamp: String,
+    pub decoder: DecoderContext,
+    pub data: Map<String, Value>,
+}
+
+impl AlertContext {
+    pub fn from_alert(alert: &Value) -> Self {
+        let data = match alert.get("data") {
+            Some(Value::Object(m)) => m
+                .iter()
+                .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            _ => Map::new(),
+        };
+        AlertContext {
+            rule: RuleContext {
+                id: string_at(alert, &["rule", "id"]),
+                description: string_at(alert, &["rule", "description"]),
+                level: alert
+                    .get("rule")
+                    .and_then(|r| r.get("level"))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+                groups: alert
+                    .get("rule")
+                    .and_then(|r| r.get("groups"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            agent: AgentContext {
+                id: str_at(alert, &["agent", "id"]).unwrap_or("000").to_owned(),
+                name: string_at(alert, &["agent", "name"]),
+                ip: str_at(alert, &["agent", "ip"]).map(str::to_owned),
+            },
+            manager: ManagerContext {
+                name: string_at(alert, &["manager", "name"]),
+            },
+            location: string_at(alert, &["location"]),
+            timestamp: string_at(alert, &["timestamp"]),
+            decoder: DecoderContext {
+                name: str_at(alert, &["decoder", "name"]).map(str::to_owned),
+            },
+            data,
+        }
+    }
+}
+
+fn tags_of(a: &Attribute) -> Vec<TagOut> {
+    // Attribute-level wins when a name appears at both levels.
+    let mut out: Vec<TagOut> = Vec::new();
+    let mut push = |t: &Tag, level: &'static str| {
+        if t.name.is_empty() {
+            return;
+        }
+        match out.iter_mut().find(|o| o.name == t.name) {
+            Some(o) => {
+                if level == "attribute" {
+                    o.level = "attribute";
+                }
+            }
+            None => out.push(TagOut {
+                name: t.name.clone(),
+                color: t.colour.clone(),
+                level,
+            }),
+        }
+    };
+    for t in &a.tags {
+        push(t, if t.inherited { "event" } else { "attribute" });
+    }
+    if let Some(e) = &a.event {
+        for t in &e.tags {
+            push(t, "event");
+        }
+    }
+    out
+}
+
+fn related_of(r: &[Related]) -> Vec<RelatedOut> {
+    r.iter()
+        .map(|r| RelatedOut {
+            kind: r.kind.clone(),
+            value: r.value.clone(),
+            category: r.category.clone(),
+            relation: r.relation.clone(),
+        })
+        .collect()
+}
+
+fn sightings_of(a: &Attribute) -> Sightings {
+    let dates: Vec<i64> = a.sightings.iter().filter_map(|s| s.date).collect();
+    let fmt = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(wazuh_time);
+    let mut sources: Vec<String> = Vec::new();
+    for s in a.sightings.iter().filter_map(|s| s.source.as_ref()) {
+        if !sources.contains(s) {
+            sources.push(s.clone());
+        }
+    }
+    Sightings {
+        count: a.sightings.len(),
+        first_seen: dates.iter().min().and_then(|&t| fmt(t)),
+        last_seen: dates.iter().max().and_then(|&t| fmt(t)),
+        sources,
+    }
+}
+
+/// What makes two attributes "the same" for aggregation.
+#[derive(PartialEq, Eq, Hash)]
+struct GroupKey {
+    kind: String,
+    value: String,
+    category: String,
+    to_ids: bool,
+    threat_score: u32,
+    tags: Vec<(String, &'static str)>,
+    related: Vec<RelatedOut>,
+    sightings: Sightings,
+}
+
+/// Merges attributes that share type, value, category, to_ids, score, tags,
+/// related attributes and sightings into one entry listing every event id
+/// and timestamp of the group. Keeps the order groups were first seen in.
+pub fn aggregate(attributes: &[Attribute]) -> Vec<AggregatedAttribute> {
+    let mut groups: Vec<AggregatedAttribute> = Vec::new();
+    let mut index: HashMap<GroupKey, usize> = HashMap::new();
+    for a in attributes {
+        let tags = tags_of(a);
+        let score = threat_score(&a.category, a.to_ids, tags.iter().map(|t| t.name.as_str()));
+        let mut related = related_of(&a.related);
+        let sightings = sightings_of(a);
+        let mut tag_key: Vec<_> = tags.iter().map(|t| (t.name.clone(), t.level)).collect();
+        tag_key.sort();
+        related.sort();
+        let key = GroupKey {
+            kind: a.kind.clone(),
+            value: a.value.clone(),
+            category: a.category.clone(),
+            to_ids: a.to_ids,
+            threat_score: score,
+            tags: tag_key,
+            related: related.clone(),
+            sightings: sightings.clone(),
+        };
+        let event_id = if a.event_id.is_empty() {
+            a.event.as_ref().map(|e| e.id.clone()).unwrap_or_default()
+        } else {
+            a.event_id.clone()
+        };
+        let slot = *index.entry(key).or_insert_with(|| {
+            groups.push(AggregatedAttribute {
+                kind: a.kind.clone(),
+                value: a.value.clone(),
+                category: a.category.clone(),
+                to_ids: a.to_ids,
+                threat_score: score,
+                decay_score: None,
+                tags,
+                related_attributes: related,
+                sightings,
+                associated_misp_event_ids: Vec::new(),
+                attribute_timestamps: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        let g = &mut groups[slot];
+        if !event_id.is_empty() && !g.associated_misp_event_ids.contains(&event_id) {
+            g.associated_misp_event_ids.push(event_id);
+        }
+        if !a.timestamp.is_empty() && !g.attribute_timestamps.contains(&a.timestamp) {
+            g.attribute_timestamps.push(a.timestamp.clone());
+        }
+        if let Some(d) = a.decay_score {
+            g.decay_score = Some(g.decay_score.map_or(d, |m| m.max(d)));
+        }
+    }
+    for g in &mut groups {
+        // Unix times as strings: sort by value, not by text.
+        g.attribute_timestamps
+            .sort_by_key(|t| (t.parse::<i64>().unwrap_or(i64::MAX), t.clone()));
+    }
+    groups
+}
+
+fn events_of(attributes: &[Attribute]) -> Vec<EventSummary> {
+    let mut out: Vec<EventSummary> = Vec::new();
+    for e in attributes.iter().filter_map(|a| a.event.as_ref()) {
+        if out.iter().any(|o| o.id == e.id) {
+            continue;
+        }
+        out.push(EventSummary {
+            id: e.id.clone(),
+            uuid: e.uuid.clone(),
+            info: e.info.clone(),
+            date: e.date.clone(),
+            analysis: e.analysis.clone(),
+            threat_level_id: e.threat_level_id.clone(),
+            org_name: e.org_name.clone(),
+        });
+    }
+    out
+}
+
+const THREAT_KEYWORDS: &[&str] = &[
+    "malware",
+    "ransomware",
+    "apt",
+    "botnet",
+    "phishing",
+    "ddos",
+    "scan",
+];
+
+/// The `X` of `misp-galaxy:threat-actor="X"` or `threat-actor:<any>="X"`.
+fn threat_actor(tag: &str) -> Option<String> {
+    let rest = tag
+        .strip_prefix("misp-galaxy:threat-actor=")
+        .or_else(|| {
+            tag.strip_prefix("threat-actor:")
+                .and_then(|r| r.split_once('=').map(|(_, v)| v))
+        })?;
+    let v = rest.trim().trim_matches('"');
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary {
+    let mut attribution: Vec<String> = Vec::new();
+    let mut types = BTreeSet::new();
+    for t in attrs.iter().flat_map(|a| &a.tags) {
+        if let Some(actor) = threat_actor(&t.name) {
+            if !attribution.contains(&actor) {
+                attribution.push(actor);
+            }
+        }
+        let lower = t.name.to_ascii_lowercase();
+        for k in THREAT_KEYWORDS {
+            if lower.contains(k) {
+                types.insert((*k).to_owned());
+            }
+        }
+        if let Some(colour) = lower.strip_prefix("tlp:") {
+            types.insert(colour.trim().to_owned());
+        }
+    }
+    let dates = events.iter().map(|e| e.date.as_str()).filter(|d| !d.is_empty());
+    Summary {
+        total_attributes: attrs.len(),
+        total_events: events.len(),
+        earliest_event_date: dates.clone().min().map(str::to_owned),
+        latest_event_date: dates.max().map(str::to_owned),
+        attribution,
+        threat_types: types.into_iter().collect(),
+        max_threat_score: attrs.iter().map(|a| a.threat_score).max().unwrap_or(0),
+        truncated: false,
+        omitted_attributes: None,
+    }
+}
+
+pub fn recommendations(max_score: u32) -> Option<Recommendations> {
+    let (priority, actions): (_, &[&'static str]) = match max_score {
+        8.. => (
+            "high",
+            &[
+                "Block the IP address at the perimeter",
+                "Investigate the systems that communicated with this IP",
+                "Preserve evidence (logs, memory, network captures)",
+                "Escalate to the incident response team",
+            ],
+        ),
+        5.. => (
+            "medium",
+            &[
+                "Monitor traffic to and from this IP",
+                "Consider a temporary block",
+                "Review logs for related activity",
+            ],
+        ),
+        1.. => (
+            "low",
+            &[
+                "Watch for unusual patterns involving this IP",
+                "Add the IP to a watchlist",
+            ],
+        ),
+        0 => return None,
+    };
+    Some(Recommendations {
+        priority,
+        actions: actions.to_vec(),
+    })
+}
+
+/// Builds the event for `hit`, or `None` when MISP knows nothing about it.
+pub fn enrich(
+    ctx: &AlertContext,
+    alert: &Value,
+    hit: &IpHit,
+    attributes: &[Attribute],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<EnrichedEvent> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let value = hit.ip.to_string();
+    let aggregated = aggregate(attributes);
+    let events = events_of(attributes);
+    let summary = summarise(&aggregated, &events);
+    Some(EnrichedEvent {
+        integration: "misp",
+        event_id: event_id(&value, alert),
+        timestamp: wazuh_time(now),
+        detected_ip: DetectedIp {
+            value,
+            direction: hit.direction.as_str(),
+            field_path: hit.field_path.clone(),
+            raw_context: hit.raw_context.clone(),
+        },
+        recommendations: recommendations(summary.max_threat_score),
+        misp_data: MispData {
+            attributes: aggregated,
+            events,
+            summary,
+        },
+        rule: ctx.rule.clone(),
+        agent: ctx.agent.clone(),
+        manager: ctx.manager.clone(),
+        location: ctx.location.clone(),
+        wazuh_alert_timestamp: ctx.timestamp.clone(),
+        decoder: ctx.decoder.clone(),
+        data: ctx.data.clone(),
+    })
+}
+
+/// Serialises `ev` into at most `limit` bytes, shrinking it in the
+/// documented order when it would not fit: related attributes, then
+/// sighting sources, then the lowest-scored attributes, then the events no
+/// remaining attribute names. Returns `None` only if even a single attribute
+/// does not fit.
+pub fn serialize_within(ev: &mut EnrichedEvent, limit: usize) -> Option<Vec<u8>> {
+    let to_bytes = |ev: &EnrichedEvent| serde_json::to_vec(ev).expect("event serialises");
+    let bytes = to_bytes(ev);
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    ev.misp_data.summary.truncated = true;
+    for a in &mut ev.misp_data.attributes {
+        a.related_attributes.clear();
+    }
+    let bytes = to_bytes(ev);
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    for a in &mut ev.misp_data.attributes {
+        a.sightings.sources.clear();
+    }
+    let bytes = to_bytes(ev);
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    // Highest score first (stable, so MISP's order breaks ties), then keep
+    // the longest prefix that fits, found by bisection.
+    let total = ev.misp_data.attributes.len();
+    ev.misp_data
+        .attributes
+        .sort_by(|a, b| b.threat_score.cmp(&a.threat_score));
+    let all_attrs = std::mem::take(&mut ev.misp_data.attributes);
+    let all_events = std::mem::take(&mut ev.misp_data.events);
+    let fit = |ev: &mut EnrichedEvent, keep: usize| -> Vec<u8> {
+        ev.misp_data.attributes = all_attrs[..keep].to_vec();
+        let named: BTreeSet<&String> = ev
+            .misp_data
+            .attributes
+            .iter()
+            .flat_map(|a| &a.associated_misp_event_ids)
+            .collect();
+        ev.misp_data.events = all_events
+            .iter()
+            .filter(|e| named.contains(&e.id))
+            .cloned()
+            .collect();
+        ev.misp_data.summary.omitted_attributes = Some(total - keep);
+        to_bytes(ev)
+    };
+    let (mut lo, mut hi) = (0usize, total);
+    let mut best = None;
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        let b = fit(ev, mid);
+        if b.len() <= limit {
+            lo = mid;
+            best = Some(b);
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if lo == 0 {
+        return None;
+    }
+    match best {
+        Some(b) if ev.misp_data.attributes.len() == lo => Some(b),
+        _ => Some(fit(ev, lo)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+//! Stage 2, alert filter: which alerts are worth looking at.
+//!
+//! Pure and synchronous. Every rejection has a reason, which the pipeline
+//! counts and logs.
+
+use serde_json::Value;
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    NotAnObject,
+    NoRuleId,
+    LevelBelowMinimum,
+    ExcludedRule,
+    /// One of our own enriched events, seen again in alerts.json after a
+    /// Wazuh rule fired on it. Without this the daemon would feed on itself.
+    OwnEvent,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotAnObject => "not_an_object",
+            SkipReason::NoRuleId => "no_rule_id",
+            SkipReason::LevelBelowMinimum => "level_below_minimum",
+            SkipReason::ExcludedRule => "excluded_rule",
+            SkipReason::OwnEvent => "own_event",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertFilter {
+    pub min_level: u32,
+    pub exclude_rule_ids: Vec<String>,
+}
+
+/// `rule.id` as a string. Wazuh writes it as a string; a number is accepted
+/// too, because hand-written or third-party alerts do that.
+pub fn rule_id(alert: &Value) -> Option<Cow<'_, str>> {
+    match alert.get("rule")?.get("id")? {
+        Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+/// `rule.level` as a number, accepting a numeric string.
+pub fn rule_level(alert: &Value) -> Option<u64> {
+    match alert.get("rule")?.get("level")? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+impl AlertFilter {
+    pub fn check(&self, alert: &Value) -> Result<(), SkipReason> {
+        if !alert.is_object() {
+            return Err(SkipReason::NotAnObject);
+        }
+        if alert.get("location").and_then(Value::as_str) == Some("misp")
+            || alert
+                .get("data")
+                .and_then(|d| d.get("integration"))
+                .and_then(Value::as_str)
+                == Some("misp")
+        {
+            return Err(SkipReason::OwnEvent);
+        }
+        let id = rule_id(alert).ok_or(SkipReason::NoRuleId)?;
+        // A missing or unreadable level counts as 0, so it is filtered
+        // unless min_level is 0.
+        if rule_level(alert).unwrap_or(0) < u64::from(self.min_level) {
+            return Err(SkipReason::LevelBelowMinimum);
+        }
+        if self.exclude_rule_ids.iter().any(|x| x == id.as_ref()) {
+            return Err(SkipReason::ExcludedRule);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn f() -> AlertFilter {
+        AlertFilter {
+            min_level: 6,
+            exclude_rule_ids: vec!["31530".into(), "31531".into()],
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let cases = [
+            (json!({"rule":{"id":"5712","level":10}}), Ok(())),
+            (json!({"rule":{"id":"5712","level":"10"}}), Ok(())),
+            (json!({"rule":{"id":5712,"level":6}}), Ok(())),
+            (json!({"rule":{"id":"5712","level":5}}), Err(SkipReason::LevelBelowMinimum)),
+            (json!({"rule":{"id":"5712","level":"high"}}), Err(SkipReason::LevelBelowMinimum)),
+            (json!({"rule":{"id":"5712"}}), Err(SkipReason::LevelBelowMinimum)),
+            (json!({"rule":{"level":12}}), Err(SkipReason::NoRuleId)),
+            (json!({"rule":{"id":"","level":12}}), Err(SkipReason::NoRuleId)),
+            (json!({"rule":{"id":"31530","level":12}}), Err(SkipReason::ExcludedRule)),
+            (json!({"rule":{"id":"100200","level":12},"data":{"integration":"misp"}}), Err(SkipReason::OwnEvent)),
+            (json!({"rule":{"id":"100200","level":12},"location":"misp"}), Err(SkipReason::OwnEvent)),
+            (json!({"rule":{"id":"1","level":12},"data":[1,2]}), Ok(())),
+            (json!([1, 2]), Err(SkipReason::NotAnObject)),
+        ];
+        for (alert, want) in cases {
+            assert_eq!(f().check(&alert), want, "{alert}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Stage 1, input: following alerts.json and remembering how far we got.
+//!
+//! - [`tail`]: the tailer thread (rotation, partial lines, bad lines).
+//! - [`checkpoint`]: which position is fully handled, from the writer's acks.
+//! - [`fingerprint`]: recognising a file again after a restart.
+//! - [`bookmark`]: the saved position in `state_dir/bookmark.json`.
+
+pub mod bookmark;
+pub mod checkpoint;
+pub mod fingerprint;
+pub mod tail;
+
+pub use checkpoint::{Bookmark, Checkpointer, LinePos};
+pub use tail::{Line, Start, TailOptions, Tailer};

@@ -1,0 +1,413 @@
+//! The tailer: follows alerts.json across Wazuh's rotations and hands
+//! complete lines to the workers.
+//!
+//! It runs on its own OS thread with plain blocking reads: a file read never
+//! benefits from async, and a blocking `send` on the bounded channel is
+//! exactly the backpressure we want (when workers are behind, we stop
+//! reading and alerts.json itself is the buffer).
+//!
+//! Rotation. analysisd writes `logs/alerts/YYYY/Mon/ossec-alerts-DD.json`
+//! and keeps `alerts.json` as a hard link to it. At rotation it unlinks the
+//! link and links the new file: the inode behind the path changes while
+//! nothing is truncated, and for a moment the path may not exist. We notice
+//! at EOF by comparing the path's inode with the open file's, read the old
+//! file to its end, then open the new one at offset 0. logrotate's
+//! rename+create looks the same. copytruncate keeps the inode but the size
+//! drops below our offset: then we start again at 0.
+
+use super::checkpoint::{Checkpointer, LinePos};
+use super::fingerprint::{FileId, FINGERPRINT_BYTES};
+use crate::config::StartPosition;
+use crate::ratelog::RateLimitedLog;
+use crate::stats::Stats;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One complete alert line, without its newline.
+#[derive(Debug)]
+pub struct Line {
+    pub pos: LinePos,
+    pub bytes: Vec<u8>,
+}
+
+/// Where to begin.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// No bookmark: follow `input.start_position`.
+    Fresh(StartPosition),
+    /// Resume the current alerts.json at this offset.
+    At(u64),
+    /// Finish this rotated file from `offset`, then read alerts.json from 0.
+    Rotated { path: PathBuf, offset: u64 },
+}
+
+pub struct TailOptions {
+    pub path: PathBuf,
+    pub start: Start,
+    pub max_line_bytes: usize,
+    /// The safety-net stat interval; inotify wakes us sooner.
+    pub poll: Duration,
+}
+
+/// Wakes the tailer: from inotify, and at shutdown.
+#[derive(Clone)]
+pub struct Waker(SyncSender<()>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // A full slot already means "wake up"; nothing is lost.
+        let _ = self.0.try_send(());
+    }
+}
+
+pub fn waker() -> (Waker, Receiver<()>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    (Waker(tx), rx)
+}
+
+struct Open {
+    file: File,
+    id: FileId,
+    generation: u64,
+    /// Bytes consumed so far (complete lines plus any held-back partial line).
+    offset: u64,
+}
+
+pub struct Tailer {
+    opts: TailOptions,
+    tx: async_channel::Sender<Line>,
+    checkpoints: Arc<Checkpointer>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    open: Option<Open>,
+    next_generation: u64,
+    /// The partial line carried over between reads.
+    partial: Vec<u8>,
+    partial_start: u64,
+    /// Drop bytes until the next newline, and why.
+    discarding: Option<Discard>,
+    skips: RateLimitedLog,
+    buf: Vec<u8>,
+}
+
+impl Tailer {
+    pub fn new(
+        opts: TailOptions,
+        tx: async_channel::Sender<Line>,
+        checkpoints: Arc<Checkpointer>,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Tailer {
+            opts,
+            tx,
+            checkpoints,
+            stats,
+            stop,
+            open: None,
+            next_generation: 0,
+            partial: Vec::new(),
+            partial_start: 0,
+            discarding: None,
+            skips: RateLimitedLog::new(Duration::from_secs(60), 20),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Runs until `stop` is set. Returns when the last line has been handed over.
+    pub fn run(mut self, waker: Waker, wake: Receiver<()>) {
+        let dir = self
+            .opts
+            .path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut watcher = None;
+        let mut start = Some(self.opts.start.clone());
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if watcher.is_none() {
+                watcher = watch(&dir, waker.clone());
+            }
+            if self.open.is_none() {
+                if let Err(e) = self.try_open(&mut start) {
+                    tracing::debug!(path = %self.opts.path.display(), error = %e, "alerts file not readable yet; waiting");
+                }
+            }
+            let progressed = match self.read_available() {
+                Ok(n) => n > 0,
+                Err(Closed) => break,
+            };
+            if progressed {
+                continue;
+            }
+            if self.check_rotation() {
+                continue;
+            }
+            match wake.recv_timeout(self.opts.poll) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        drop(watcher);
+    }
+
+    fn try_open(&mut self, start: &mut Option<Start>) -> io::Result<()> {
+        let first = start.take();
+        let (path, offset, then_current) = match &first {
+            Some(Start::Rotated { path, offset }) => (path.clone(), *offset, true),
+            Some(Start::At(o)) => (self.opts.path.clone(), *o, false),
+            Some(Start::Fresh(StartPosition::Beginning)) | None => (self.opts.path.clone(), 0, false),
+            Some(Start::Fresh(StartPosition::End)) => (self.opts.path.clone(), u64::MAX, false),
+        };
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                // Not there yet: keep the start request for the next try, except
+                // a rotated file that vanished, which has nothing left to give.
+                if !then_current {
+                    *start = first;
+                }
+                return Err(e);
+            }
+        };
+        let len = file.metadata()?.len();
+        let offset = offset.min(len);
+        self.discarding = None;
+        if offset > 0 {
+            // Starting mid-file: if we are not right after a newline, the
+            // rest of this line is a fragment (expected at start "end", when
+            // analysisd is mid-write) and must not be parsed.
+            file.seek(SeekFrom::Start(offset - 1))?;
+            let mut b = [0u8; 1];
+            file.read_exact(&mut b)?;
+            if b[0] != b'\n' {
+                self.discarding = Some(Discard::Fragment);
+            }
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let id = FileId::of(&mut file)?;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.checkpoints.opened(generation, id.clone(), offset);
+        tracing::info!(path = %path.display(), offset, inode = id.ino, "reading alerts file");
+        self.partial.clear();
+        self.partial_start = offset;
+        if then_current {
+            // After the rotated file, continue with alerts.json from 0.
+            *start = Some(Start::Fresh(StartPosition::Beginning));
+        }
+        self.open = Some(Open {
+            file,
+            id,
+            generation,
+            offset,
+        });
+        Ok(())
+    }
+
+    /// Reads what is there now. `Ok(bytes read)`, or `Err(Closed)` when the
+    /// workers are gone.
+    fn read_available(&mut self) -> Result<usize, Closed> {
+        let mut total = 0;
+        loop {
+            let Some(open) = self.open.as_mut() else {
+                return Ok(total);
+            };
+            let n = match open.file.read(&mut self.buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "read error on alerts file; reopening");
+                    self.open = None;
+                    return Ok(total);
+                }
+            };
+            let base = open.offset;
+            open.offset += n as u64;
+            total += n;
+            let chunk = std::mem::take(&mut self.buf);
+            let r = self.consume(&chunk[..n], base);
+            self.buf = chunk;
+            r?;
+            self.refresh_fingerprint();
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// A fingerprint taken while the file was short is weaker; retake it once
+    /// the file has enough bytes.
+    fn refresh_fingerprint(&mut self) {
+        if let Some(open) = self.open.as_mut() {
+            if open.id.fingerprint_len < FINGERPRINT_BYTES && open.offset >= FINGERPRINT_BYTES {
+                if let Ok(id) = FileId::of(&mut open.file) {
+                    open.id = id.clone();
+                    self.checkpoints.opened(open.generation, id, open.offset);
+                }
+            }
+        }
+    }
+
+    fn consume(&mut self, chunk: &[u8], base: u64) -> Result<(), Closed> {
+        let generation = self.open.as_ref().map_or(0, |o| o.generation);
+        let mut i = 0;
+        while i < chunk.len() {
+            // NUL runs (left by copytruncate under a writer without O_APPEND)
+            // are not part of any line.
+            if self.partial.is_empty() && self.discarding.is_none() {
+                while i < chunk.len() && chunk[i] == 0 {
+                    i += 1;
+                }
+                self.partial_start = base + i as u64;
+                if i == chunk.len() {
+                    break;
+                }
+            }
+            let rest = &chunk[i..];
+            let nl = memchr::memchr(b'\n', rest);
+            let piece = &rest[..nl.unwrap_or(rest.len())];
+            if self.discarding.is_none() {
+                if self.partial.len() + piece.len() > self.opts.max_line_bytes {
+                    self.discarding = Some(Discard::TooLong);
+                    self.partial.clear();
+                } else {
+                    self.partial.extend_from_slice(piece);
+                }
+            }
+            let Some(nl) = nl else {
+                break;
+            };
+            let end = base + (i + nl + 1) as u64;
+            let start = self.partial_start;
+            if let Some(why) = self.discarding.take() {
+                if why == Discard::TooLong {
+                    self.skip("line_too_long", start, end - start);
+                }
+            } else {
+                let bytes = std::mem::take(&mut self.partial);
+                self.emit(generation, start, end, bytes)?;
+            }
+            self.partial_start = end;
+            i += nl + 1;
+        }
+        // Everything before the held-back partial line is handed over or skipped.
+        self.checkpoints.read_up_to(generation, self.partial_start);
+        Ok(())
+    }
+
+    fn emit(&mut self, generation: u64, start: u64, end: u64, mut bytes: Vec<u8>) -> Result<(), Closed> {
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            self.stats.skip("empty_line");
+            return Ok(());
+        }
+        if std::str::from_utf8(&bytes).is_err() {
+            self.skip("not_utf8", start, end - start);
+            return Ok(());
+        }
+        self.stats.lines_read.fetch_add(1, Ordering::Relaxed);
+        let pos = LinePos {
+            generation,
+            start,
+            end,
+        };
+        self.checkpoints.dispatched(pos);
+        if self.tx.send_blocking(Line { pos, bytes }).is_err() {
+            self.checkpoints.done(pos);
+            return Err(Closed);
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, reason: &'static str, offset: u64, len: u64) {
+        self.stats.skip(reason);
+        let file = self.opts.path.display().to_string();
+        self.skips.log(reason, |suppressed| {
+            tracing::warn!(reason, offset, len, file, suppressed, "skipped alert line");
+        });
+    }
+
+    /// At EOF: has the path moved on to another file, or been truncated?
+    /// Returns true when it switched files, so the caller reads again at once.
+    fn check_rotation(&mut self) -> bool {
+        let Some(open) = self.open.as_ref() else {
+            return false;
+        };
+        let meta = match std::fs::metadata(&self.opts.path) {
+            Ok(m) => m,
+            // Mid-rotation, or Wazuh stopped: keep the old file and wait.
+            Err(_) => return false,
+        };
+        if open.id.same_inode(&meta) {
+            if meta.len() < open.offset {
+                tracing::warn!(
+                    path = %self.opts.path.display(),
+                    size = meta.len(),
+                    offset = open.offset,
+                    "alerts file shrank (copytruncate?); reading it again from the start"
+                );
+                let generation = open.generation;
+                self.open = None;
+                self.discard_partial(generation);
+                // Reopen as a new generation at 0: the old positions are gone.
+                let mut start = Some(Start::Fresh(StartPosition::Beginning));
+                let _ = self.try_open(&mut start);
+                return true;
+            }
+            return false;
+        }
+        // A new file is behind the path. Drain the old one first: the writer
+        // may have added a last line between our EOF and the link swap.
+        if matches!(self.read_available(), Err(Closed)) {
+            return false;
+        }
+        let generation = self.open.as_ref().map_or(0, |o| o.generation);
+        self.discard_partial(generation);
+        tracing::info!(path = %self.opts.path.display(), "alerts file rotated; following the new file");
+        self.open = None;
+        let mut start = Some(Start::Fresh(StartPosition::Beginning));
+        let _ = self.try_open(&mut start);
+        true
+    }
+
+    fn discard_partial(&mut self, generation: u64) {
+        if !self.partial.is_empty() {
+            let len = self.partial.len() as u64;
+            let start = self.partial_start;
+            self.partial.clear();
+            self.skip("incomplete_last_line", start, len);
+            self.checkpoints.read_up_to(generation, start + len);
+        }
+        self.discarding = None;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discard {
+    TooLong,
+    Fragment,
+}
+
+struct Closed;
+
+/// Inotify on the directory, not the file: the file is replaced at each
+/// rotation, the directory stays. `None` (directory missing, inotify limits)
+/// leaves the periodic stat to do the work; we try again on the next round.
+fn watch(dir: &std::path::Path, waker: Waker) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| waker.wake()).ok()?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
+    Some(w)
+}

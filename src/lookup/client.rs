@@ -1,0 +1,242 @@
+//! One `POST /attributes/restSearch` to MISP, with every failure classified.
+
+use super::model::{parse_response, Attribute, ParseError};
+use crate::config::{MispConfig, Secret};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use std::time::Duration;
+
+/// The attribute types an IP can hide in. MISP matches a bare IP against
+/// both halves of composite values (`ip-dst|port`, `domain|ip`).
+pub const IP_TYPES: &[&str] = &["ip-src", "ip-dst", "ip-src|port", "ip-dst|port", "domain|ip"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MispError {
+    #[error("MISP refused the API key (HTTP {status}): {message}")]
+    Auth { status: u16, message: String },
+    #[error("MISP rate limit hit (HTTP 429); retry after {retry_after:?}")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("MISP server error (HTTP {status})")]
+    Server { status: u16 },
+    #[error("MISP did not answer within the timeout")]
+    Timeout,
+    #[error("cannot reach MISP: {0}")]
+    Unreachable(String),
+    #[error("MISP sent an unusable body: {0}")]
+    BadBody(String),
+}
+
+impl MispError {
+    /// The class, as used in logs, metrics and error events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MispError::Auth { .. } => "auth",
+            MispError::RateLimited { .. } => "rate_limited",
+            MispError::Server { .. } => "server",
+            MispError::Timeout => "timeout",
+            MispError::Unreachable(_) => "unreachable",
+            MispError::BadBody(_) => "bad_body",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MispClient {
+    http: reqwest::Client,
+    endpoint: reqwest::Url,
+    settings: QuerySettings,
+    max_response_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct QuerySettings {
+    pub decay: bool,
+    pub enforce_warninglist: bool,
+}
+
+impl std::fmt::Debug for MispClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the client's default headers: they hold the key.
+        f.debug_struct("MispClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MispClient {
+    pub fn new(cfg: &MispConfig, key: &Secret) -> anyhow::Result<Self> {
+        let mut auth = HeaderValue::from_str(key.expose())
+            .map_err(|_| anyhow::anyhow!("config key `misp.api_key`: contains characters not allowed in an HTTP header"))?;
+        // Keeps the value out of reqwest's and hyper's debug output.
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        // Without it MISP treats us as a browser and answers with its login page.
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut b = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_secs(cfg.timeout_secs))
+            .connect_timeout(Duration::from_secs(cfg.timeout_secs.min(10)))
+            .pool_max_idle_per_host(cfg.max_concurrent_requests)
+            .user_agent(concat!("wazuh-misp/", env!("CARGO_PKG_VERSION")));
+        if !cfg.verify_tls {
+            tracing::warn!("misp.verify_tls = false: the MISP server's certificate is not checked");
+            b = b.danger_accept_invalid_certs(true);
+        }
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("config key `misp.ca_file`: cannot read {}: {e}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("config key `misp.ca_file`: {} is not PEM: {e}", ca.display()))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let base = cfg.url.trim_end_matches('/');
+        let endpoint = reqwest::Url::parse(&format!("{base}/attributes/restSearch"))
+            .map_err(|e| anyhow::anyhow!("config key `misp.url`: {e}"))?;
+        Ok(MispClient {
+            http: b.build()?,
+            endpoint,
+            settings: QuerySettings {
+                decay: cfg.decay,
+                enforce_warninglist: cfg.enforce_warninglist,
+            },
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    pub fn request_body(&self, values: &[String], limit: Option<u32>) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "returnFormat": "json",
+            "value": values,
+            "type": IP_TYPES,
+            "includeEventTags": true,
+            "includeContext": true,
+            "includeSightings": true,
+            "includeCorrelations": true,
+            "enforceWarninglist": self.settings.enforce_warninglist,
+            "deleted": false,
+        });
+        if self.settings.decay {
+            body["includeDecayScore"] = true.into();
+        }
+        if let Some(l) = limit {
+            body["limit"] = l.into();
+        }
+        body
+    }
+
+    /// Searches for any of `values` (MISP reads a list as OR).
+    pub async fn search(&self, values: &[String]) -> Result<Vec<Attribute>, MispError> {
+        self.search_with(values, None).await
+    }
+
+    pub async fn search_with(&self, values: &[String], limit: Option<u32>) -> Result<Vec<Attribute>, MispError> {
+        let resp = self
+            .http
+            .post(self.endpoint.clone())
+            .json(&self.request_body(values, limit))
+            .send()
+            .await
+            .map_err(classify_transport)?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        let is_html = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+        let body = self.read_capped(resp).await?;
+        match status {
+            200..=299 => {}
+            401 | 403 => {
+                return Err(MispError::Auth {
+                    status,
+                    message: misp_message(&body),
+                })
+            }
+            429 => return Err(MispError::RateLimited { retry_after }),
+            500..=599 => return Err(MispError::Server { status }),
+            _ => {
+                return Err(MispError::BadBody(format!(
+                    "unexpected HTTP {status}: {}",
+                    misp_message(&body)
+                )))
+            }
+        }
+        if is_html || body.first() == Some(&b'<') {
+            return Err(MispError::BadBody(
+                "HTML instead of JSON (a login page: check misp.url and that the key belongs to an API-enabled user)".into(),
+            ));
+        }
+        parse_response(&body).map_err(|e| match e {
+            ParseError::NotJson(m) => MispError::BadBody(format!("not JSON or truncated: {m}")),
+            ParseError::WrongShape(m) => MispError::BadBody(format!("unexpected JSON shape: {m}")),
+        })
+    }
+
+    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, MispError> {
+        let cap = self.max_response_bytes;
+        if resp.content_length().is_some_and(|l| l as usize > cap) {
+            return Err(too_large(cap));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify_transport)? {
+            if body.len() + chunk.len() > cap {
+                return Err(too_large(cap));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+fn too_large(cap: usize) -> MispError {
+    MispError::BadBody(format!("response larger than misp.max_response_bytes ({cap} bytes)"))
+}
+
+fn classify_transport(e: reqwest::Error) -> MispError {
+    if e.is_timeout() {
+        return MispError::Timeout;
+    }
+    if e.is_connect() {
+        return MispError::Unreachable(root_cause(&e));
+    }
+    if e.is_body() || e.is_decode() {
+        return MispError::BadBody(format!("body cut off: {}", root_cause(&e)));
+    }
+    MispError::Unreachable(root_cause(&e))
+}
+
+/// The innermost error's message: reqwest's own top-level text repeats the
+/// URL, which is fine, but the cause (refused, TLS, DNS) is what helps.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// `Retry-After` (seconds) or MISP's `X-Rate-Limit-Reset` (seconds until reset).
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    ["retry-after", "x-rate-limit-reset"]
+        .iter()
+        .filter_map(|n| h.get(*n)?.to_str().ok()?.trim().parse::<u64>().ok())
+        .next()
+        .map(Duration::from_secs)
+}
+
+/// MISP's error JSON carries `message` (and `name`); fall back to a short
+/// prefix of the body.
+fn misp_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        for k in ["message", "name", "errors"] {
+            if let Some(s) = v.get(k).and_then(|m| m.as_str()) {
+                return s.to_owned();
+            }
+        }
+    }
+    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+}

@@ -1,0 +1,253 @@
+//! The `wazuh-misp` command: the daemon and its helpers.
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{reload, EnvFilter};
+use wazuh_misp::config::{self, Config, LogFormat, DEFAULT_CONFIG_PATH};
+use wazuh_misp::lookup::{Lookup, MispClient};
+use wazuh_misp::pipeline::{Daemon, Engine, Rules};
+use wazuh_misp::stats::Stats;
+use wazuh_misp::{check, demo};
+
+#[derive(Parser)]
+#[command(name = "wazuh-misp", version, about = "Enrich Wazuh alerts with MISP threat intelligence")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: follow alerts.json and write enriched events to the Wazuh queue.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and the environment it points at.
+    CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Enrich alert JSON lines from FILE (or - for stdin) and print each event as one JSON line.
+    Enrich {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Run the whole pipeline offline against a built-in MISP simulator and sample alerts.
+    Demo,
+}
+
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs go to stderr (journald captures it). The level can be changed by a
+/// reload through the returned handle.
+fn init_logging(level: &str, format: LogFormat) -> LogHandle {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    handle
+}
+
+fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("wazuh-misp: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wazuh-misp: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run { config } => rt.block_on(run(&config)),
+        Command::CheckConfig { config } => rt.block_on(check::run(&config, &mut std::io::stdout())),
+        Command::Enrich { config, file } => rt.block_on(enrich(&config, &file)),
+        Command::Demo => rt.block_on(run_demo()),
+    }
+}
+
+async fn run(path: &Path) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let log = init_logging(&cfg.log.level, cfg.log.format);
+    let client = match build_client(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        alerts = %cfg.input.alerts_file.display(),
+        misp = %cfg.misp.url,
+        socket = %cfg.output.queue_socket.display(),
+        "starting"
+    );
+    let mut daemon = match Daemon::start(cfg, client) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(60));
+    stats_tick.tick().await;
+    loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Some(SIGHUP) => reload(&mut daemon, path, &log),
+                Some(_) | None => break,
+            },
+            _ = stats_tick.tick() => tracing::info!(stats = %daemon.stats.summary(), "stats"),
+        }
+    }
+    tracing::info!("stopping: finishing in-flight alerts");
+    // systemd's default stop timeout is 90 s, ours is 10 s: leave a margin
+    // for saving state after the grace period.
+    daemon.shutdown(Duration::from_secs(9)).await;
+    ExitCode::SUCCESS
+}
+
+fn build_client(cfg: &Config) -> anyhow::Result<MispClient> {
+    let key = cfg.resolve_api_key()?;
+    MispClient::new(&cfg.misp, &key)
+}
+
+/// SIGHUP: re-read the config; an invalid one leaves the old in force.
+fn reload(daemon: &mut Daemon, path: &Path, log: &LogHandle) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
+    let new = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(key = %e.key, reason = %e.reason, "reload refused; the running configuration stays in force");
+            return;
+        }
+    };
+    let client = match build_client(&new) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused; the running configuration stays in force: {e:#}");
+            return;
+        }
+    };
+    if new.log.level != daemon.config().log.level {
+        if let Ok(f) = EnvFilter::try_new(&new.log.level) {
+            let _ = log.modify(|current| *current = f);
+        }
+    }
+    match daemon.reload(new, client) {
+        Ok(changed) if changed.is_empty() => tracing::info!("reload: nothing changed"),
+        Ok(changed) => tracing::info!(keys = ?changed, "reload applied"),
+        Err(e) => tracing::error!("reload refused; the running configuration stays in force: {e:#}"),
+    }
+}
+
+async fn enrich(path: &Path, file: &str) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(&cfg.log.level, cfg.log.format);
+    let client = match build_client(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wazuh-misp: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rules = match Rules::from_config(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wazuh-misp: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let stats = Arc::new(Stats::default());
+    let engine = Engine::new(rules, Lookup::start(client, &cfg.misp, stats.clone()), None, stats);
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("wazuh-misp: cannot open {file}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut offset = 0u64;
+    for line in reader.split(b'\n') {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("wazuh-misp: read error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let at = offset;
+        offset += line.len() as u64 + 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if let Ok(p) = engine.process(&line, Some(at)).await {
+            for payload in p.payloads {
+                let _ = out.write_all(&payload);
+                let _ = out.write_all(b"\n");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run_demo() -> ExitCode {
+    init_logging("warn", LogFormat::Text);
+    match demo::run_demo(demo::DEMO_ALERTS).await {
+        Ok(outcome) => {
+            let _ = demo::print(&outcome, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wazuh-misp demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

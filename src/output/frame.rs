@@ -1,0 +1,123 @@
+//! Datagram framing, exactly as analysisd 4.x parses its queue socket:
+//! `<queue>:<location>:<message>`.
+//!
+//! For an agent the location is `[<id>] (<name>) <ip>->misp`, which makes
+//! analysisd attribute the event to that agent; `|` and `:` inside the
+//! location are escaped as `||` and `|:` (agent IPs can be IPv6, names can
+//! hold anything). For the manager (agent `000`, or no agent) the location
+//! is just `misp`.
+
+use crate::enrich::AgentContext;
+
+/// analysisd reads at most OS_MAXSTR - 1 bytes of a datagram and silently
+/// keeps the truncated rest, so nothing we send may be longer.
+pub const MAX_DATAGRAM: usize = 65535;
+
+/// `1` is LOCALFILE_MQ, the queue integrations write to.
+const QUEUE_ID: &str = "1";
+
+/// The `1:<location>:` prefix for events about this agent.
+pub fn header(agent: &AgentContext) -> String {
+    if agent.id.is_empty() || agent.id == "000" {
+        return format!("{QUEUE_ID}:misp:");
+    }
+    let ip = agent.ip.as_deref().filter(|s| !s.is_empty()).unwrap_or("any");
+    let location = format!("[{}] ({}) {}->misp", agent.id, agent.name, ip);
+    let mut out = String::with_capacity(location.len() + 8);
+    out.push_str(QUEUE_ID);
+    out.push(':');
+    for c in location.chars() {
+        match c {
+            '|' => out.push_str("||"),
+            ':' => out.push_str("|:"),
+            // A newline would end the event early in analysisd's logs.
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push(':');
+    out
+}
+
+/// Header plus payload; `None` when the result would exceed [`MAX_DATAGRAM`].
+pub fn frame(header: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let len = header.len() + payload.len();
+    if len > MAX_DATAGRAM {
+        return None;
+    }
+    let mut d = Vec::with_capacity(len);
+    d.extend_from_slice(header.as_bytes());
+    d.extend_from_slice(payload);
+    Some(d)
+}
+
+/// Splits a datagram the way analysisd does, undoing the location escapes.
+/// Returns `(queue, location, message)`. Used by tests, the demo and fuzzing
+/// to check that what we send parses back.
+pub fn parse(datagram: &[u8]) -> Option<(char, String, &[u8])> {
+    let s = datagram;
+    let queue = *s.first()? as char;
+    if s.get(1) != Some(&b':') {
+        return None;
+    }
+    let mut loc = Vec::new();
+    let mut i = 2;
+    while i < s.len() {
+        match s[i] {
+            b'|' if matches!(s.get(i + 1), Some(b'|') | Some(b':')) => {
+                loc.push(s[i + 1]);
+                i += 2;
+            }
+            b':' => {
+                return Some((queue, String::from_utf8(loc).ok()?, &s[i + 1..]));
+            }
+            c => {
+                loc.push(c);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, name: &str, ip: Option<&str>) -> AgentContext {
+        AgentContext {
+            id: id.into(),
+            name: name.into(),
+            ip: ip.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn manager_and_agents() {
+        assert_eq!(header(&agent("000", "wazuh-manager", None)), "1:misp:");
+        assert_eq!(header(&agent("", "", None)), "1:misp:");
+        assert_eq!(
+            header(&agent("001", "web01", Some("10.0.1.50"))),
+            "1:[001] (web01) 10.0.1.50->misp:"
+        );
+        assert_eq!(header(&agent("002", "db", None)), "1:[002] (db) any->misp:");
+        assert_eq!(
+            header(&agent("003", "a|b:c", Some("2001:db8::1"))),
+            "1:[003] (a||b|:c) 2001|:db8|:|:1->misp:"
+        );
+    }
+
+    #[test]
+    fn round_trip_and_size_guard() {
+        let h = header(&agent("003", "a|b:c", Some("2001:db8::1")));
+        let d = frame(&h, br#"{"integration":"misp"}"#).unwrap();
+        let (q, loc, msg) = parse(&d).unwrap();
+        assert_eq!(q, '1');
+        assert_eq!(loc, "[003] (a|b:c) 2001:db8::1->misp");
+        assert_eq!(msg, br#"{"integration":"misp"}"#);
+        let big = vec![b'x'; MAX_DATAGRAM - h.len()];
+        assert_eq!(frame(&h, &big).unwrap().len(), MAX_DATAGRAM);
+        let too_big = vec![b'x'; MAX_DATAGRAM - h.len() + 1];
+        assert!(frame(&h, &too_big).is_none());
+    }
+}

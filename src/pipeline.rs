@@ -1,0 +1,463 @@
+//! The one place where the stages are wired together.
+//!
+//! ```text
+//! tailer thread ──Line──▶ [bounded channel] ──▶ workers (N tasks) ──Outgoing──▶ [bounded] ──▶ writer task
+//!  (input)                                      filter → extract → dedup →                     (output)
+//!                                               lookup → enrich → frame                          │
+//!        ▲                                                                                       │ ack
+//!        └──────────────── checkpointer ◀────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Backpressure runs end to end: a slow MISP or a missing socket fills the
+//! bounded channels, the tailer blocks on its send, and alerts.json is the
+//! buffer. Nothing is dropped to keep up.
+
+use crate::config::{Config, MatchTypes};
+use crate::dedup::{self, Dedup};
+use crate::enrich::{self, AlertContext};
+use crate::extract::{Extractor, IpHit, Scratch};
+use crate::filter::{self, AlertFilter};
+use crate::input::tail::{self, Waker};
+use crate::input::{bookmark, Checkpointer, Line, TailOptions, Tailer};
+use crate::lookup::{self, Abandoned, Lookup, MispClient};
+use crate::output::{self, Outgoing, Writer};
+use crate::ratelog::RateLimitedLog;
+use crate::state::{read_state, write_atomic};
+use crate::stats::Stats;
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The per-alert rules a reload can replace.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub filter: AlertFilter,
+    pub extractor: Extractor,
+    pub match_types: MatchTypes,
+}
+
+impl Rules {
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
+        Ok(Rules {
+            filter: AlertFilter {
+                min_level: cfg.filter.min_level,
+                exclude_rule_ids: cfg.filter.exclude_rule_ids.clone(),
+            },
+            extractor: Extractor::new(
+                &cfg.filter.skip_fields,
+                &cfg.filter.scan_fields,
+                cfg.filter.exclude_nets()?,
+            ),
+            match_types: cfg.misp.match_types,
+        })
+    }
+}
+
+/// What one alert produced: event payloads (JSON, without framing), the
+/// location header they go out under, and the dedup keys to mark once sent.
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub header: String,
+    pub payloads: Vec<Vec<u8>>,
+    pub dedup_keys: Vec<String>,
+}
+
+/// Stages 2–6 for one alert line. Shared by the daemon's workers and the
+/// `enrich` command.
+pub struct Engine {
+    pub rules: ArcSwap<Rules>,
+    pub lookup: Lookup,
+    pub dedup: Option<Dedup>,
+    pub stats: Arc<Stats>,
+    skips: RateLimitedLog,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl Engine {
+    pub fn new(rules: Rules, lookup: Lookup, dedup: Option<Dedup>, stats: Arc<Stats>) -> Self {
+        Engine {
+            rules: ArcSwap::from_pointee(rules),
+            lookup,
+            dedup,
+            stats,
+            skips: RateLimitedLog::new(Duration::from_secs(60), 20),
+        }
+    }
+
+    fn skip_line(&self, reason: &'static str, offset: Option<u64>, detail: &dyn std::fmt::Display) {
+        self.stats.skip(reason);
+        self.skips.log(reason, |suppressed| {
+            tracing::warn!(reason, offset, detail = %detail, suppressed, "skipped alert line");
+        });
+    }
+
+    /// Parses, filters, extracts, dedups, looks up and enriches one line.
+    /// `Err(Abandoned)` only when shutting down mid-lookup: the line is then
+    /// not done and will be read again after the restart.
+    pub async fn process(&self, bytes: &[u8], offset: Option<u64>) -> Result<Produced, Abandoned> {
+        let alert: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                self.skip_line("invalid_json", offset, &e);
+                return Ok(Produced::default());
+            }
+        };
+        let rules = self.rules.load();
+        if let Err(reason) = rules.filter.check(&alert) {
+            self.stats.skip(reason.as_str());
+            tracing::trace!(reason = reason.as_str(), offset, "alert filtered out");
+            return Ok(Produced::default());
+        }
+        self.stats.alerts_processed.fetch_add(1, Ordering::Relaxed);
+        let mut hits: Vec<IpHit> = Vec::new();
+        SCRATCH.with(|s| rules.extractor.extract(&alert, &mut s.borrow_mut(), &mut hits));
+        if hits.is_empty() {
+            return Ok(Produced::default());
+        }
+        self.stats
+            .ips_extracted
+            .fetch_add(hits.len() as u64, Ordering::Relaxed);
+        let rule_id = filter::rule_id(&alert).unwrap_or_default().into_owned();
+        let mut claimed: Vec<(IpHit, String)> = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let key = dedup::key(&rule_id, &hit.ip.to_string(), hit.direction.as_str());
+            match &self.dedup {
+                Some(d) if !d.try_claim(&key) => {
+                    self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => claimed.push((hit, key)),
+            }
+        }
+        if claimed.is_empty() {
+            return Ok(Produced::default());
+        }
+        let looked_up = futures::future::join_all(claimed.iter().map(|(h, _)| self.lookup.get(h.ip))).await;
+        if looked_up.iter().any(Result::is_err) {
+            self.release(claimed.iter().map(|(_, k)| k));
+            return Err(Abandoned);
+        }
+        let ctx = AlertContext::from_alert(&alert);
+        let header = output::header(&ctx.agent);
+        let limit = output::MAX_DATAGRAM - header.len();
+        let now = chrono::Utc::now();
+        let mut produced = Produced {
+            header,
+            ..Produced::default()
+        };
+        for ((hit, key), hits) in claimed.into_iter().zip(looked_up) {
+            let hits = hits.expect("checked above");
+            let selected = lookup::select(&hits, rules.match_types, hit.direction);
+            let Some(mut ev) = enrich::enrich(&ctx, &alert, &hit, &selected, now) else {
+                self.release([&key]);
+                continue;
+            };
+            match enrich::serialize_within(&mut ev, limit) {
+                Some(payload) => {
+                    if ev.misp_data.summary.truncated {
+                        tracing::info!(ip = %hit.ip, omitted = ev.misp_data.summary.omitted_attributes, "event shrunk to fit one datagram");
+                    }
+                    produced.payloads.push(payload);
+                    produced.dedup_keys.push(key);
+                }
+                None => {
+                    tracing::error!(ip = %hit.ip, "enriched event cannot fit one datagram even with one attribute; not sent");
+                    self.release([&key]);
+                }
+            }
+        }
+        Ok(produced)
+    }
+
+    fn release<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
+        if let Some(d) = &self.dedup {
+            for k in keys {
+                d.release(k);
+            }
+        }
+    }
+}
+
+async fn worker(
+    engine: Arc<Engine>,
+    lines: async_channel::Receiver<Line>,
+    out: mpsc::Sender<Outgoing>,
+    checkpoints: Arc<Checkpointer>,
+    max_in_flight: usize,
+) {
+    let handle = |line: Line| {
+        let engine = engine.clone();
+        let out = out.clone();
+        let checkpoints = checkpoints.clone();
+        async move {
+            match engine.process(&line.bytes, Some(line.pos.start)).await {
+                Ok(p) if p.payloads.is_empty() => checkpoints.done(line.pos),
+                Ok(p) => {
+                    let datagrams = p
+                        .payloads
+                        .iter()
+                        .filter_map(|payload| output::frame(&p.header, payload))
+                        .collect();
+                    let msg = Outgoing {
+                        line: Some(line.pos),
+                        datagrams,
+                        dedup_keys: p.dedup_keys,
+                    };
+                    // Fails only when the writer is gone at shutdown; the
+                    // line then stays in flight and is replayed on restart.
+                    let _ = out.send(msg).await;
+                }
+                Err(Abandoned) => {}
+            }
+        }
+    };
+    // Lookups wait on MISP; keeping many lines in flight per worker lets the
+    // batcher fill its requests while CPU work stays on few threads.
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            next = lines.recv(), if open && running.len() < max_in_flight => match next {
+                Ok(line) => running.push(handle(line)),
+                Err(_) => open = false,
+            },
+            Some(()) = running.next(), if !running.is_empty() => {}
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub stats: Arc<Stats>,
+    pub engine: Arc<Engine>,
+    pub checkpoints: Arc<Checkpointer>,
+    cfg: Config,
+    stop: Arc<AtomicBool>,
+    waker: Waker,
+    tail_done: oneshot::Receiver<()>,
+    workers: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+    saver: JoinHandle<()>,
+}
+
+const DEDUP_FILE: &str = "dedup.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DedupState {
+    /// `[key, expiry in Unix milliseconds]`.
+    entries: Vec<(String, u64)>,
+}
+
+fn save_dedup(state_dir: &Path, d: &Dedup) {
+    let state = DedupState {
+        entries: d.snapshot(),
+    };
+    let bytes = serde_json::to_vec(&state).expect("dedup state serialises");
+    if let Err(e) = write_atomic(&state_dir.join(DEDUP_FILE), &bytes) {
+        tracing::error!(error = %e, "cannot save dedup state");
+    }
+}
+
+/// Checks that `state_dir` exists (creating it) and is writable.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), crate::config::ConfigError> {
+    let err = |reason: String| crate::config::ConfigError::key("input.state_dir", reason);
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").map_err(|e| err(format!("{} is not writable: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+impl Daemon {
+    /// Starts every task. `client` is built by the caller so that errors in
+    /// the MISP settings surface before anything runs.
+    pub fn start(cfg: Config, client: MispClient) -> anyhow::Result<Daemon> {
+        let state_dir = cfg.input.state_dir.clone();
+        prepare_state_dir(&state_dir)?;
+        let stats = Arc::new(Stats::default());
+        let checkpoints = Arc::new(Checkpointer::new());
+        let dedup = Dedup::new(Duration::from_secs(cfg.dedup.window_secs), cfg.dedup.max_entries);
+        if let Some(saved) = read_state::<DedupState>(&state_dir.join(DEDUP_FILE)) {
+            let n = dedup.restore(saved.entries);
+            tracing::info!(entries = n, "restored dedup window");
+        }
+        let lookup = Lookup::start(client, &cfg.misp, stats.clone());
+        let engine = Arc::new(Engine::new(Rules::from_config(&cfg)?, lookup, Some(dedup.clone()), stats.clone()));
+
+        let capacity = cfg.pipeline.channel_capacity;
+        let workers_n = cfg.pipeline.worker_count();
+        let (line_tx, line_rx) = async_channel::bounded(capacity);
+        let (out_tx, out_rx) = mpsc::channel(capacity);
+
+        let writer = Writer::new(cfg.output.queue_socket.clone(), stats.clone(), Some(dedup.clone()), checkpoints.clone());
+        let writer = tokio::spawn(writer.run(out_rx));
+        let max_in_flight = (capacity / workers_n).max(16);
+        let workers = (0..workers_n)
+            .map(|_| {
+                tokio::spawn(worker(engine.clone(), line_rx.clone(), out_tx.clone(), checkpoints.clone(), max_in_flight))
+            })
+            .collect();
+        drop(out_tx);
+
+        let start = bookmark::resolve_start(
+            &cfg.input.alerts_file,
+            bookmark::load(&state_dir).as_ref(),
+            cfg.input.start_position,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (waker, wake_rx) = tail::waker();
+        let tailer = Tailer::new(
+            TailOptions {
+                path: cfg.input.alerts_file.clone(),
+                start,
+                max_line_bytes: cfg.input.max_line_bytes,
+                poll: Duration::from_secs(1),
+            },
+            line_tx,
+            checkpoints.clone(),
+            stats.clone(),
+            stop.clone(),
+        );
+        let (tail_done_tx, tail_done) = oneshot::channel();
+        let thread_waker = waker.clone();
+        std::thread::Builder::new()
+            .name("tailer".into())
+            .spawn(move || {
+                tailer.run(thread_waker, wake_rx);
+                let _ = tail_done_tx.send(());
+            })
+            .context("cannot start the tailer thread")?;
+
+        let saver = tokio::spawn(save_periodically(
+            state_dir,
+            checkpoints.clone(),
+            dedup,
+            Duration::from_secs(cfg.dedup.persist_secs.max(1)),
+        ));
+        Ok(Daemon {
+            stats,
+            engine,
+            checkpoints,
+            cfg,
+            stop,
+            waker,
+            tail_done,
+            workers,
+            writer,
+            saver,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Stops reading, lets in-flight work reach the socket for at most
+    /// `grace`, then saves the bookmark and dedup state. Work that did not
+    /// finish is not bookmarked, so it is read again on the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.waker.wake();
+        let Daemon {
+            stats,
+            engine,
+            checkpoints,
+            cfg,
+            tail_done,
+            workers,
+            writer,
+            saver,
+            ..
+        } = self;
+        let drain = async {
+            let _ = tail_done.await;
+            for w in workers {
+                let _ = w.await;
+            }
+        };
+        let finished = tokio::time::timeout(grace, async {
+            drain.await;
+            // The writer ends once every worker (the last sender) is gone.
+            let _ = writer.await;
+        })
+        .await
+        .is_ok();
+        if !finished {
+            tracing::warn!(
+                in_flight = checkpoints.in_flight(),
+                "shutdown grace period over; unfinished alerts will be read again at the next start"
+            );
+        }
+        saver.abort();
+        let state_dir = &cfg.input.state_dir;
+        if let Some(b) = checkpoints.committed() {
+            if let Err(e) = bookmark::save(state_dir, &b) {
+                tracing::error!(error = %e, "cannot save bookmark at shutdown");
+            }
+        }
+        if let Some(d) = &engine.dedup {
+            save_dedup(state_dir, d);
+        }
+        tracing::info!(stats = %stats.summary(), "stopped");
+    }
+
+    /// Applies a new config to a running daemon: filters, MISP settings,
+    /// dedup window. Returns the keys that changed.
+    pub fn reload(&mut self, new: Config, client: MispClient) -> anyhow::Result<Vec<String>> {
+        let rules = Rules::from_config(&new)?;
+        let changed = self.cfg.changed_keys(&new);
+        for k in &changed {
+            if crate::config::RESTART_KEYS.contains(&k.as_str()) {
+                tracing::warn!(key = %k, "changed, but only takes effect after a restart");
+            } else {
+                tracing::info!(key = %k, "changed");
+            }
+        }
+        self.engine.rules.store(Arc::new(rules));
+        self.engine.lookup.reconfigure(client, &new.misp);
+        if let Some(d) = &self.engine.dedup {
+            d.set_window(Duration::from_secs(new.dedup.window_secs));
+        }
+        // Keep the restart-only keys as they run, so a later reload compares
+        // against what is actually in force.
+        let mut applied = new;
+        applied.input = self.cfg.input.clone();
+        applied.output = self.cfg.output.clone();
+        applied.pipeline = self.cfg.pipeline.clone();
+        self.cfg = applied;
+        Ok(changed)
+    }
+}
+
+async fn save_periodically(state_dir: PathBuf, checkpoints: Arc<Checkpointer>, dedup: Dedup, dedup_every: Duration) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut since_dedup = Duration::ZERO;
+    loop {
+        tick.tick().await;
+        let current = checkpoints.committed();
+        if current.is_some() && current != last {
+            if let Some(b) = &current {
+                if let Err(e) = bookmark::save(&state_dir, b) {
+                    tracing::error!(error = %e, "cannot save bookmark");
+                }
+            }
+            last = current;
+        }
+        since_dedup += Duration::from_secs(1);
+        if since_dedup >= dedup_every {
+            since_dedup = Duration::ZERO;
+            save_dedup(&state_dir, &dedup);
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! An in-process MISP that answers `POST /attributes/restSearch` the way
+//! MISP 2.4/2.5 does, from MISP events in their real JSON export format.
+//!
+//! Used by the tests, the benchmarks and `wazuh-misp demo`. It implements the
+//! parts of MISP's semantics the daemon depends on:
+//! - the `{"response":{"Attribute":[...]}}` shape, ids as strings;
+//! - `value` as a string or a list (OR), matched against both halves of
+//!   composite values (`ip-dst|port`, `domain|ip`); `type` as a filter;
+//! - event tags copied into each attribute's `Tag[]` with `"inherited": 1`
+//!   (`includeEventTags`), the event block with `Orgc` and `Tag`
+//!   (`includeContext`), `Sighting[]` (`includeSightings`),
+//!   `RelatedAttribute[]` (`includeCorrelations`), `decay_score[]`
+//!   (`includeDecayScore`, NIDS simple model), and warninglists
+//!   (`enforceWarninglist`);
+//! - 403 with MISP's JSON error on a bad key, the login page (HTML) without
+//!   `Accept: application/json`, 200 with an empty list on no match;
+//! - fault injection: latency, 5xx, HTML bodies, truncated bodies, 429.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use ipnet::IpNet;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One injected misbehaviour, applied to the next `times` requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    Status(u16),
+    Html,
+    Truncated,
+    RateLimited { retry_after_secs: u64 },
+    /// Answers correctly, but only after this delay.
+    Slow(Duration),
+    /// A valid JSON document of the wrong shape.
+    WrongShape,
+}
+
+#[derive(Default)]
+struct Control {
+    latency: Duration,
+    faults: Vec<(Fault, u32)>,
+    requests: Vec<Vec<String>>,
+}
+
+struct Dataset {
+    /// Every attribute rendered once, with its event's index.
+    attributes: Vec<(usize, Value)>,
+    events: Vec<Value>,
+    /// Lowercased value (and each half of a composite) -> attribute indexes.
+    by_value: HashMap<String, Vec<usize>>,
+    warninglist: Vec<IpNet>,
+}
+
+struct Inner {
+    key: String,
+    data: Dataset,
+    control: Mutex<Control>,
+    request_count: AtomicU64,
+    value_count: AtomicU64,
+}
+
+/// A running simulator. Dropping it does not stop it; call [`MispSim::stop`].
+pub struct MispSim {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A loaded event set, reusable across simulator restarts.
+#[derive(Clone)]
+pub struct SimData {
+    events: Vec<Value>,
+    warninglist: Vec<IpNet>,
+}
+
+impl SimData {
+    /// Events in MISP's export format: `{"Event": {...}}`, a bare event
+    /// object, or a list of either.
+    pub fn from_events(events: impl IntoIterator<Item = Value>) -> Self {
+        let mut out = Vec::new();
+        for e in events {
+            match e {
+                Value::Array(items) => out.extend(items.into_iter().map(unwrap_event)),
+                other => out.push(unwrap_event(other)),
+            }
+        }
+        SimData {
+            events: out,
+            warninglist: Vec::new(),
+        }
+    }
+
+    /// Loads every `*.json` event file in `dir`, in name order.
+    pub fn from_dir(dir: &Path) -> std::io::Result<Self> {
+        let mut paths: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        let mut events = Vec::new();
+        for p in paths {
+            let v: Value = serde_json::from_slice(&std::fs::read(&p)?)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))?;
+            events.push(v);
+        }
+        Ok(Self::from_events(events))
+    }
+
+    /// A warninglist in MISP's `list.json` format (type `cidr`).
+    pub fn with_warninglist(mut self, list: &Value) -> Self {
+        if let Some(items) = list.get("list").and_then(Value::as_array) {
+            for s in items.iter().filter_map(Value::as_str) {
+                if let Ok(n) = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)) {
+                    self.warninglist.push(n);
+                }
+            }
+        }
+        self
+    }
+
+    pub fn events(&self) -> &[Value] {
+        &self.events
+    }
+}
+
+fn unwrap_event(v: Value) -> Value {
+    match v {
+        Value::Object(mut m) if m.contains_key("Event") => m.remove("Event").unwrap_or(Value::Null),
+        other => other,
+    }
+}
+
+fn s(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+const ATTRIBUTE_FIELDS: &[&str] = &[
+    "id", "event_id", "object_id", "object_relation", "category", "type", "to_ids", "uuid", "timestamp",
+    "distribution", "sharing_group_id", "comment", "deleted", "disable_correlation", "first_seen", "last_seen",
+    "value",
+];
+
+impl Dataset {
+    fn build(data: &SimData) -> Self {
+        let mut attributes = Vec::new();
+        let mut events = Vec::new();
+        let mut next_attr_id = 900_000u64;
+        for (ei, raw) in data.events.iter().enumerate() {
+            let mut event = raw.clone();
+            // Exports without ids (PyMISP test files) get stable synthetic ones.
+            if s(event.get("id")).is_empty() {
+                event["id"] = json!((ei + 1).to_string());
+            }
+            let event_id = s(event.get("id"));
+            let mut push = |a: &Value, object_id: &str| {
+                let mut out = Map::new();
+                for f in ATTRIBUTE_FIELDS {
+                    out.insert((*f).into(), a.get(*f).cloned().unwrap_or(Value::Null));
+                }
+                if s(a.get("id")).is_empty() {
+                    next_attr_id += 1;
+                    out.insert("id".into(), json!(next_attr_id.to_string()));
+                }
+                out.insert("event_id".into(), json!(event_id));
+                if out.get("object_id").is_none_or(Value::is_null) {
+                    out.insert("object_id".into(), json!(object_id));
+                }
+                for f in ["deleted", "disable_correlation"] {
+                    if out[f].is_null() {
+                        out.insert(f.into(), json!(false));
+                    }
+                }
+                for f in ["Tag", "Sighting"] {
+                    if let Some(v) = a.get(f) {
+                        out.insert(f.into(), v.clone());
+                    }
+                }
+                attributes.push((ei, Value::Object(out)));
+            };
+            for a in event.get("Attribute").and_then(Value::as_array).into_iter().flatten() {
+                push(a, "0");
+            }
+            for o in event.get("Object").and_then(Value::as_array).into_iter().flatten() {
+                let oid = s(o.get("id"));
+                for a in o.get("Attribute").and_then(Value::as_array).into_iter().flatten() {
+                    push(a, if oid.is_empty() { "0" } else { &oid });
+                }
+            }
+            events.push(event);
+        }
+        let mut by_value: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, (_, a)) in attributes.iter().enumerate() {
+            let v = s(a.get("value")).to_lowercase();
+            let mut keys = vec![v.clone()];
+            if v.contains('|') {
+                keys.extend(v.split('|').map(str::to_owned));
+            }
+            keys.dedup();
+            for k in keys {
+                by_value.entry(normalise(&k)).or_default().push(i);
+            }
+        }
+        Dataset {
+            attributes,
+            events,
+            by_value,
+            warninglist: data.warninglist.clone(),
+        }
+    }
+
+    fn warninglisted(&self, value: &str) -> bool {
+        value
+            .split('|')
+            .filter_map(|h| h.parse::<IpAddr>().ok())
+            .any(|ip| self.warninglist.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+/// IPs compare in canonical form, as MISP does for ip types.
+fn normalise(v: &str) -> String {
+    v.parse::<IpAddr>().map_or_else(|_| v.to_owned(), |ip| ip.to_string())
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => matches!(s.as_str(), "1" | "true"),
+        _ => false,
+    }
+}
+
+fn string_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a.iter().map(|x| s(Some(x))).collect(),
+        Some(Value::Object(m)) => m
+            .get("OR")
+            .map(|x| string_list(Some(x)))
+            .unwrap_or_default(),
+        Some(x @ (Value::String(_) | Value::Number(_))) => vec![s(Some(x))],
+        _ => Vec::new(),
+    }
+}
+
+/// MISP's polynomial decay: `base * (1 - (t / lifetime) ^ (1 / speed))`,
+/// with the NIDS simple model's parameters (lifetime 120 days, speed 2, base 80).
+fn decay_score(timestamp: i64, now: i64) -> Value {
+    let (lifetime_days, speed, base) = (120.0f64, 2.0f64, 80.0f64);
+    let t_days = ((now - timestamp).max(0) as f64) / 86400.0;
+    let score = if t_days >= lifetime_days {
+        0.0
+    } else {
+        base * (1.0 - (t_days / lifetime_days).powf(1.0 / speed))
+    };
+    json!([{
+        "score": (score * 100.0).round() / 100.0,
+        "base_score": base,
+        "decayed": score < 30.0,
+        "DecayingModel": {"id": "1", "name": "NIDS Simple Decaying Model"}
+    }])
+}
+
+impl Inner {
+    fn search(&self, body: &Value) -> Value {
+        let values = string_list(body.get("value"));
+        let types = string_list(body.get("type"));
+        let event_tags = truthy(body.get("includeEventTags"));
+        let context = truthy(body.get("includeContext"));
+        let sightings = truthy(body.get("includeSightings"));
+        let correlations = truthy(body.get("includeCorrelations"));
+        let decay = truthy(body.get("includeDecayScore"));
+        let warninglist = truthy(body.get("enforceWarninglist"));
+        let limit = body.get("limit").and_then(|l| s(Some(l)).parse::<usize>().ok());
+        let now = chrono::Utc::now().timestamp();
+        let d = &self.data;
+        let mut hits: Vec<usize> = values
+            .iter()
+            .flat_map(|v| d.by_value.get(&normalise(&v.to_lowercase())).into_iter().flatten().copied())
+            .collect();
+        hits.sort_unstable();
+        hits.dedup();
+        let mut out = Vec::new();
+        for i in hits {
+            let (ei, attr) = &d.attributes[i];
+            let kind = s(attr.get("type"));
+            if !types.is_empty() && !types.contains(&kind) {
+                continue;
+            }
+            if warninglist && d.warninglisted(&s(attr.get("value"))) {
+                continue;
+            }
+            if truthy(attr.get("deleted")) {
+                continue;
+            }
+            let event = &d.events[*ei];
+            let mut a = attr.clone();
+            let obj = a.as_object_mut().expect("rendered as object");
+            let mut tags: Vec<Value> = obj.get("Tag").and_then(Value::as_array).cloned().unwrap_or_default();
+            if event_tags {
+                for t in event.get("Tag").and_then(Value::as_array).into_iter().flatten() {
+                    let mut t = t.clone();
+                    t["inherited"] = json!(1);
+                    tags.push(t);
+                }
+            }
+            obj.insert("Tag".into(), Value::Array(tags));
+            if !sightings {
+                obj.remove("Sighting");
+            } else if !obj.contains_key("Sighting") {
+                obj.insert("Sighting".into(), json!([]));
+            }
+            if correlations {
+                let value = s(attr.get("value")).to_lowercase();
+                let related: Vec<Value> = d.by_value[&normalise(&value)]
+                    .iter()
+                    .filter(|&&j| d.attributes[j].0 != *ei)
+                    .map(|&j| {
+                        let (ej, other) = &d.attributes[j];
+                        let ev = &d.events[*ej];
+                        let mut r = other.clone();
+                        let r_obj = r.as_object_mut().expect("object");
+                        r_obj.remove("Tag");
+                        r_obj.remove("Sighting");
+                        r_obj.insert(
+                            "Event".into(),
+                            json!({
+                                "id": s(ev.get("id")), "uuid": s(ev.get("uuid")), "threat_level_id": s(ev.get("threat_level_id")),
+                                "analysis": s(ev.get("analysis")), "info": s(ev.get("info")), "date": s(ev.get("date")),
+                                "orgc_id": s(ev.get("orgc_id")), "org_id": s(ev.get("org_id")),
+                            }),
+                        );
+                        r
+                    })
+                    .collect();
+                obj.insert("RelatedAttribute".into(), Value::Array(related));
+            }
+            if decay {
+                let ts = s(attr.get("timestamp")).parse::<i64>().unwrap_or(now);
+                obj.insert("decay_score".into(), decay_score(ts, now));
+            }
+            let mut ev = json!({
+                "org_id": s(event.get("org_id")), "distribution": s(event.get("distribution")),
+                "id": s(event.get("id")), "info": s(event.get("info")),
+                "orgc_id": s(event.get("orgc_id")), "uuid": s(event.get("uuid")),
+            });
+            if context {
+                for f in ["date", "threat_level_id", "published", "analysis", "timestamp", "publish_timestamp", "sharing_group_id", "extends_uuid"] {
+                    if let Some(v) = event.get(f) {
+                        ev[f] = v.clone();
+                    }
+                }
+                ev["Tag"] = event.get("Tag").cloned().unwrap_or(json!([]));
+                ev["Orgc"] = event.get("Orgc").cloned().unwrap_or(json!({}));
+            }
+            obj.insert("Event".into(), ev);
+            out.push(a);
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+        json!({"response": {"Attribute": out}})
+    }
+}
+
+fn respond(status: u16, content_type: &str, body: impl Into<Body>) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(body.into())
+        .expect("valid response")
+}
+
+const LOGIN_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>MISP - Login</title></head><body><form action=\"/users/login\" method=\"post\"><input name=\"data[User][email]\"><input type=\"password\" name=\"data[User][password]\"></form></body></html>";
+
+async fn rest_search(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let (latency, fault) = {
+        let mut c = inner.control.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = match c.faults.first_mut() {
+            Some((f, n)) => {
+                let f = f.clone();
+                *n -= 1;
+                if *n == 0 {
+                    c.faults.remove(0);
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        (c.latency, fault)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let wants_json = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if !wants_json {
+        return respond(200, "text/html; charset=UTF-8", LOGIN_PAGE);
+    }
+    let key_ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|k| k == inner.key);
+    if !key_ok {
+        return respond(
+            403,
+            "application/json",
+            json!({
+                "name": "Authentication failed. Please make sure you pass the API key of an API enabled user along in the Authorization header.",
+                "message": "Authentication failed. Please make sure you pass the API key of an API enabled user along in the Authorization header.",
+                "url": "/attributes/restSearch"
+            })
+            .to_string(),
+        );
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            return respond(
+                400,
+                "application/json",
+                json!({"name": "Invalid request body", "message": "Invalid request body", "url": "/attributes/restSearch"}).to_string(),
+            )
+        }
+    };
+    let values = string_list(request.get("value"));
+    inner.request_count.fetch_add(1, Ordering::Relaxed);
+    inner.value_count.fetch_add(values.len() as u64, Ordering::Relaxed);
+    inner
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .requests
+        .push(values);
+    match fault {
+        Some(Fault::Status(code)) => {
+            return respond(code, "application/json", json!({"name": "Internal error", "message": "Internal error", "url": "/attributes/restSearch"}).to_string())
+        }
+        Some(Fault::Html) => return respond(200, "text/html; charset=UTF-8", LOGIN_PAGE),
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            return Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("content-type", "application/json")
+                .header("x-rate-limit-reset", retry_after_secs.to_string())
+                .body(Body::from(json!({"name": "Rate limit exceeded.", "message": "Rate limit exceeded.", "url": "/attributes/restSearch"}).to_string()))
+                .expect("valid response")
+        }
+        Some(Fault::WrongShape) => return respond(200, "application/json", r#"{"saved":true,"success":true}"#),
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Truncated) | None => {}
+    }
+    let mut text = inner.search(&request).to_string();
+    if fault == Some(Fault::Truncated) {
+        text.truncate(text.len() / 2);
+    }
+    respond(200, "application/json", text)
+}
+
+impl MispSim {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start(data: &SimData, key: &str) -> std::io::Result<MispSim> {
+        Self::start_on(data, key, "127.0.0.1:0".parse().expect("valid addr")).await
+    }
+
+    pub async fn start_on(data: &SimData, key: &str, addr: SocketAddr) -> std::io::Result<MispSim> {
+        let inner = Arc::new(Inner {
+            key: key.to_owned(),
+            data: Dataset::build(data),
+            control: Mutex::new(Control::default()),
+            request_count: AtomicU64::new(0),
+            value_count: AtomicU64::new(0),
+        });
+        Self::serve(inner, addr).await
+    }
+
+    async fn serve(inner: Arc<Inner>, addr: SocketAddr) -> std::io::Result<MispSim> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/attributes/restSearch", post(rest_search))
+            .with_state(inner.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(MispSim {
+            inner,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving; open connections are dropped.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Serves again on the same address, with the same data and counters.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.stop().await;
+        let again = Self::serve(self.inner.clone(), self.addr).await?;
+        *self = again;
+        Ok(())
+    }
+
+    pub fn set_latency(&self, d: Duration) {
+        self.inner.control.lock().unwrap_or_else(|e| e.into_inner()).latency = d;
+    }
+
+    /// Applies `fault` to the next `times` authenticated requests.
+    pub fn inject(&self, fault: Fault, times: u32) {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .faults
+            .push((fault, times));
+    }
+
+    /// Authenticated restSearch requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.inner.request_count.load(Ordering::Relaxed)
+    }
+
+    /// Values asked about, summed over requests.
+    pub fn values_asked(&self) -> u64 {
+        self.inner.value_count.load(Ordering::Relaxed)
+    }
+
+    /// The value list of every request, in order.
+    pub fn request_log(&self) -> Vec<Vec<String>> {
+        self.inner.control.lock().unwrap_or_else(|e| e.into_inner()).requests.clone()
+    }
+
+    /// The response for a search body, without HTTP (for golden tests).
+    pub fn answer(data: &SimData, body: &Value) -> Value {
+        Inner {
+            key: String::new(),
+            data: Dataset::build(data),
+            control: Mutex::new(Control::default()),
+            request_count: AtomicU64::new(0),
+            value_count: AtomicU64::new(0),
+        }
+        .search(body)
+    }
+}
