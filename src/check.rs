@@ -28,7 +28,11 @@ pub async fn run(path: &Path, out: &mut impl Write) -> ExitCode {
     let mut r = Report { out, failed: 0 };
     let cfg = match config::load(path) {
         Ok(c) => {
-            r.item(true, &format!("config {} parses and is valid", path.display()), String::new);
+            r.item(
+                true,
+                &format!("config {} parses and is valid", path.display()),
+                String::new,
+            );
             c
         }
         Err(e) => {
@@ -40,7 +44,15 @@ pub async fn run(path: &Path, out: &mut impl Write) -> ExitCode {
         }
     };
     check_all(&cfg, &mut r).await;
-    let _ = writeln!(r.out, "{}", if r.failed == 0 { "all checks passed".to_string() } else { format!("{} check(s) failed", r.failed) });
+    let _ = writeln!(
+        r.out,
+        "{}",
+        if r.failed == 0 {
+            "all checks passed".to_string()
+        } else {
+            format!("{} check(s) failed", r.failed)
+        }
+    );
     if r.failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -51,18 +63,33 @@ pub async fn run(path: &Path, out: &mut impl Write) -> ExitCode {
 async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
     let key = cfg.resolve_api_key();
     r.item(key.is_ok(), "MISP API key is present", || {
-        key.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+        key.as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     });
     if let Some(p) = &cfg.misp.api_key_file {
-        let mode = std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
-        r.item(mode & 0o004 == 0, &format!("key file {} is not world-readable", p.display()), || {
-            format!("chmod 0640 {} && chown root:wazuh {}", p.display(), p.display())
-        });
+        let mode = std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        r.item(
+            mode & 0o004 == 0,
+            &format!("key file {} is not world-readable", p.display()),
+            || {
+                format!(
+                    "chmod 0640 {} && chown root:wazuh {}",
+                    p.display(),
+                    p.display()
+                )
+            },
+        );
     }
     if let Ok(key) = &key {
         match MispClient::new(&cfg.misp, key) {
             Ok(client) => {
-                let answer = client.search_with(&["127.0.0.1".to_string()], Some(1)).await;
+                let answer = client
+                    .search_with(&["127.0.0.1".to_string()], Some(1))
+                    .await;
                 let ok = answer.is_ok();
                 r.item(ok, &format!("MISP at {} answers an authenticated restSearch", cfg.misp.url), || match &answer {
                     Err(e) => format!("{e} ({}: check misp.url, the key, and TLS: misp.ca_file for a private CA)", e.kind()),
@@ -74,29 +101,55 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
     }
     let alerts = &cfg.input.alerts_file;
     let readable = std::fs::File::open(alerts);
-    r.item(readable.is_ok(), &format!("alerts file {} is readable", alerts.display()), || {
-        format!(
-            "{}; run as a member of group wazuh (alerts.json is wazuh:wazuh 0640)",
-            readable.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
-        )
-    });
+    r.item(
+        readable.is_ok(),
+        &format!("alerts file {} is readable", alerts.display()),
+        || {
+            format!(
+                "{}; run as a member of group wazuh (alerts.json is wazuh:wazuh 0640)",
+                readable
+                    .as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            )
+        },
+    );
     let sock = &cfg.output.queue_socket;
     let meta = std::fs::metadata(sock);
     let is_socket = meta.as_ref().is_ok_and(|m| m.file_type().is_socket());
-    r.item(is_socket, &format!("queue socket {} exists", sock.display()), || {
-        "start wazuh-manager (analysisd creates the socket), or fix output.queue_socket".into()
-    });
+    r.item(
+        is_socket,
+        &format!("queue socket {} exists", sock.display()),
+        || "start wazuh-manager (analysisd creates the socket), or fix output.queue_socket".into(),
+    );
     if is_socket {
         let writable = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(sock));
-        r.item(writable.is_ok(), &format!("queue socket {} accepts our datagrams", sock.display()), || {
-            format!(
-                "{}; the socket is wazuh:wazuh 0660: run as group wazuh",
-                writable.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
-            )
-        });
+        r.item(
+            writable.is_ok(),
+            &format!("queue socket {} accepts our datagrams", sock.display()),
+            || {
+                format!(
+                    "{}; the socket is wazuh:wazuh 0660: run as group wazuh",
+                    writable
+                        .as_ref()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                )
+            },
+        );
     }
     let state = crate::pipeline::prepare_state_dir(&cfg.input.state_dir);
-    r.item(state.is_ok(), &format!("state dir {} is writable", cfg.input.state_dir.display()), || {
-        state.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
-    });
+    r.item(
+        state.is_ok(),
+        &format!("state dir {} is writable", cfg.input.state_dir.display()),
+        || {
+            state
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        },
+    );
 }

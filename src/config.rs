@@ -328,9 +328,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             format!("config file {} does not exist", path.display()),
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::key("", format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::key("", format!("cannot read {}: {e}", path.display())))?;
     load_str(&text, std::env::vars())
 }
 
@@ -379,7 +378,10 @@ fn from_config_error(e: config::ConfigError) -> ConfigError {
         } else {
             format!("{section}.{field}")
         };
-        return ConfigError::key(key, "unknown key (check the spelling against config/wazuh-misp.toml)");
+        return ConfigError::key(
+            key,
+            "unknown key (check the spelling against config/wazuh-misp.toml)",
+        );
     }
     if let Some(key) = key_in(&msg) {
         let reason = msg.split(" for key `").next().unwrap_or(&msg).to_owned();
@@ -392,26 +394,44 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.misp.url.trim();
         if url.is_empty() {
-            return Err(ConfigError::key("misp.url", "is required (e.g. \"https://misp.example.org\")"));
+            return Err(ConfigError::key(
+                "misp.url",
+                "is required (e.g. \"https://misp.example.org\")",
+            ));
         }
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ConfigError::key("misp.url", format!("{url:?} must start with https:// or http://")));
+            return Err(ConfigError::key(
+                "misp.url",
+                format!("{url:?} must start with https:// or http://"),
+            ));
         }
         if reqwest::Url::parse(url).is_err() {
-            return Err(ConfigError::key("misp.url", format!("{url:?} is not a valid URL")));
+            return Err(ConfigError::key(
+                "misp.url",
+                format!("{url:?} is not a valid URL"),
+            ));
         }
         if self.misp.api_key.is_some() && self.misp.api_key_file.is_some() {
-            return Err(ConfigError::key("misp.api_key", "set either misp.api_key or misp.api_key_file, not both"));
+            return Err(ConfigError::key(
+                "misp.api_key",
+                "set either misp.api_key or misp.api_key_file, not both",
+            ));
         }
         if self.misp.api_key.as_ref().is_some_and(Secret::is_empty) {
             return Err(ConfigError::key("misp.api_key", "is empty"));
         }
         let positive = [
             ("misp.timeout_secs", self.misp.timeout_secs as usize),
-            ("misp.max_concurrent_requests", self.misp.max_concurrent_requests),
+            (
+                "misp.max_concurrent_requests",
+                self.misp.max_concurrent_requests,
+            ),
             ("misp.batch_max_values", self.misp.batch_max_values),
             ("misp.max_response_bytes", self.misp.max_response_bytes),
-            ("misp.cache_max_entries", self.misp.cache_max_entries as usize),
+            (
+                "misp.cache_max_entries",
+                self.misp.cache_max_entries as usize,
+            ),
             ("misp.breaker_failures", self.misp.breaker_failures as usize),
             ("input.max_line_bytes", self.input.max_line_bytes),
             ("dedup.window_secs", self.dedup.window_secs as usize),
@@ -424,16 +444,25 @@ impl Config {
             }
         }
         if self.input.max_line_bytes < 1024 {
-            return Err(ConfigError::key("input.max_line_bytes", "must be at least 1024"));
+            return Err(ConfigError::key(
+                "input.max_line_bytes",
+                "must be at least 1024",
+            ));
         }
         if let Some(ca) = &self.misp.ca_file {
             if !ca.is_file() {
-                return Err(ConfigError::key("misp.ca_file", format!("{} is not a readable file", ca.display())));
+                return Err(ConfigError::key(
+                    "misp.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
             }
         }
         self.filter.exclude_nets()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            ConfigError::key("log.level", format!("{:?} is not a valid level or filter: {e}", self.log.level))
+            ConfigError::key(
+                "log.level",
+                format!("{:?} is not a valid level or filter: {e}", self.log.level),
+            )
         })?;
         Ok(())
     }
@@ -460,7 +489,10 @@ impl Config {
             .map_err(|e| ConfigError::key(key, format!("cannot read {}: {e}", path.display())))?;
         let k = text.trim();
         if k.is_empty() {
-            return Err(ConfigError::key(key, format!("{} is empty", path.display())));
+            return Err(ConfigError::key(
+                key,
+                format!("{} is empty", path.display()),
+            ));
         }
         Ok(Secret::new(k))
     }
@@ -471,7 +503,11 @@ impl Config {
             match (a, b) {
                 (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
                     for (k, va) in x {
-                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
                         walk(&key, va, y.get(k).unwrap_or(&serde_json::Value::Null), out);
                     }
                 }

@@ -23,10 +23,21 @@ pub fn now_ms() -> u64 {
 struct UntilDeadline;
 
 impl Expiry<String, u64> for UntilDeadline {
-    fn expire_after_create(&self, _k: &String, deadline_ms: &u64, _at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        deadline_ms: &u64,
+        _at: Instant,
+    ) -> Option<Duration> {
         Some(Duration::from_millis(deadline_ms.saturating_sub(now_ms())))
     }
-    fn expire_after_update(&self, _k: &String, deadline_ms: &u64, _at: Instant, _d: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _k: &String,
+        deadline_ms: &u64,
+        _at: Instant,
+        _d: Option<Duration>,
+    ) -> Option<Duration> {
         Some(Duration::from_millis(deadline_ms.saturating_sub(now_ms())))
     }
 }
@@ -54,7 +65,8 @@ impl Dedup {
 
     /// Applies to keys claimed or marked from now on.
     pub fn set_window(&self, window: Duration) {
-        self.window_ms.store(window.as_millis() as u64, Ordering::Relaxed);
+        self.window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn deadline(&self) -> u64 {
@@ -132,7 +144,10 @@ mod tests {
         let snap = d.snapshot();
         assert_eq!(snap.len(), 1);
         let e = Dedup::new(Duration::from_secs(60), 100);
-        assert_eq!(e.restore(snap.into_iter().chain([("old".to_string(), 1)])), 1);
+        assert_eq!(
+            e.restore(snap.into_iter().chain([("old".to_string(), 1)])),
+            1
+        );
         assert!(!e.try_claim("a"));
         assert!(e.try_claim("old"));
     }

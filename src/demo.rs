@@ -55,7 +55,9 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = receiver.recv(&mut buf).await {
-            sink.lock().unwrap_or_else(|e| e.into_inner()).push(buf[..n].to_vec());
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(buf[..n].to_vec());
         }
     });
 
@@ -72,7 +74,9 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
     let daemon = Daemon::start(cfg, client)?;
 
     // Append the way analysisd does: one write per alert line.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&alerts_path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&alerts_path)?;
     for line in alerts.lines().filter(|l| !l.trim().is_empty()) {
         f.write_all(line.as_bytes())?;
         f.write_all(b"\n")?;
@@ -125,16 +129,39 @@ pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()>
             "── datagram: queue {queue}, location {location:?}, {} bytes",
             d.len()
         )?;
-        writeln!(out, "{}", serde_json::to_string_pretty(&event).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&event).unwrap_or_default()
+        )?;
     }
     let s = &outcome.stats;
     let g = Stats::get;
     writeln!(out, "── summary")?;
     writeln!(out, "alerts read:        {}", g(&s.lines_read))?;
-    writeln!(out, "alerts processed:   {} (skipped: {:?})", g(&s.alerts_processed), s.skipped())?;
-    writeln!(out, "IPs looked up:      {} (dedup hits {}, cache hits {})", g(&s.ips_extracted), g(&s.dedup_hits), g(&s.cache_hits))?;
-    writeln!(out, "MISP requests:      {} ({} values)", outcome.misp_requests, outcome.misp_values)?;
+    writeln!(
+        out,
+        "alerts processed:   {} (skipped: {:?})",
+        g(&s.alerts_processed),
+        s.skipped()
+    )?;
+    writeln!(
+        out,
+        "IPs looked up:      {} (dedup hits {}, cache hits {})",
+        g(&s.ips_extracted),
+        g(&s.dedup_hits),
+        g(&s.cache_hits)
+    )?;
+    writeln!(
+        out,
+        "MISP requests:      {} ({} values)",
+        outcome.misp_requests, outcome.misp_values
+    )?;
     writeln!(out, "events sent:        {}", g(&s.events_sent))?;
-    writeln!(out, "elapsed:            {:.3} s", outcome.elapsed.as_secs_f64())?;
+    writeln!(
+        out,
+        "elapsed:            {:.3} s",
+        outcome.elapsed.as_secs_f64()
+    )?;
     Ok(())
 }

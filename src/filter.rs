@@ -101,14 +101,35 @@ mod tests {
             (json!({"rule":{"id":"5712","level":10}}), Ok(())),
             (json!({"rule":{"id":"5712","level":"10"}}), Ok(())),
             (json!({"rule":{"id":5712,"level":6}}), Ok(())),
-            (json!({"rule":{"id":"5712","level":5}}), Err(SkipReason::LevelBelowMinimum)),
-            (json!({"rule":{"id":"5712","level":"high"}}), Err(SkipReason::LevelBelowMinimum)),
-            (json!({"rule":{"id":"5712"}}), Err(SkipReason::LevelBelowMinimum)),
+            (
+                json!({"rule":{"id":"5712","level":5}}),
+                Err(SkipReason::LevelBelowMinimum),
+            ),
+            (
+                json!({"rule":{"id":"5712","level":"high"}}),
+                Err(SkipReason::LevelBelowMinimum),
+            ),
+            (
+                json!({"rule":{"id":"5712"}}),
+                Err(SkipReason::LevelBelowMinimum),
+            ),
             (json!({"rule":{"level":12}}), Err(SkipReason::NoRuleId)),
-            (json!({"rule":{"id":"","level":12}}), Err(SkipReason::NoRuleId)),
-            (json!({"rule":{"id":"31530","level":12}}), Err(SkipReason::ExcludedRule)),
-            (json!({"rule":{"id":"100200","level":12},"data":{"integration":"misp"}}), Err(SkipReason::OwnEvent)),
-            (json!({"rule":{"id":"100200","level":12},"location":"misp"}), Err(SkipReason::OwnEvent)),
+            (
+                json!({"rule":{"id":"","level":12}}),
+                Err(SkipReason::NoRuleId),
+            ),
+            (
+                json!({"rule":{"id":"31530","level":12}}),
+                Err(SkipReason::ExcludedRule),
+            ),
+            (
+                json!({"rule":{"id":"100200","level":12},"data":{"integration":"misp"}}),
+                Err(SkipReason::OwnEvent),
+            ),
+            (
+                json!({"rule":{"id":"100200","level":12},"location":"misp"}),
+                Err(SkipReason::OwnEvent),
+            ),
             (json!({"rule":{"id":"1","level":12},"data":[1,2]}), Ok(())),
             (json!([1, 2]), Err(SkipReason::NotAnObject)),
         ];

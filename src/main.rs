@@ -17,7 +17,11 @@ use wazuh_misp::stats::Stats;
 use wazuh_misp::{check, demo};
 
 #[derive(Parser)]
-#[command(name = "wazuh-misp", version, about = "Enrich Wazuh alerts with MISP threat intelligence")]
+#[command(
+    name = "wazuh-misp",
+    version,
+    about = "Enrich Wazuh alerts with MISP threat intelligence"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,10 @@ fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wazuh-misp: cannot start the runtime: {e}");
@@ -176,7 +183,9 @@ fn reload(daemon: &mut Daemon, path: &Path, log: &LogHandle) {
     match daemon.reload(new, client) {
         Ok(changed) if changed.is_empty() => tracing::info!("reload: nothing changed"),
         Ok(changed) => tracing::info!(keys = ?changed, "reload applied"),
-        Err(e) => tracing::error!("reload refused; the running configuration stays in force: {e:#}"),
+        Err(e) => {
+            tracing::error!("reload refused; the running configuration stays in force: {e:#}")
+        }
     }
 }
 
@@ -201,7 +210,12 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
         }
     };
     let stats = Arc::new(Stats::default());
-    let engine = Engine::new(rules, Lookup::start(client, &cfg.misp, stats.clone()), None, stats);
+    let engine = Engine::new(
+        rules,
+        Lookup::start(client, &cfg.misp, stats.clone()),
+        None,
+        stats,
+    );
     let reader: Box<dyn BufRead> = if file == "-" {
         Box::new(std::io::stdin().lock())
     } else {

@@ -121,7 +121,11 @@ impl Engine {
         }
         self.stats.alerts_processed.fetch_add(1, Ordering::Relaxed);
         let mut hits: Vec<IpHit> = Vec::new();
-        SCRATCH.with(|s| rules.extractor.extract(&alert, &mut s.borrow_mut(), &mut hits));
+        SCRATCH.with(|s| {
+            rules
+                .extractor
+                .extract(&alert, &mut s.borrow_mut(), &mut hits)
+        });
         if hits.is_empty() {
             return Ok(Produced::default());
         }
@@ -142,7 +146,8 @@ impl Engine {
         if claimed.is_empty() {
             return Ok(Produced::default());
         }
-        let looked_up = futures::future::join_all(claimed.iter().map(|(h, _)| self.lookup.get(h.ip))).await;
+        let looked_up =
+            futures::future::join_all(claimed.iter().map(|(h, _)| self.lookup.get(h.ip))).await;
         if looked_up.iter().any(Result::is_err) {
             self.release(claimed.iter().map(|(_, k)| k));
             return Err(Abandoned);
@@ -271,9 +276,11 @@ fn save_dedup(state_dir: &Path, d: &Dedup) {
 /// Checks that `state_dir` exists (creating it) and is writable.
 pub fn prepare_state_dir(dir: &Path) -> Result<(), crate::config::ConfigError> {
     let err = |reason: String| crate::config::ConfigError::key("input.state_dir", reason);
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"").map_err(|e| err(format!("{} is not writable: {e}", dir.display())))?;
+    std::fs::write(&probe, b"")
+        .map_err(|e| err(format!("{} is not writable: {e}", dir.display())))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -286,25 +293,44 @@ impl Daemon {
         prepare_state_dir(&state_dir)?;
         let stats = Arc::new(Stats::default());
         let checkpoints = Arc::new(Checkpointer::new());
-        let dedup = Dedup::new(Duration::from_secs(cfg.dedup.window_secs), cfg.dedup.max_entries);
+        let dedup = Dedup::new(
+            Duration::from_secs(cfg.dedup.window_secs),
+            cfg.dedup.max_entries,
+        );
         if let Some(saved) = read_state::<DedupState>(&state_dir.join(DEDUP_FILE)) {
             let n = dedup.restore(saved.entries);
             tracing::info!(entries = n, "restored dedup window");
         }
         let lookup = Lookup::start(client, &cfg.misp, stats.clone());
-        let engine = Arc::new(Engine::new(Rules::from_config(&cfg)?, lookup, Some(dedup.clone()), stats.clone()));
+        let engine = Arc::new(Engine::new(
+            Rules::from_config(&cfg)?,
+            lookup,
+            Some(dedup.clone()),
+            stats.clone(),
+        ));
 
         let capacity = cfg.pipeline.channel_capacity;
         let workers_n = cfg.pipeline.worker_count();
         let (line_tx, line_rx) = async_channel::bounded(capacity);
         let (out_tx, out_rx) = mpsc::channel(capacity);
 
-        let writer = Writer::new(cfg.output.queue_socket.clone(), stats.clone(), Some(dedup.clone()), checkpoints.clone());
+        let writer = Writer::new(
+            cfg.output.queue_socket.clone(),
+            stats.clone(),
+            Some(dedup.clone()),
+            checkpoints.clone(),
+        );
         let writer = tokio::spawn(writer.run(out_rx));
         let max_in_flight = (capacity / workers_n).max(16);
         let workers = (0..workers_n)
             .map(|_| {
-                tokio::spawn(worker(engine.clone(), line_rx.clone(), out_tx.clone(), checkpoints.clone(), max_in_flight))
+                tokio::spawn(worker(
+                    engine.clone(),
+                    line_rx.clone(),
+                    out_tx.clone(),
+                    checkpoints.clone(),
+                    max_in_flight,
+                ))
             })
             .collect();
         drop(out_tx);
@@ -439,7 +465,12 @@ impl Daemon {
     }
 }
 
-async fn save_periodically(state_dir: PathBuf, checkpoints: Arc<Checkpointer>, dedup: Dedup, dedup_every: Duration) {
+async fn save_periodically(
+    state_dir: PathBuf,
+    checkpoints: Arc<Checkpointer>,
+    dedup: Dedup,
+    dedup_every: Duration,
+) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut since_dedup = Duration::ZERO;

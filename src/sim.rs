@@ -37,7 +37,9 @@ pub enum Fault {
     Status(u16),
     Html,
     Truncated,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     /// Answers correctly, but only after this delay.
     Slow(Duration),
     /// A valid JSON document of the wrong shape.
@@ -110,8 +112,12 @@ impl SimData {
         paths.sort();
         let mut events = Vec::new();
         for p in paths {
-            let v: Value = serde_json::from_slice(&std::fs::read(&p)?)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))?;
+            let v: Value = serde_json::from_slice(&std::fs::read(&p)?).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", p.display()),
+                )
+            })?;
             events.push(v);
         }
         Ok(Self::from_events(events))
@@ -121,7 +127,10 @@ impl SimData {
     pub fn with_warninglist(mut self, list: &Value) -> Self {
         if let Some(items) = list.get("list").and_then(Value::as_array) {
             for s in items.iter().filter_map(Value::as_str) {
-                if let Ok(n) = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)) {
+                if let Ok(n) = s
+                    .parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                {
                     self.warninglist.push(n);
                 }
             }
@@ -151,8 +160,22 @@ fn s(v: Option<&Value>) -> String {
 }
 
 const ATTRIBUTE_FIELDS: &[&str] = &[
-    "id", "event_id", "object_id", "object_relation", "category", "type", "to_ids", "uuid", "timestamp",
-    "distribution", "sharing_group_id", "comment", "deleted", "disable_correlation", "first_seen", "last_seen",
+    "id",
+    "event_id",
+    "object_id",
+    "object_relation",
+    "category",
+    "type",
+    "to_ids",
+    "uuid",
+    "timestamp",
+    "distribution",
+    "sharing_group_id",
+    "comment",
+    "deleted",
+    "disable_correlation",
+    "first_seen",
+    "last_seen",
     "value",
 ];
 
@@ -193,12 +216,27 @@ impl Dataset {
                 }
                 attributes.push((ei, Value::Object(out)));
             };
-            for a in event.get("Attribute").and_then(Value::as_array).into_iter().flatten() {
+            for a in event
+                .get("Attribute")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 push(a, "0");
             }
-            for o in event.get("Object").and_then(Value::as_array).into_iter().flatten() {
+            for o in event
+                .get("Object")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let oid = s(o.get("id"));
-                for a in o.get("Attribute").and_then(Value::as_array).into_iter().flatten() {
+                for a in o
+                    .get("Attribute")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     push(a, if oid.is_empty() { "0" } else { &oid });
                 }
             }
@@ -234,7 +272,8 @@ impl Dataset {
 
 /// IPs compare in canonical form, as MISP does for ip types.
 fn normalise(v: &str) -> String {
-    v.parse::<IpAddr>().map_or_else(|_| v.to_owned(), |ip| ip.to_string())
+    v.parse::<IpAddr>()
+        .map_or_else(|_| v.to_owned(), |ip| ip.to_string())
 }
 
 fn truthy(v: Option<&Value>) -> bool {
@@ -286,12 +325,20 @@ impl Inner {
         let correlations = truthy(body.get("includeCorrelations"));
         let decay = truthy(body.get("includeDecayScore"));
         let warninglist = truthy(body.get("enforceWarninglist"));
-        let limit = body.get("limit").and_then(|l| s(Some(l)).parse::<usize>().ok());
+        let limit = body
+            .get("limit")
+            .and_then(|l| s(Some(l)).parse::<usize>().ok());
         let now = chrono::Utc::now().timestamp();
         let d = &self.data;
         let mut hits: Vec<usize> = values
             .iter()
-            .flat_map(|v| d.by_value.get(&normalise(&v.to_lowercase())).into_iter().flatten().copied())
+            .flat_map(|v| {
+                d.by_value
+                    .get(&normalise(&v.to_lowercase()))
+                    .into_iter()
+                    .flatten()
+                    .copied()
+            })
             .collect();
         hits.sort_unstable();
         hits.dedup();
@@ -311,9 +358,18 @@ impl Inner {
             let event = &d.events[*ei];
             let mut a = attr.clone();
             let obj = a.as_object_mut().expect("rendered as object");
-            let mut tags: Vec<Value> = obj.get("Tag").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut tags: Vec<Value> = obj
+                .get("Tag")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if event_tags {
-                for t in event.get("Tag").and_then(Value::as_array).into_iter().flatten() {
+                for t in event
+                    .get("Tag")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let mut t = t.clone();
                     t["inherited"] = json!(1);
                     tags.push(t);
@@ -360,7 +416,16 @@ impl Inner {
                 "orgc_id": s(event.get("orgc_id")), "uuid": s(event.get("uuid")),
             });
             if context {
-                for f in ["date", "threat_level_id", "published", "analysis", "timestamp", "publish_timestamp", "sharing_group_id", "extends_uuid"] {
+                for f in [
+                    "date",
+                    "threat_level_id",
+                    "published",
+                    "analysis",
+                    "timestamp",
+                    "publish_timestamp",
+                    "sharing_group_id",
+                    "extends_uuid",
+                ] {
                     if let Some(v) = event.get(f) {
                         ev[f] = v.clone();
                     }
@@ -388,7 +453,11 @@ fn respond(status: u16, content_type: &str, body: impl Into<Body>) -> Response {
 
 const LOGIN_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>MISP - Login</title></head><body><form action=\"/users/login\" method=\"post\"><input name=\"data[User][email]\"><input type=\"password\" name=\"data[User][password]\"></form></body></html>";
 
-async fn rest_search(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn rest_search(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let (latency, fault) = {
         let mut c = inner.control.lock().unwrap_or_else(|e| e.into_inner());
         let fault = match c.faults.first_mut() {
@@ -442,7 +511,9 @@ async fn rest_search(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: 
     };
     let values = string_list(request.get("value"));
     inner.request_count.fetch_add(1, Ordering::Relaxed);
-    inner.value_count.fetch_add(values.len() as u64, Ordering::Relaxed);
+    inner
+        .value_count
+        .fetch_add(values.len() as u64, Ordering::Relaxed);
     inner
         .control
         .lock()
@@ -540,7 +611,11 @@ impl MispSim {
     }
 
     pub fn set_latency(&self, d: Duration) {
-        self.inner.control.lock().unwrap_or_else(|e| e.into_inner()).latency = d;
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .latency = d;
     }
 
     /// Applies `fault` to the next `times` authenticated requests.
@@ -565,7 +640,12 @@ impl MispSim {
 
     /// The value list of every request, in order.
     pub fn request_log(&self) -> Vec<Vec<String>> {
-        self.inner.control.lock().unwrap_or_else(|e| e.into_inner()).requests.clone()
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .clone()
     }
 
     /// The response for a search body, without HTTP (for golden tests).

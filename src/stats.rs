@@ -32,7 +32,10 @@ impl Stats {
     }
 
     pub fn skipped(&self) -> BTreeMap<&'static str, u64> {
-        self.skipped.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.skipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn skipped_total(&self) -> u64 {

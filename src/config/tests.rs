@@ -13,7 +13,10 @@ fn load(text: &str) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_fill_in() {
     let c = load(MINIMAL).unwrap();
-    assert_eq!(c.input.alerts_file, PathBuf::from("/var/ossec/logs/alerts/alerts.json"));
+    assert_eq!(
+        c.input.alerts_file,
+        PathBuf::from("/var/ossec/logs/alerts/alerts.json")
+    );
     assert_eq!(c.filter.min_level, 6);
     assert_eq!(c.filter.exclude_rule_ids, ["31530", "31531"]);
     assert!(c.misp.verify_tls);
@@ -32,15 +35,25 @@ fn unknown_keys_are_named() {
 
 #[test]
 fn wrong_types_and_values_are_named() {
-    let e = load(&format!("{MINIMAL}\n[misp]\ntimeout_secs = \"soon\"\n")).unwrap_err();
-    assert!(e.key.contains("timeout_secs") || e.reason.contains("timeout_secs"), "{e}");
+    let e = load("[misp]\nurl = \"https://m\"\napi_key = \"k\"\ntimeout_secs = \"soon\"\n")
+        .unwrap_err();
+    assert!(
+        e.key.contains("timeout_secs") || e.reason.contains("timeout_secs"),
+        "{e}"
+    );
     let e = load("[misp]\nurl = \"ftp://x\"\napi_key = \"k\"\n").unwrap_err();
     assert_eq!(e.key, "misp.url");
     let e = load("[misp]\napi_key = \"k\"\n").unwrap_err();
     assert_eq!(e.key, "misp.url");
-    let e = load(&format!("{MINIMAL}\n[filter]\nexclude_ips = [\"not-an-ip\"]\n")).unwrap_err();
+    let e = load(&format!(
+        "{MINIMAL}\n[filter]\nexclude_ips = [\"not-an-ip\"]\n"
+    ))
+    .unwrap_err();
     assert_eq!(e.key, "filter.exclude_ips");
-    let e = load(&format!("{MINIMAL}\n[input]\nstart_position = \"middle\"\n")).unwrap_err();
+    let e = load(&format!(
+        "{MINIMAL}\n[input]\nstart_position = \"middle\"\n"
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("start_position"), "{e}");
     let e = load(&format!("{MINIMAL}\n[pipeline]\nchannel_capacity = 0\n")).unwrap_err();
     assert_eq!(e.key, "pipeline.channel_capacity");
@@ -50,8 +63,14 @@ fn wrong_types_and_values_are_named() {
 fn environment_overrides() {
     let env = vec![
         ("WAZUH_MISP__FILTER__MIN_LEVEL".to_string(), "9".to_string()),
-        ("WAZUH_MISP__FILTER__EXCLUDE_RULE_IDS".to_string(), "1,2,3".to_string()),
-        ("WAZUH_MISP__MISP__URL".to_string(), "https://other.example".to_string()),
+        (
+            "WAZUH_MISP__FILTER__EXCLUDE_RULE_IDS".to_string(),
+            "1,2,3".to_string(),
+        ),
+        (
+            "WAZUH_MISP__MISP__URL".to_string(),
+            "https://other.example".to_string(),
+        ),
         ("UNRELATED".to_string(), "x".to_string()),
     ];
     let c = load_str(MINIMAL, env).unwrap();

@@ -425,12 +425,10 @@ const THREAT_KEYWORDS: &[&str] = &[
 
 /// The `X` of `misp-galaxy:threat-actor="X"` or `threat-actor:<any>="X"`.
 fn threat_actor(tag: &str) -> Option<String> {
-    let rest = tag
-        .strip_prefix("misp-galaxy:threat-actor=")
-        .or_else(|| {
-            tag.strip_prefix("threat-actor:")
-                .and_then(|r| r.split_once('=').map(|(_, v)| v))
-        })?;
+    let rest = tag.strip_prefix("misp-galaxy:threat-actor=").or_else(|| {
+        tag.strip_prefix("threat-actor:")
+            .and_then(|r| r.split_once('=').map(|(_, v)| v))
+    })?;
     let v = rest.trim().trim_matches('"');
     (!v.is_empty()).then(|| v.to_owned())
 }
@@ -454,7 +452,10 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
             types.insert(colour.trim().to_owned());
         }
     }
-    let dates = events.iter().map(|e| e.date.as_str()).filter(|d| !d.is_empty());
+    let dates = events
+        .iter()
+        .map(|e| e.date.as_str())
+        .filter(|d| !d.is_empty());
     Summary {
         total_attributes: attrs.len(),
         total_events: events.len(),

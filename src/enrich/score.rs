@@ -2,8 +2,7 @@
 //! Wazuh rules and dashboards built on it keep their meaning.
 
 /// Points for a tag containing each keyword (case-insensitive). A tag can
-/// match several keywords (`ransomware` contains `malware`), and each match
-/// counts, as in the original.
+/// match several keywords (`malware:apt-backdoor`), and each match counts.
 const TAG_POINTS: &[(&str, u32)] = &[
     ("tlp:red", 8),
     ("tlp:amber", 5),
@@ -60,6 +59,8 @@ mod tests {
         assert_eq!(s("Other", false, &["suspicious"]), 4);
         assert_eq!(s("Other", false, &["tlp:red"]), 8);
         assert_eq!(s("Network activity", true, &["botnet"]), 10);
-        assert_eq!(s("Other", false, &["ransomware"]), 10);
+        assert_eq!(s("Other", false, &["ransomware"]), 9);
+        assert_eq!(s("Other", false, &["malware:apt"]), 10);
+        assert_eq!(s("Other", false, &["Botnet", "botnet"]), 10);
     }
 }

@@ -66,7 +66,11 @@ pub fn from_key(key: &str) -> Direction {
         {
             source = true;
         }
-        if ["dst", "dest", "target", "server"].iter().any(|p| starts(p)) || is("resp") || is("to")
+        if ["dst", "dest", "target", "server"]
+            .iter()
+            .any(|p| starts(p))
+            || is("resp")
+            || is("to")
         {
             destination = true;
         }
@@ -192,7 +196,16 @@ mod tests {
 
     #[test]
     fn generic_keys() {
-        for k in ["ip", "IP", "address", "ip_address", "ipAddressV4", "host", "h", "ip-v6"] {
+        for k in [
+            "ip",
+            "IP",
+            "address",
+            "ip_address",
+            "ipAddressV4",
+            "host",
+            "h",
+            "ip-v6",
+        ] {
             assert!(is_generic_key(k), "{k}");
         }
         for k in ["srcip", "hostname", "publicIp"] {

@@ -17,13 +17,16 @@ fn hit(ip: &str, d: &'static str, p: &str) -> (String, &'static str, String) {
 #[test]
 fn sshd_prefers_structured_direction_over_earlier_full_log() {
     let alert: Value = serde_json::from_str(
-        r#"{"timestamp":"2020-04-17T00:17:53.159+0000","rule":{"level":10,"description":"sshd: brute force from 49.88.112.73","id":"5712"},
+        r#"{"timestamp":"2020-04-17T00:17:53.159+0000","rule":{"level":10,"description":"sshd: brute force trying to get access to the system.","id":"5712"},
         "agent":{"id":"001","name":"web","ip":"52.1.1.1"},"manager":{"name":"m"},"id":"1.2",
         "full_log":"Apr 17 sshd[1]: Failed password for root 49.88.112.73 port 22",
         "decoder":{"name":"sshd"},"data":{"srcip":"49.88.112.73","srcuser":"root"},"location":"/var/log/secure"}"#,
     )
     .unwrap();
-    assert_eq!(run(&alert), vec![hit("49.88.112.73", "source", "data.srcip")]);
+    assert_eq!(
+        run(&alert),
+        vec![hit("49.88.112.73", "source", "data.srcip")]
+    );
 }
 
 #[test]
@@ -101,7 +104,10 @@ fn private_and_excluded_are_dropped_and_mapped_unwrapped() {
 #[test]
 fn one_hit_per_ip_and_first_known_direction() {
     let alert = json!({"full_log":"185.1.1.1 then 185.1.1.1","data":{"x":"185.1.1.1","dstip":"185.1.1.1","srcip":"185.1.1.1"}});
-    assert_eq!(run(&alert), vec![hit("185.1.1.1", "destination", "data.dstip")]);
+    assert_eq!(
+        run(&alert),
+        vec![hit("185.1.1.1", "destination", "data.dstip")]
+    );
 }
 
 #[test]
@@ -109,7 +115,11 @@ fn raw_context_is_cut_to_256_chars() {
     let long = format!("from 185.1.1.1 {}", "é".repeat(400));
     let ex = Extractor::with_defaults();
     let mut out = Vec::new();
-    ex.extract(&json!({ "full_log": long }), &mut Scratch::default(), &mut out);
+    ex.extract(
+        &json!({ "full_log": long }),
+        &mut Scratch::default(),
+        &mut out,
+    );
     assert_eq!(out[0].raw_context.chars().count(), RAW_CONTEXT_CHARS);
 }
 

@@ -54,7 +54,10 @@ fn is_cidr_suffix(s: &str, at: usize, max: u32) -> bool {
     if b.get(at) != Some(&b'/') {
         return false;
     }
-    let digits = b[at + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let digits = b[at + 1..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count();
     if digits == 0 || digits > 3 {
         return false;
     }
@@ -175,7 +178,9 @@ fn scan_v6(s: &str, out: &mut Vec<Token>) -> Option<Vec<(usize, usize)>> {
                         // A zone id (`fe80::1%eth0`) belongs to the token.
                         tail += 1 + s[end + 1..]
                             .bytes()
-                            .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' || *c == b'.')
+                            .take_while(|c| {
+                                c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' || *c == b'.'
+                            })
                             .count();
                     }
                     if !is_cidr_suffix(s, tail, 128) {
@@ -211,7 +216,10 @@ mod tests {
     #[test]
     fn table() {
         let cases: &[(&str, &[&str])] = &[
-            ("Failed password from 49.88.112.73 port 22", &["49.88.112.73"]),
+            (
+                "Failed password from 49.88.112.73 port 22",
+                &["49.88.112.73"],
+            ),
             ("8.8.8.8", &["8.8.8.8"]),
             ("from 8.8.8.8.", &["8.8.8.8"]),
             ("1.3.6.1.4.1.311", &[]),
@@ -238,7 +246,10 @@ mod tests {
             ("conn [2001:4860:4860::8888]:443", &["2001:4860:4860::8888"]),
             ("fe80::1%eth0 link", &["fe80::1"]),
             ("2001:DB8:0:0:0:0:0:1", &["2001:db8::1"]),
-            ("from 2a00:1450:4001:80b::200e.", &["2a00:1450:4001:80b::200e"]),
+            (
+                "from 2a00:1450:4001:80b::200e.",
+                &["2a00:1450:4001:80b::200e"],
+            ),
             ("net 2001:db8::/32 ok", &[]),
             ("::ffff:185.220.101.5", &["::ffff:185.220.101.5"]),
             ("x2001:db8::1", &[]),

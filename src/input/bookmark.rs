@@ -64,7 +64,11 @@ fn rotated_files(alerts_file: &Path) -> Vec<PathBuf> {
 }
 
 /// Decides where the tailer starts, from the saved bookmark if any.
-pub fn resolve_start(alerts_file: &Path, bookmark: Option<&Bookmark>, fallback: StartPosition) -> Start {
+pub fn resolve_start(
+    alerts_file: &Path,
+    bookmark: Option<&Bookmark>,
+    fallback: StartPosition,
+) -> Start {
     let Some(b) = bookmark else {
         return Start::Fresh(fallback);
     };
@@ -72,7 +76,10 @@ pub fn resolve_start(alerts_file: &Path, bookmark: Option<&Bookmark>, fallback: 
         tracing::info!(offset = b.offset, "resuming alerts.json from the bookmark");
         return Start::At(b.offset);
     }
-    if let Some(path) = rotated_files(alerts_file).into_iter().find(|p| matches(p, b)) {
+    if let Some(path) = rotated_files(alerts_file)
+        .into_iter()
+        .find(|p| matches(p, b))
+    {
         tracing::info!(path = %path.display(), offset = b.offset, "bookmark is in a rotated file; finishing it first");
         return Start::Rotated {
             path,

@@ -114,7 +114,11 @@ mod tests {
     fn out_of_order_completion_holds_the_oldest() {
         let c = Checkpointer::new();
         c.opened(0, id(10), 0);
-        let l = |s, e| LinePos { generation: 0, start: s, end: e };
+        let l = |s, e| LinePos {
+            generation: 0,
+            start: s,
+            end: e,
+        };
         for (s, e) in [(0, 10), (10, 20), (20, 30)] {
             c.dispatched(l(s, e));
         }
@@ -132,13 +136,29 @@ mod tests {
     fn rotation_keeps_old_file_until_its_lines_are_done() {
         let c = Checkpointer::new();
         c.opened(0, id(10), 0);
-        let old = LinePos { generation: 0, start: 5, end: 9 };
+        let old = LinePos {
+            generation: 0,
+            start: 5,
+            end: 9,
+        };
         c.dispatched(old);
         c.read_up_to(0, 9);
         c.opened(1, id(11), 0);
         c.read_up_to(1, 100);
-        assert_eq!(c.committed().unwrap(), Bookmark { file: id(10), offset: 5 });
+        assert_eq!(
+            c.committed().unwrap(),
+            Bookmark {
+                file: id(10),
+                offset: 5
+            }
+        );
         c.done(old);
-        assert_eq!(c.committed().unwrap(), Bookmark { file: id(11), offset: 100 });
+        assert_eq!(
+            c.committed().unwrap(),
+            Bookmark {
+                file: id(11),
+                offset: 100
+            }
+        );
     }
 }

@@ -164,7 +164,9 @@ impl Tailer {
         let (path, offset, then_current) = match &first {
             Some(Start::Rotated { path, offset }) => (path.clone(), *offset, true),
             Some(Start::At(o)) => (self.opts.path.clone(), *o, false),
-            Some(Start::Fresh(StartPosition::Beginning)) | None => (self.opts.path.clone(), 0, false),
+            Some(Start::Fresh(StartPosition::Beginning)) | None => {
+                (self.opts.path.clone(), 0, false)
+            }
             Some(Start::Fresh(StartPosition::End)) => (self.opts.path.clone(), u64::MAX, false),
         };
         let mut file = match File::open(&path) {
@@ -305,7 +307,13 @@ impl Tailer {
         Ok(())
     }
 
-    fn emit(&mut self, generation: u64, start: u64, end: u64, mut bytes: Vec<u8>) -> Result<(), Closed> {
+    fn emit(
+        &mut self,
+        generation: u64,
+        start: u64,
+        end: u64,
+        mut bytes: Vec<u8>,
+    ) -> Result<(), Closed> {
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
@@ -407,7 +415,9 @@ struct Closed;
 /// leaves the periodic stat to do the work; we try again on the next round.
 fn watch(dir: &std::path::Path, waker: Waker) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| waker.wake()).ok()?;
+    let mut w =
+        notify::recommended_watcher(move |_res: notify::Result<notify::Event>| waker.wake())
+            .ok()?;
     w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
     Some(w)
 }

@@ -107,7 +107,8 @@ impl Breaker {
     pub fn failure(&self, pass: Pass) {
         let mut s = self.lock();
         s.failures += 1;
-        s.failing_since.get_or_insert_with(std::time::SystemTime::now);
+        s.failing_since
+            .get_or_insert_with(std::time::SystemTime::now);
         if pass == Pass::Probe {
             s.probing = false;
         }

@@ -7,7 +7,13 @@ use std::time::Duration;
 
 /// The attribute types an IP can hide in. MISP matches a bare IP against
 /// both halves of composite values (`ip-dst|port`, `domain|ip`).
-pub const IP_TYPES: &[&str] = &["ip-src", "ip-dst", "ip-src|port", "ip-dst|port", "domain|ip"];
+pub const IP_TYPES: &[&str] = &[
+    "ip-src",
+    "ip-dst",
+    "ip-src|port",
+    "ip-dst|port",
+    "domain|ip",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MispError {
@@ -64,8 +70,11 @@ impl std::fmt::Debug for MispClient {
 
 impl MispClient {
     pub fn new(cfg: &MispConfig, key: &Secret) -> anyhow::Result<Self> {
-        let mut auth = HeaderValue::from_str(key.expose())
-            .map_err(|_| anyhow::anyhow!("config key `misp.api_key`: contains characters not allowed in an HTTP header"))?;
+        let mut auth = HeaderValue::from_str(key.expose()).map_err(|_| {
+            anyhow::anyhow!(
+                "config key `misp.api_key`: contains characters not allowed in an HTTP header"
+            )
+        })?;
         // Keeps the value out of reqwest's and hyper's debug output.
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -84,10 +93,18 @@ impl MispClient {
             b = b.danger_accept_invalid_certs(true);
         }
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| anyhow::anyhow!("config key `misp.ca_file`: cannot read {}: {e}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| anyhow::anyhow!("config key `misp.ca_file`: {} is not PEM: {e}", ca.display()))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                anyhow::anyhow!(
+                    "config key `misp.ca_file`: cannot read {}: {e}",
+                    ca.display()
+                )
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "config key `misp.ca_file`: {} is not PEM: {e}",
+                    ca.display()
+                )
+            })?;
             for c in certs {
                 b = b.add_root_certificate(c);
             }
@@ -132,7 +149,11 @@ impl MispClient {
         self.search_with(values, None).await
     }
 
-    pub async fn search_with(&self, values: &[String], limit: Option<u32>) -> Result<Vec<Attribute>, MispError> {
+    pub async fn search_with(
+        &self,
+        values: &[String],
+        limit: Option<u32>,
+    ) -> Result<Vec<Attribute>, MispError> {
         let resp = self
             .http
             .post(self.endpoint.clone())
@@ -193,7 +214,9 @@ impl MispClient {
 }
 
 fn too_large(cap: usize) -> MispError {
-    MispError::BadBody(format!("response larger than misp.max_response_bytes ({cap} bytes)"))
+    MispError::BadBody(format!(
+        "response larger than misp.max_response_bytes ({cap} bytes)"
+    ))
 }
 
 fn classify_transport(e: reqwest::Error) -> MispError {

@@ -111,7 +111,12 @@ impl Lookup {
         Self::start_with_probe(client, cfg, stats, PROBE_INTERVAL)
     }
 
-    pub fn start_with_probe(client: MispClient, cfg: &MispConfig, stats: Arc<Stats>, probe: Duration) -> Self {
+    pub fn start_with_probe(
+        client: MispClient,
+        cfg: &MispConfig,
+        stats: Arc<Stats>,
+        probe: Duration,
+    ) -> Self {
         let ttls = Arc::new(Ttls {
             hit_secs: AtomicU64::new(cfg.cache_ttl_secs),
             miss_secs: AtomicU64::new(cfg.negative_cache_ttl_secs),
@@ -128,8 +133,13 @@ impl Lookup {
             log: RateLimitedLog::new(Duration::from_secs(60), 1),
         });
         // Bounded: when MISP is slow, asks queue here and workers wait.
-        let (asks, rx) = mpsc::channel(cfg.batch_max_values.max(1) * cfg.max_concurrent_requests.max(1) * 2);
-        tokio::spawn(batcher(rx, shared.clone(), Arc::new(Semaphore::new(cfg.max_concurrent_requests.max(1)))));
+        let (asks, rx) =
+            mpsc::channel(cfg.batch_max_values.max(1) * cfg.max_concurrent_requests.max(1) * 2);
+        tokio::spawn(batcher(
+            rx,
+            shared.clone(),
+            Arc::new(Semaphore::new(cfg.max_concurrent_requests.max(1))),
+        ));
         Lookup {
             cache,
             ttls,
@@ -141,10 +151,22 @@ impl Lookup {
     /// Applies a reloaded config's MISP settings (url, key, TLS, TTLs,
     /// batching). In-flight requests finish with the old client.
     pub fn reconfigure(&self, client: MispClient, cfg: &MispConfig) {
-        *self.shared.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
-        *self.shared.settings.write().unwrap_or_else(|e| e.into_inner()) = LiveSettings::from_config(cfg);
-        self.ttls.hit_secs.store(cfg.cache_ttl_secs, Ordering::Relaxed);
-        self.ttls.miss_secs.store(cfg.negative_cache_ttl_secs, Ordering::Relaxed);
+        *self
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = LiveSettings::from_config(cfg);
+        self.ttls
+            .hit_secs
+            .store(cfg.cache_ttl_secs, Ordering::Relaxed);
+        self.ttls
+            .miss_secs
+            .store(cfg.negative_cache_ttl_secs, Ordering::Relaxed);
         // The new server or key may know different things.
         self.cache.invalidate_all();
     }
@@ -270,12 +292,24 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
     let mut attempt = 0u32;
     loop {
         let pass = shared.breaker.pass().await;
-        let client = shared.client.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let client = shared
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let started = Instant::now();
         shared.stats.misp_requests.fetch_add(1, Ordering::Relaxed);
-        shared.stats.misp_values.fetch_add(values.len() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .misp_values
+            .fetch_add(values.len() as u64, Ordering::Relaxed);
         let result = client.search(values).await;
-        tracing::debug!(values = values.len(), ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "MISP restSearch");
+        tracing::debug!(
+            values = values.len(),
+            ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "MISP restSearch"
+        );
         let err = match result {
             Ok(a) => {
                 shared.breaker.success();
@@ -284,10 +318,16 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             Err(e) => e,
         };
         shared.stats.misp_errors.fetch_add(1, Ordering::Relaxed);
-        let retries = shared.settings.read().unwrap_or_else(|e| e.into_inner()).retries;
+        let retries = shared
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .retries;
         let delay = match &err {
             MispError::RateLimited { retry_after } => {
-                let d = retry_after.unwrap_or_else(|| backoff(attempt)).min(Duration::from_secs(300));
+                let d = retry_after
+                    .unwrap_or_else(|| backoff(attempt))
+                    .min(Duration::from_secs(300));
                 shared.breaker.hold(d);
                 d
             }

@@ -86,7 +86,9 @@ pub fn parse_response(body: &[u8]) -> Result<Vec<Attribute>, ParseError> {
             // MISP answers an empty search with `"response": []` on some versions.
             Response::Empty(v) if v.is_empty() => OneOrMany::Many(Vec::new()),
             Response::Empty(_) => {
-                return Err(ParseError::WrongShape("`response` is a non-empty list".into()))
+                return Err(ParseError::WrongShape(
+                    "`response` is a non-empty list".into(),
+                ))
             }
         },
         Envelope::Bare { attribute } => attribute,
@@ -100,7 +102,9 @@ pub fn parse_response(body: &[u8]) -> Result<Vec<Attribute>, ParseError> {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Envelope {
-    Wrapped { response: Response },
+    Wrapped {
+        response: Response,
+    },
     Bare {
         #[serde(rename = "Attribute")]
         attribute: OneOrMany<RawAttribute>,
@@ -342,11 +346,26 @@ mod tests {
         let single = br#"{"response":{"Attribute":{"id":"1","type":"ip-dst","value":"1.2.3.4"}}}"#;
         assert_eq!(parse_response(single).unwrap().len(), 1);
         assert_eq!(parse_response(br#"{"response":[]}"#).unwrap(), vec![]);
-        assert_eq!(parse_response(br#"{"response":{"Attribute":[]}}"#).unwrap(), vec![]);
+        assert_eq!(
+            parse_response(br#"{"response":{"Attribute":[]}}"#).unwrap(),
+            vec![]
+        );
         assert_eq!(parse_response(br#"{"Attribute":[]}"#).unwrap(), vec![]);
-        assert!(matches!(parse_response(b"<html>login</html>"), Err(ParseError::NotJson(_))));
-        assert!(matches!(parse_response(br#"{"response":{"Attr"#), Err(ParseError::NotJson(_))));
-        assert!(matches!(parse_response(br#"{"name":"x"}"#), Err(ParseError::WrongShape(_))));
-        assert!(matches!(parse_response(br#"[1,2]"#), Err(ParseError::WrongShape(_))));
+        assert!(matches!(
+            parse_response(b"<html>login</html>"),
+            Err(ParseError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"{"response":{"Attr"#),
+            Err(ParseError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"{"name":"x"}"#),
+            Err(ParseError::WrongShape(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"[1,2]"#),
+            Err(ParseError::WrongShape(_))
+        ));
     }
 }

@@ -21,7 +21,11 @@ pub fn header(agent: &AgentContext) -> String {
     if agent.id.is_empty() || agent.id == "000" {
         return format!("{QUEUE_ID}:misp:");
     }
-    let ip = agent.ip.as_deref().filter(|s| !s.is_empty()).unwrap_or("any");
+    let ip = agent
+        .ip
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("any");
     let location = format!("[{}] ({}) {}->misp", agent.id, agent.name, ip);
     let mut out = String::with_capacity(location.len() + 8);
     out.push_str(QUEUE_ID);

@@ -39,7 +39,12 @@ pub struct Writer {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
-    pub fn new(path: PathBuf, stats: Arc<Stats>, dedup: Option<Dedup>, checkpoints: Arc<Checkpointer>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        stats: Arc<Stats>,
+        dedup: Option<Dedup>,
+        checkpoints: Arc<Checkpointer>,
+    ) -> Self {
         Writer {
             path,
             socket: None,

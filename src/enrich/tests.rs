@@ -1,0 +1,306 @@
+use super::*;
+use crate::extract::Direction;
+use crate::lookup::model::parse_response;
+use crate::sim::{MispSim, SimData};
+use serde_json::json;
+
+fn hit(ip: &str) -> IpHit {
+    IpHit {
+        ip: ip.parse().unwrap(),
+        direction: Direction::Source,
+        field_path: "data.srcip".into(),
+        raw_context: ip.into(),
+    }
+}
+
+fn alert() -> Value {
+    json!({"timestamp":"2026-11-22T09:58:02.114+0000","rule":{"level":10,"description":"sshd: brute force","id":"5712","groups":["sshd"]},
+           "agent":{"id":"001","name":"web-01","ip":"10.0.1.50"},"manager":{"name":"wazuh-manager"},"id":"1763805482.104312",
+           "decoder":{"name":"sshd"},"data":{"srcip":"49.88.112.73","srcuser":"test","rule":"x"},"location":"/var/log/auth.log"})
+}
+
+fn event(id: &str, info: &str, date: &str, tags: Value, attrs: Value) -> Value {
+    json!({"Event": {"id": id, "uuid": format!("uuid-{id}"), "info": info, "date": date, "analysis": "2", "threat_level_id": "1",
+        "orgc_id": "2", "org_id": "1", "Orgc": {"id": "2", "name": "CIRCL"}, "Tag": tags, "Attribute": attrs}})
+}
+
+fn ip_attr(id: &str, kind: &str, value: &str, ts: &str) -> Value {
+    json!({"id": id, "type": kind, "category": "Network activity", "to_ids": true, "uuid": format!("a-{id}"),
+           "timestamp": ts, "distribution": "5", "comment": "", "deleted": false, "value": value})
+}
+
+/// What the simulator answers for `ip`, parsed as the daemon parses it.
+fn lookup(data: &SimData, ip: &str) -> Vec<Attribute> {
+    lookup_with(data, ip, true)
+}
+
+fn lookup_with(data: &SimData, ip: &str, correlations: bool) -> Vec<Attribute> {
+    let body = json!({"returnFormat": "json", "value": [ip], "includeEventTags": true, "includeContext": true,
+                      "includeSightings": true, "includeCorrelations": correlations});
+    parse_response(MispSim::answer(data, &body).to_string().as_bytes()).unwrap()
+}
+
+fn tlp_green() -> Value {
+    json!([{"id": "4", "name": "tlp:green", "colour": "#339900"}])
+}
+
+#[test]
+fn same_ip_in_several_events_aggregates_into_one_entry() {
+    let data = SimData::from_events([
+        event(
+            "10",
+            "first",
+            "2026-01-02",
+            tlp_green(),
+            json!([ip_attr("1", "ip-dst", "185.1.1.1", "1700000300")]),
+        ),
+        event(
+            "11",
+            "second",
+            "2026-03-04",
+            tlp_green(),
+            json!([ip_attr("2", "ip-dst", "185.1.1.1", "1700000100")]),
+        ),
+        event(
+            "12",
+            "third",
+            "2025-12-31",
+            tlp_green(),
+            json!([ip_attr("3", "ip-dst", "185.1.1.1", "1700000200")]),
+        ),
+    ]);
+    let attrs = lookup(&data, "185.1.1.1");
+    assert_eq!(attrs.len(), 3);
+    let ctx = AlertContext::from_alert(&alert());
+    let now = chrono::DateTime::from_timestamp(1_795_341_600, 123_000_000).unwrap();
+    let ev = enrich(&ctx, &alert(), &hit("185.1.1.1"), &attrs, now).unwrap();
+    let agg = &ev.misp_data.attributes;
+    // Each sees the other two as correlations: the same (type, value,
+    // category) twice, so the groups' keys are equal.
+    assert_eq!(agg.len(), 1);
+    assert_eq!(agg[0].associated_misp_event_ids, ["10", "11", "12"]);
+    assert_eq!(
+        agg[0].attribute_timestamps,
+        ["1700000100", "1700000200", "1700000300"]
+    );
+    assert_eq!(agg[0].threat_score, 3 + 2 + 2);
+    assert_eq!(agg[0].related_attributes.len(), 2);
+    // A different category is a different group.
+    let mut other = attrs.clone();
+    other[1].category = "External analysis".into();
+    assert_eq!(aggregate(&other).len(), 2);
+    assert_eq!(ev.misp_data.events.len(), 3);
+    let s = &ev.misp_data.summary;
+    assert_eq!(s.earliest_event_date.as_deref(), Some("2025-12-31"));
+    assert_eq!(s.latest_event_date.as_deref(), Some("2026-03-04"));
+    assert_eq!(s.threat_types, ["green"]);
+    assert_eq!(s.max_threat_score, 7);
+    assert_eq!(ev.recommendations.as_ref().unwrap().priority, "medium");
+    assert_eq!(ev.timestamp, "2026-11-22T10:00:00.123+0000");
+    assert_eq!(
+        ev.event_id,
+        format!(
+            "{:x}",
+            Md5::digest(b"185.1.1.1|5712|2026-11-22T09:58:02.114+0000|1763805482.104312")
+        )
+    );
+    // data keys are copied up, except ones that clash with ours.
+    let v = serde_json::to_value(&ev).unwrap();
+    assert_eq!(v["srcip"], "49.88.112.73");
+    assert_eq!(v["srcuser"], "test");
+    assert_eq!(v["rule"]["id"], "5712");
+    assert_eq!(v["detected_ip"]["direction"], "source");
+}
+
+#[test]
+fn tag_levels_prefer_attribute_and_dedupe() {
+    let mut a = ip_attr("1", "ip-src", "185.2.2.2", "1700000000");
+    a["Tag"] =
+        json!([{"name": "malware", "colour": "#f00"}, {"name": "tlp:amber", "colour": "#FFC000"}]);
+    let data = SimData::from_events([event(
+        "20",
+        "x",
+        "2026-01-01",
+        json!([{"name": "tlp:amber", "colour": "#FFC000"}, {"name": "misp-galaxy:threat-actor=\"Sofacy\"", "colour": "#0088cc"}]),
+        json!([a]),
+    )]);
+    let attrs = lookup(&data, "185.2.2.2");
+    let agg = aggregate(&attrs);
+    let levels: Vec<(&str, &str)> = agg[0]
+        .tags
+        .iter()
+        .map(|t| (t.name.as_str(), t.level))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("malware", "attribute"),
+            ("tlp:amber", "attribute"),
+            ("misp-galaxy:threat-actor=\"Sofacy\"", "event")
+        ]
+    );
+    // 3 (network) + 7 (malware) + 5 (amber, once) + 2 (to_ids) = 17, capped at 10.
+    assert_eq!(agg[0].threat_score, 10);
+    let s = summarise(&agg, &events_of(&attrs));
+    assert_eq!(s.attribution, ["Sofacy"]);
+    assert_eq!(s.threat_types, ["amber", "malware"]);
+}
+
+#[test]
+fn no_attributes_no_event_and_recommendation_bands() {
+    let ctx = AlertContext::from_alert(&alert());
+    assert!(enrich(&ctx, &alert(), &hit("185.3.3.3"), &[], chrono::Utc::now()).is_none());
+    assert_eq!(recommendations(0), None);
+    assert_eq!(recommendations(1).unwrap().priority, "low");
+    assert_eq!(recommendations(4).unwrap().priority, "low");
+    assert_eq!(recommendations(5).unwrap().priority, "medium");
+    assert_eq!(recommendations(7).unwrap().priority, "medium");
+    assert_eq!(recommendations(8).unwrap().priority, "high");
+    assert_eq!(recommendations(10).unwrap().priority, "high");
+}
+
+#[test]
+fn sightings_summarised() {
+    let mut a = ip_attr("1", "ip-dst", "185.4.4.4", "1700000000");
+    a["Sighting"] = json!([
+        {"date_sighting": "1700000500", "source": "", "Organisation": {"name": "ORGNAME"}},
+        {"date_sighting": "1700000100", "source": "honeypot"},
+        {"date_sighting": "1700000900", "source": "honeypot"}
+    ]);
+    let data = SimData::from_events([event("30", "x", "2026-01-01", json!([]), json!([a]))]);
+    let agg = aggregate(&lookup(&data, "185.4.4.4"));
+    let s = &agg[0].sightings;
+    assert_eq!(s.count, 3);
+    assert_eq!(s.sources, ["ORGNAME", "honeypot"]);
+    assert_eq!(
+        s.first_seen.as_deref(),
+        Some("2023-11-14T22:15:00.000+0000")
+    );
+    assert_eq!(s.last_seen.as_deref(), Some("2023-11-14T22:28:20.000+0000"));
+}
+
+#[test]
+fn size_guard_keeps_highest_scores_within_one_datagram() {
+    // One IP in 3000 attributes across 300 events, with correlations.
+    let events: Vec<Value> = (0..300)
+        .map(|e| {
+            let tags = if e % 3 == 0 {
+                json!([{"name": "tlp:red"}])
+            } else {
+                json!([])
+            };
+            let attrs: Vec<Value> = (0..10)
+                .map(|i| {
+                    let mut a = ip_attr(
+                        &format!("{e}{i:02}"),
+                        "ip-dst",
+                        "185.5.5.5",
+                        &format!("{}", 1_700_000_000 + e * 10 + i),
+                    );
+                    a["comment"] = json!(format!("sample {e} {i} {}", "x".repeat(40)));
+                    a
+                })
+                .collect();
+            event(
+                &format!("{}", 1000 + e),
+                &format!("event {e} {}", "y".repeat(60)),
+                "2026-01-01",
+                tags,
+                json!(attrs),
+            )
+        })
+        .collect();
+    let data = SimData::from_events(events);
+    // Correlations among 3000 attributes would be 9 million entries; give
+    // each attribute a few so the first shrinking step has work to do.
+    let mut attrs = lookup_with(&data, "185.5.5.5", false);
+    assert_eq!(attrs.len(), 3000);
+    for a in &mut attrs {
+        a.related = (0..3)
+            .map(|i| crate::lookup::model::Related {
+                kind: "ip-dst".into(),
+                value: "185.5.5.5".into(),
+                category: "Network activity".into(),
+                relation: Some(format!("r{i}")),
+            })
+            .collect();
+    }
+    let ctx = AlertContext::from_alert(&alert());
+    let mut ev = enrich(
+        &ctx,
+        &alert(),
+        &hit("185.5.5.5"),
+        &attrs,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let total = ev.misp_data.attributes.len();
+    let bytes = serialize_within(&mut ev, 65535 - 40).unwrap();
+    assert!(bytes.len() <= 65535 - 40);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    let s = &v["misp_data"]["summary"];
+    assert_eq!(s["truncated"], true);
+    assert_eq!(s["total_attributes"], total);
+    let kept = v["misp_data"]["attributes"].as_array().unwrap();
+    assert_eq!(
+        s["omitted_attributes"].as_u64().unwrap() as usize,
+        total - kept.len()
+    );
+    assert!(!kept.is_empty());
+    assert!(kept
+        .iter()
+        .all(|a| a["related_attributes"].as_array().unwrap().is_empty()));
+    // tlp:red attributes (score 10) go first.
+    assert!(kept.iter().all(|a| a["threat_score"] == 10));
+    let named: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|a| {
+            a["associated_misp_event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+        })
+        .collect();
+    let events: BTreeSet<String> = v["misp_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(named, events);
+}
+
+/// The recorded MISP answer from the corpus: three md5 attributes, same
+/// value, three events, with inherited galaxy tags and sightings.
+#[test]
+fn corpus_reputation_response() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus/misp/restsearch/reputation_command_response.json");
+    let Ok(body) = std::fs::read(&path) else {
+        eprintln!("SKIPPED corpus_reputation_response: {} not found (../shared is beside the checkout in CI)", path.display());
+        return;
+    };
+    let attrs = parse_response(&body).unwrap();
+    assert_eq!(attrs.len(), 3);
+    let agg = aggregate(&attrs);
+    let ids: Vec<&String> = agg
+        .iter()
+        .flat_map(|a| &a.associated_misp_event_ids)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let first = &agg[0];
+    assert!(first
+        .tags
+        .iter()
+        .any(|t| t.name == "Test1" && t.level == "attribute"));
+    assert!(first
+        .tags
+        .iter()
+        .any(|t| t.name == "misp-galaxy:malpedia=Loki" && t.level == "event"));
+    assert_eq!(first.sightings.count, 1);
+    assert_eq!(first.sightings.sources, ["ORGNAME"]);
+    assert!(!first.related_attributes.is_empty());
+    let events = events_of(&attrs);
+    assert_eq!(events[0].org_name, "CERT.be");
+}
