@@ -10,7 +10,7 @@ use super::tail::Start;
 use crate::config::StartPosition;
 use crate::state::{read_state, write_atomic};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const FILE_NAME: &str = "bookmark.json";
 
@@ -29,40 +29,6 @@ fn matches(path: &Path, b: &Bookmark) -> bool {
         .unwrap_or(false)
 }
 
-/// Rotated alert files beside alerts.json, newest directories first.
-fn rotated_files(alerts_file: &Path) -> Vec<PathBuf> {
-    let Some(dir) = alerts_file.parent() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let subdirs = |d: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(d)
-            .map(|it| {
-                it.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for year in subdirs(dir) {
-        for month in subdirs(&year) {
-            if let Ok(it) = std::fs::read_dir(&month) {
-                for e in it.filter_map(Result::ok) {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    if name.starts_with("ossec-alerts-") && name.ends_with(".json") {
-                        out.push(e.path());
-                    }
-                }
-            }
-        }
-    }
-    out.sort();
-    out.reverse();
-    out
-}
-
 /// Decides where the tailer starts, from the saved bookmark if any.
 pub fn resolve_start(
     alerts_file: &Path,
@@ -76,8 +42,9 @@ pub fn resolve_start(
         tracing::info!(offset = b.offset, "resuming alerts.json from the bookmark");
         return Start::At(b.offset);
     }
-    if let Some(path) = rotated_files(alerts_file)
+    if let Some(path) = super::rotated::chronological(alerts_file)
         .into_iter()
+        .rev()
         .find(|p| matches(p, b))
     {
         tracing::info!(path = %path.display(), offset = b.offset, "bookmark is in a rotated file; finishing it first");

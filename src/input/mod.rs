@@ -4,10 +4,12 @@
 //! - [`checkpoint`]: which position is fully handled, from the writer's acks.
 //! - [`fingerprint`]: recognising a file again after a restart.
 //! - [`bookmark`]: the saved position in `state_dir/bookmark.json`.
+//! - [`rotated`]: analysisd's rotated files, oldest first.
 
 pub mod bookmark;
 pub mod checkpoint;
 pub mod fingerprint;
+pub mod rotated;
 pub mod tail;
 
 pub use checkpoint::{Bookmark, Checkpointer, LinePos};

@@ -22,7 +22,7 @@ use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -128,7 +128,14 @@ impl Tailer {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         let mut watcher = None;
-        let mut start = Some(self.opts.start.clone());
+        let alerts = self.opts.path.clone();
+        // What to open next: from the start request, later always a whole file.
+        let mut next: Option<(PathBuf, u64)> = Some(match &self.opts.start {
+            Start::Fresh(StartPosition::Beginning) => (alerts.clone(), 0),
+            Start::Fresh(StartPosition::End) => (alerts.clone(), u64::MAX),
+            Start::At(offset) => (alerts.clone(), *offset),
+            Start::Rotated { path, offset } => (path.clone(), *offset),
+        });
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
@@ -137,8 +144,15 @@ impl Tailer {
                 watcher = watch(&dir, waker.clone());
             }
             if self.open.is_none() {
-                if let Err(e) = self.try_open(&mut start) {
-                    tracing::debug!(path = %self.opts.path.display(), error = %e, "alerts file not readable yet; waiting");
+                let (path, offset) = next.take().unwrap_or_else(|| (alerts.clone(), 0));
+                if let Err(e) = self.open_file(&path, offset) {
+                    tracing::debug!(path = %path.display(), error = %e, "alerts file not readable yet; waiting");
+                    // Wait for alerts.json itself (a file that appears later is
+                    // read from its start), except at first start, where the
+                    // requested position still applies.
+                    if path == alerts && offset == u64::MAX {
+                        next = Some((path, offset));
+                    }
                 }
             }
             let progressed = match self.read_available() {
@@ -148,8 +162,10 @@ impl Tailer {
             if progressed {
                 continue;
             }
-            if self.check_rotation() {
-                continue;
+            match self.at_eof() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(Closed) => break,
             }
             match wake.recv_timeout(self.opts.poll) {
                 Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -159,27 +175,9 @@ impl Tailer {
         drop(watcher);
     }
 
-    fn try_open(&mut self, start: &mut Option<Start>) -> io::Result<()> {
-        let first = start.take();
-        let (path, offset, then_current) = match &first {
-            Some(Start::Rotated { path, offset }) => (path.clone(), *offset, true),
-            Some(Start::At(o)) => (self.opts.path.clone(), *o, false),
-            Some(Start::Fresh(StartPosition::Beginning)) | None => {
-                (self.opts.path.clone(), 0, false)
-            }
-            Some(Start::Fresh(StartPosition::End)) => (self.opts.path.clone(), u64::MAX, false),
-        };
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                // Not there yet: keep the start request for the next try, except
-                // a rotated file that vanished, which has nothing left to give.
-                if !then_current {
-                    *start = first;
-                }
-                return Err(e);
-            }
-        };
+    /// Opens `path` at `offset` (`u64::MAX`: at its end) as a new generation.
+    fn open_file(&mut self, path: &Path, offset: u64) -> io::Result<()> {
+        let mut file = File::open(path)?;
         let len = file.metadata()?.len();
         let offset = offset.min(len);
         self.discarding = None;
@@ -202,10 +200,6 @@ impl Tailer {
         tracing::info!(path = %path.display(), offset, inode = id.ino, "reading alerts file");
         self.partial.clear();
         self.partial_start = offset;
-        if then_current {
-            // After the rotated file, continue with alerts.json from 0.
-            *start = Some(Start::Fresh(StartPosition::Beginning));
-        }
         self.open = Some(Open {
             file,
             id,
@@ -347,47 +341,54 @@ impl Tailer {
         });
     }
 
-    /// At EOF: has the path moved on to another file, or been truncated?
-    /// Returns true when it switched files, so the caller reads again at once.
-    fn check_rotation(&mut self) -> bool {
+    /// At EOF: has the file been truncated, or is it finished because
+    /// analysisd moved on? Returns `Ok(true)` when it switched files, so the
+    /// caller reads again at once.
+    fn at_eof(&mut self) -> Result<bool, Closed> {
         let Some(open) = self.open.as_ref() else {
-            return false;
+            return Ok(false);
         };
         let meta = match std::fs::metadata(&self.opts.path) {
             Ok(m) => m,
             // Mid-rotation, or Wazuh stopped: keep the old file and wait.
-            Err(_) => return false,
+            Err(_) => return Ok(false),
         };
         if open.id.same_inode(&meta) {
-            if meta.len() < open.offset {
+            let size = open.file.metadata().map_or(open.offset, |m| m.len());
+            if size < open.offset {
                 tracing::warn!(
                     path = %self.opts.path.display(),
-                    size = meta.len(),
+                    size,
                     offset = open.offset,
                     "alerts file shrank (copytruncate?); reading it again from the start"
                 );
                 let generation = open.generation;
                 self.open = None;
                 self.discard_partial(generation);
-                // Reopen as a new generation at 0: the old positions are gone.
-                let mut start = Some(Start::Fresh(StartPosition::Beginning));
-                let _ = self.try_open(&mut start);
-                return true;
+                let path = self.opts.path.clone();
+                let _ = self.open_file(&path, 0);
+                return Ok(true);
             }
-            return false;
+            return Ok(false);
         }
-        // A new file is behind the path. Drain the old one first: the writer
-        // may have added a last line between our EOF and the link swap.
-        if matches!(self.read_available(), Err(Closed)) {
-            return false;
-        }
-        let generation = self.open.as_ref().map_or(0, |o| o.generation);
+        // The path now names another file: this one is finished. Read what
+        // the writer added between our EOF and the link swap.
+        self.read_available()?;
+        let (generation, id) = {
+            let open = self.open.as_ref().expect("still open");
+            (open.generation, open.id.clone())
+        };
         self.discard_partial(generation);
-        tracing::info!(path = %self.opts.path.display(), "alerts file rotated; following the new file");
         self.open = None;
-        let mut start = Some(Start::Fresh(StartPosition::Beginning));
-        let _ = self.try_open(&mut start);
-        true
+        // Lagging behind several rotations, the next file is the one
+        // analysisd wrote after this one, not necessarily today's.
+        let next = super::rotated::successor(&self.opts.path, &id)
+            .unwrap_or_else(|| self.opts.path.clone());
+        tracing::info!(next = %next.display(), "alerts file rotated; moving on");
+        if let Err(e) = self.open_file(&next, 0) {
+            tracing::warn!(path = %next.display(), error = %e, "cannot open the next alerts file; will retry");
+        }
+        Ok(true)
     }
 
     fn discard_partial(&mut self, generation: u64) {

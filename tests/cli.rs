@@ -1,0 +1,148 @@
+//! The real binary: config errors, `enrich`, `demo`.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use wazuh_misp::sim::SimData;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wazuh-misp");
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("wazuh-misp.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn a_bad_config_is_refused_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[misp]\nurl = \"https://m.example\"\napi_key = \"k\"\n[input]\nmax_line_byte = 5\n", "input.max_line_byte"),
+        ("[misp]\nurl = \"https://m.example\"\napi_key = \"k\"\ntimeout_secs = \"ten\"\n", "misp.timeout_secs"),
+        ("[misp]\nurl = \"m.example\"\napi_key = \"k\"\n", "misp.url"),
+        ("[misp]\nurl = \"https://m.example\"\n", "misp.api_key"),
+        ("[misp]\nurl = \"https://m.example\"\napi_key = \"k\"\n[filter]\nexclude_ips = [\"10.0.0.0/40\"]\n", "filter.exclude_ips"),
+    ];
+    for (body, key) in cases {
+        let cfg = write_config(dir.path(), body);
+        for sub in ["run", "check-config"] {
+            let out = Command::new(BIN)
+                .args([sub, "--config"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{sub} accepted {body:?}");
+            let text = String::from_utf8_lossy(&out.stderr).to_string()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(key), "{sub}: {key} not named in: {text}");
+        }
+    }
+}
+
+#[test]
+fn the_api_key_never_appears_in_debug_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "SUPERSECRETKEY0123456789abcdef";
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[misp]\nurl = \"http://127.0.0.1:9\"\napi_key = \"{secret}\"\ntimeout_secs = 1\n[log]\nlevel = \"trace\"\n"
+        ),
+    );
+    let alerts = dir.path().join("alerts.jsonl");
+    std::fs::write(&alerts, format!("{}\n", sshd_alert(1, "185.1.2.3", "001"))).unwrap();
+    // enrich against an unreachable MISP: it retries, logging at every level;
+    // kill it after a moment.
+    let mut child = Command::new(BIN)
+        .args(["enrich", "--config"])
+        .arg(&cfg)
+        .arg(&alerts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("MISP lookup failed"),
+        "expected retry logs, got: {text}"
+    );
+    assert!(!text.contains(secret), "the key leaked into the output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_prints_one_json_line_per_event() {
+    let ips: Vec<String> = (0..3).map(pool_ip).collect();
+    let data = SimData::from_events([event_with_ips(7, &ips)]);
+    let h = Harness::new(&data).await;
+    let cfg = write_config(
+        h.dir.path(),
+        &format!(
+            "[misp]\nurl = \"{}\"\napi_key = \"{KEY}\"\n[log]\nlevel = \"warn\"\n",
+            h.sim.url()
+        ),
+    );
+    let input = format!(
+        "{}\nnot json\n{}\n{}\n",
+        sshd_alert(1, &ips[0], "001"),
+        sshd_alert(2, "93.184.216.34", "001"),
+        sshd_alert(3, &ips[2], "000")
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(["enrich", "--config"])
+            .arg(&cfg)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["detected_ip"]["value"], ips[0]);
+    assert_eq!(lines[1]["detected_ip"]["value"], ips[2]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("offset=") || stderr.contains("offset"),
+        "bad line logged with its offset: {stderr}"
+    );
+}
+
+#[test]
+fn demo_runs_offline_and_prints_a_summary() {
+    let out = Command::new(BIN)
+        .arg("demo")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("events sent:        6"), "{text}");
+    assert!(text.contains("\"integration\": \"misp\""));
+}

@@ -1,0 +1,229 @@
+//! The daemon end to end, in process: a real alerts file, real rotation, a
+//! real datagram socket, real HTTP to the MISP simulator.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use wazuh_misp::demo;
+use wazuh_misp::lookup::MispClient;
+use wazuh_misp::pipeline::Daemon;
+use wazuh_misp::sim::SimData;
+use wazuh_misp::stats::Stats;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn start(h: &Harness) -> Daemon {
+    let client = MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap();
+    Daemon::start(h.cfg.clone(), client).unwrap()
+}
+
+fn pool_data(n: usize) -> (SimData, Vec<String>) {
+    let ips: Vec<String> = (0..n).map(pool_ip).collect();
+    (SimData::from_events([event_with_ips(1, &ips)]), ips)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_manager_alerts_arrive_in_the_right_location_form() {
+    let (data, ips) = pool_data(3);
+    let h = Harness::new(&data).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    h.append(&format!(
+        "{}\n{}\n{}\n",
+        sshd_alert(1, &ips[0], "001"),
+        sshd_alert(2, &ips[1], "000"),
+        // Clean IP: MISP knows nothing, so nothing is sent.
+        sshd_alert(3, "93.184.216.34", "002"),
+    ));
+    q.received.wait_for(2, WAIT).await;
+    eventually("all lines handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 3
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let mut events = q.received.events();
+    events.sort_by_key(|(_, e)| e["detected_ip"]["value"].as_str().unwrap().to_owned());
+    assert_eq!(events.len(), 2);
+    let (loc, ev) = &events[0];
+    assert_eq!(loc, "[001] (host-001) 10.0.1.50->misp");
+    assert_eq!(ev["integration"], "misp");
+    assert_eq!(ev["detected_ip"]["value"], ips[0]);
+    assert_eq!(ev["detected_ip"]["direction"], "source");
+    assert_eq!(ev["detected_ip"]["field_path"], "full_log");
+    assert_eq!(ev["misp_data"]["attributes"][0]["value"], ips[0]);
+    assert_eq!(ev["srcip"], ips[0]);
+    let (loc, ev) = &events[1];
+    assert_eq!(loc, "misp");
+    assert_eq!(ev["detected_ip"]["value"], ips[1]);
+}
+
+/// analysisd's rotation: alerts.json is a hard link to
+/// `YYYY/Mon/ossec-alerts-DD.json`, replaced by unlink + link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wazuh_rotation_under_continuous_writes_loses_and_doubles_nothing() {
+    const ALERTS: usize = 3000;
+    const ROTATIONS: usize = 5;
+    let (data, ips) = pool_data(ALERTS);
+    let h = Harness::new(&data).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let month = h.dir.path().join("2026/Nov");
+    std::fs::create_dir_all(&month).unwrap();
+    let daily = move |d: usize| month.join(format!("ossec-alerts-{:02}.json", d + 1));
+    std::fs::remove_file(&h.alerts).unwrap();
+    std::fs::write(daily(0), b"").unwrap();
+    std::fs::hard_link(daily(0), &h.alerts).unwrap();
+    let daemon = start(&h);
+
+    let alerts_path = h.alerts.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut day = 0;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(daily(0))
+            .unwrap();
+        for (i, ip) in ips.iter().enumerate() {
+            f.write_all(format!("{}\n", sshd_alert(i, ip, "001")).as_bytes())
+                .unwrap();
+            if i > 0 && i % (ALERTS / (ROTATIONS + 1)) == 0 && day < ROTATIONS {
+                day += 1;
+                let next = daily(day);
+                f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&next)
+                    .unwrap();
+                std::fs::remove_file(&alerts_path).unwrap();
+                std::fs::hard_link(&next, &alerts_path).unwrap();
+            }
+        }
+    });
+    q.received.wait_for(ALERTS, Duration::from_secs(60)).await;
+    writer.join().unwrap();
+    eventually("all lines handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    let ids: HashSet<String> = events
+        .iter()
+        .map(|(_, e)| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events.len(), ALERTS, "exactly one event per alert");
+    assert_eq!(ids.len(), ALERTS, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_line_is_held_back_until_its_newline() {
+    let (data, ips) = pool_data(2);
+    let h = Harness::new(&data).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    let second = sshd_alert(2, &ips[1], "001");
+    let (head, tail) = second.split_at(second.len() / 2);
+    // One write holding a complete line and half of the next, as a buffered
+    // stdio flush can leave it.
+    h.append(&format!("{}\n{head}", sshd_alert(1, &ips[0], "001")));
+    q.received.wait_for(1, WAIT).await;
+    eventually("first line handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0
+    })
+    .await;
+    assert_eq!(q.received.len(), 1);
+    assert_eq!(
+        daemon.stats.skipped_total(),
+        0,
+        "the half line was not parsed"
+    );
+    h.append(&format!("{tail}\n"));
+    q.received.wait_for(2, WAIT).await;
+    assert_eq!(daemon.stats.skipped_total(), 0);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let events = q.received.events();
+    assert_eq!(events[1].1["detected_ip"]["value"], ips[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_missing_at_first_still_gets_every_event() {
+    let (data, ips) = pool_data(20);
+    let h = Harness::new(&data).await;
+    let daemon = start(&h);
+    for (i, ip) in ips.iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
+    }
+    eventually("the writer tried and failed", WAIT, || {
+        Stats::get(&daemon.stats.socket_errors) > 0
+    })
+    .await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    q.received.wait_for(ips.len(), WAIT).await;
+    eventually("all lines handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let got: HashSet<String> = q
+        .received
+        .events()
+        .iter()
+        .map(|(_, e)| e["detected_ip"]["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ips.into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_pipeline_produces_the_expected_events() {
+    let outcome = demo::run_demo(demo::DEMO_ALERTS).await.unwrap();
+    let mut seen: Vec<(String, String, String)> = outcome
+        .datagrams
+        .iter()
+        .map(|d| {
+            let (_, loc, msg) = wazuh_misp::output::frame::parse(d).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(msg).unwrap();
+            (
+                v["detected_ip"]["value"].as_str().unwrap().to_owned(),
+                v["detected_ip"]["direction"].as_str().unwrap().to_owned(),
+                loc,
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        (
+            "185.220.101.42",
+            "source",
+            "[002] (proxy|edge:1) 2001:db8:10::5->misp",
+        ),
+        ("222.186.30.76", "source", "misp"),
+        (
+            "2a03:b0c0:3:d0::1a51:c001",
+            "source",
+            "[005] (mail-gw) 10.0.5.2->misp",
+        ),
+        (
+            "45.95.147.236",
+            "destination",
+            "[004] (WS-FIN-022) 10.0.4.22->misp",
+        ),
+        ("49.88.112.73", "source", "[001] (web-01) 10.0.1.50->misp"),
+        (
+            "91.240.118.50",
+            "destination",
+            "[003] (nids-01) 10.0.3.7->misp",
+        ),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(seen, want);
+    // 8.8.8.8 is in MISP but on the warninglist; 93.184.216.34 is clean.
+    assert_eq!(outcome.misp_requests, 1, "one batched request");
+    assert_eq!(Stats::get(&outcome.stats.dedup_hits), 1);
+}
