@@ -48,7 +48,7 @@ impl Serialize for Secret {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub input: InputConfig,
@@ -58,20 +58,6 @@ pub struct Config {
     pub output: OutputConfig,
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            input: InputConfig::default(),
-            filter: FilterConfig::default(),
-            misp: MispConfig::default(),
-            dedup: DedupConfig::default(),
-            output: OutputConfig::default(),
-            pipeline: PipelineConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub mod lookup;
 pub mod output;
 pub mod pipeline;
 pub mod ratelog;
+pub mod service;
 pub mod sim;
 pub mod state;
 pub mod stats;

@@ -14,7 +14,7 @@ use wazuh_misp::config::{self, Config, LogFormat, DEFAULT_CONFIG_PATH};
 use wazuh_misp::lookup::{Lookup, MispClient};
 use wazuh_misp::pipeline::{Daemon, Engine, Rules};
 use wazuh_misp::stats::Stats;
-use wazuh_misp::{check, demo};
+use wazuh_misp::{check, demo, service};
 
 #[derive(Parser)]
 #[command(
@@ -135,17 +135,33 @@ async fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    service::ready(&daemon.stats.summary());
     let mut stats_tick = tokio::time::interval(Duration::from_secs(60));
     stats_tick.tick().await;
+    // The watchdog ping doubles as the STATUS= refresh.
+    let mut heartbeat = tokio::time::interval(
+        service::watchdog_interval()
+            .unwrap_or(Duration::from_secs(10))
+            .min(Duration::from_secs(10)),
+    );
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
-                Some(SIGHUP) => reload(&mut daemon, path, &log),
+                Some(SIGHUP) => {
+                    service::reloading();
+                    reload(&mut daemon, path, &log);
+                    service::ready(&daemon.stats.summary());
+                }
                 Some(_) | None => break,
             },
             _ = stats_tick.tick() => tracing::info!(stats = %daemon.stats.summary(), "stats"),
+            _ = heartbeat.tick() => {
+                service::watchdog();
+                service::status(&daemon.stats.summary());
+            }
         }
     }
+    service::stopping();
     tracing::info!("stopping: finishing in-flight alerts");
     // systemd's default stop timeout is 90 s, ours is 10 s: leave a margin
     // for saving state after the grace period.

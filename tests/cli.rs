@@ -53,21 +53,31 @@ fn the_api_key_never_appears_in_debug_logs() {
     );
     let alerts = dir.path().join("alerts.jsonl");
     std::fs::write(&alerts, format!("{}\n", sshd_alert(1, "185.1.2.3", "001"))).unwrap();
-    // enrich against an unreachable MISP: it retries, logging at every level;
-    // kill it after a moment.
+    // enrich against an unreachable MISP: it retries, logging at every
+    // level. Read its stderr until a retry is logged, then stop it.
     let mut child = Command::new(BIN)
         .args(["enrich", "--config"])
         .arg(&cfg)
         .arg(&alerts)
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut text = String::new();
+    {
+        use std::io::BufRead;
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("MISP lookup failed") {
+                break;
+            }
+        }
+    }
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    child.wait().unwrap();
     assert!(
         text.contains("MISP lookup failed"),
         "expected retry logs, got: {text}"

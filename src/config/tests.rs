@@ -96,3 +96,18 @@ fn changed_keys_lists_leaves() {
     b.misp.api_key = Some(Secret::new("other"));
     assert_eq!(a.changed_keys(&b), ["filter.min_level", "misp.api_key"]);
 }
+
+/// The shipped config documents every key with its default: it must parse
+/// into exactly `Config::default()` once a URL and key are given.
+#[test]
+fn shipped_config_matches_defaults() {
+    let text = include_str!("../../config/wazuh-misp.toml").replace(
+        "url = \"\"",
+        "url = \"https://misp.example.org\"\napi_key = \"k\"",
+    );
+    let c = load(&text).unwrap();
+    let mut want = Config::default();
+    want.misp.url = "https://misp.example.org".into();
+    want.misp.api_key = Some(Secret::new("k"));
+    assert_eq!(c, want);
+}

@@ -575,7 +575,7 @@ pub fn serialize_within(ev: &mut EnrichedEvent, limit: usize) -> Option<Vec<u8>>
     let total = ev.misp_data.attributes.len();
     ev.misp_data
         .attributes
-        .sort_by(|a, b| b.threat_score.cmp(&a.threat_score));
+        .sort_by_key(|a| std::cmp::Reverse(a.threat_score));
     let all_attrs = std::mem::take(&mut ev.misp_data.attributes);
     let all_events = std::mem::take(&mut ev.misp_data.events);
     let fit = |ev: &mut EnrichedEvent, keep: usize| -> Vec<u8> {

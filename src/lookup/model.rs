@@ -94,7 +94,7 @@ pub fn parse_response(body: &[u8]) -> Result<Vec<Attribute>, ParseError> {
         Envelope::Bare { attribute } => attribute,
     };
     Ok(match list {
-        OneOrMany::One(a) => vec![a.into()],
+        OneOrMany::One(a) => vec![(*a).into()],
         OneOrMany::Many(v) => v.into_iter().map(Attribute::from).collect(),
     })
 }
@@ -125,7 +125,7 @@ enum Response {
 #[serde(untagged)]
 enum OneOrMany<T> {
     Many(Vec<T>),
-    One(T),
+    One(Box<T>),
 }
 
 #[derive(Deserialize, Default)]
