@@ -56,6 +56,10 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn probe_interval(&self) -> Duration {
+        self.probe_interval
+    }
+
     pub fn is_open(&self) -> bool {
         self.lock().open
     }

@@ -332,9 +332,9 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
                 d
             }
             // A wrong key does not fix itself in milliseconds.
-            MispError::Auth { .. } => PROBE_INTERVAL,
+            MispError::Auth { .. } => shared.breaker.probe_interval(),
             _ if attempt < retries => backoff(attempt),
-            _ => PROBE_INTERVAL,
+            _ => shared.breaker.probe_interval(),
         };
         if !matches!(err, MispError::RateLimited { .. }) {
             shared.breaker.failure(pass);

@@ -1,0 +1,197 @@
+//! Extraction on real alerts (`../shared/corpus/alerts`) and a property test
+//! of the token boundary rules.
+
+mod common;
+
+use proptest::prelude::*;
+use serde_json::Value;
+use std::net::IpAddr;
+use wazuh_misp::extract::{is_public, scan, Extractor, Scratch};
+use wazuh_misp::filter::AlertFilter;
+
+#[test]
+fn every_corpus_alert_is_processed_and_its_ips_check_out() {
+    let Some(corpus) = common::corpus() else {
+        return;
+    };
+    let ex = Extractor::with_defaults();
+    let filter = AlertFilter {
+        min_level: 0,
+        exclude_rule_ids: vec![],
+    };
+    let mut scratch = Scratch::default();
+    let (mut alerts, mut with_srcip, mut hits_total) = (0, 0, 0);
+    for entry in std::fs::read_dir(corpus.join("alerts")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            // The invalid sample is not JSON on purpose.
+            let Ok(alert) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            alerts += 1;
+            let _ = filter.check(&alert);
+            let mut hits = Vec::new();
+            ex.extract(&alert, &mut scratch, &mut hits);
+            hits_total += hits.len();
+            let mut seen = std::collections::HashSet::new();
+            for h in &hits {
+                assert!(
+                    is_public(h.ip),
+                    "{}: non-public {} in {}",
+                    path.display(),
+                    h.ip,
+                    h.field_path
+                );
+                assert!(
+                    seen.insert(h.ip),
+                    "{}: {} reported twice",
+                    path.display(),
+                    h.ip
+                );
+                for skipped in [
+                    "agent",
+                    "manager",
+                    "cluster",
+                    "location",
+                    "syscheck",
+                    "decoder",
+                    "predecoder",
+                ] {
+                    assert!(
+                        h.field_path != skipped
+                            && !h.field_path.starts_with(&format!("{skipped}.")),
+                        "{}: {} found under skipped {}",
+                        path.display(),
+                        h.ip,
+                        h.field_path
+                    );
+                }
+            }
+            // A public data.srcip is always found, as a source.
+            if let Some(src) = alert.pointer("/data/srcip").and_then(Value::as_str) {
+                if let Ok(ip) = src.parse::<IpAddr>() {
+                    if is_public(ip) {
+                        with_srcip += 1;
+                        let h = hits
+                            .iter()
+                            .find(|h| h.ip == ip)
+                            .unwrap_or_else(|| panic!("{src} not found in {line}"));
+                        assert_eq!(h.direction.as_str(), "source", "{src} in {line}");
+                    }
+                }
+            }
+            // The agent's own address is never reported unless the event
+            // itself mentions it elsewhere.
+            if let Some(agent_ip) = alert.pointer("/agent/ip").and_then(Value::as_str) {
+                let elsewhere = {
+                    let mut a = alert.clone();
+                    a.as_object_mut().unwrap().remove("agent");
+                    a.to_string().contains(agent_ip)
+                };
+                if !elsewhere {
+                    assert!(
+                        hits.iter().all(|h| h.ip.to_string() != agent_ip),
+                        "agent ip reported: {line}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(alerts > 3000, "read {alerts} alerts");
+    assert!(with_srcip > 100, "{with_srcip} alerts with a public srcip");
+    assert!(hits_total > 1000);
+}
+
+/// The doc samples are real sshd alerts with real attacker addresses.
+#[test]
+fn doc_samples_yield_the_attackers_as_sources() {
+    let Some(corpus) = common::corpus() else {
+        return;
+    };
+    let text = std::fs::read_to_string(corpus.join("alerts/wazuh-doc-samples.jsonl")).unwrap();
+    let ex = Extractor::with_defaults();
+    let mut got = Vec::new();
+    for line in text.lines() {
+        let alert: Value = serde_json::from_str(line).unwrap();
+        let mut hits = Vec::new();
+        ex.extract(&alert, &mut Scratch::default(), &mut hits);
+        for h in hits {
+            got.push((h.ip.to_string(), h.direction.as_str().to_owned()));
+        }
+    }
+    got.sort();
+    got.dedup();
+    let want: Vec<(String, String)> = [
+        "123.20.109.89",
+        "198.98.60.141",
+        "200.31.19.206",
+        "222.186.30.76",
+        "49.88.112.73",
+        "49.88.112.76",
+        "89.163.153.41",
+    ]
+    .iter()
+    .map(|ip| (ip.to_string(), "source".to_string()))
+    .collect();
+    assert_eq!(got, want);
+}
+
+fn ipv4() -> impl Strategy<Value = String> {
+    any::<[u8; 4]>().prop_map(|o| format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3]))
+}
+
+fn ipv6() -> impl Strategy<Value = String> {
+    any::<[u16; 8]>().prop_map(|s| std::net::Ipv6Addr::from(s).to_string())
+}
+
+/// Text that ends (or starts) with a character from a known class.
+fn filler() -> impl Strategy<Value = String> {
+    "[a-z ,;=()\\[\\]\"'-]{0,12}"
+}
+
+proptest! {
+    /// An address between separators is found; glued to a letter, digit,
+    /// `.` or `_` it is not.
+    #[test]
+    fn ipv4_found_exactly_when_boundaries_allow(
+        ip in ipv4(),
+        pre in filler(),
+        post in filler(),
+        left in prop::sample::select(vec![' ', '=', '(', '"', ',', 'a', '7', '.', '_', '/']),
+        right in prop::sample::select(vec![' ', ')', '"', ',', ';', '5', 'x']),
+    ) {
+        let text = format!("{pre}{left}{ip}{right}{post}");
+        let mut out = Vec::new();
+        scan(&text, &mut out);
+        let found = out.iter().any(|t| t.addr.to_string() == ip);
+        let left_ok = !(left.is_ascii_alphanumeric() || left == '.' || left == '_' || left == '/');
+        let right_ok = !right.is_ascii_digit();
+        prop_assert_eq!(found, left_ok && right_ok, "text {:?}", text);
+    }
+
+    #[test]
+    fn ipv6_found_exactly_when_boundaries_allow(
+        ip in ipv6(),
+        pre in filler(),
+        post in filler(),
+        left in prop::sample::select(vec![' ', '=', '(', '"', '[', 'g', '_']),
+        right in prop::sample::select(vec![' ', ')', '"', ',', ']', 'z', '_']),
+    ) {
+        let text = format!("{pre}{left}{ip}{right}{post}");
+        let mut out = Vec::new();
+        scan(&text, &mut out);
+        let want: IpAddr = ip.parse().unwrap();
+        let found = out.iter().any(|t| t.addr == want);
+        let left_ok = !(left.is_alphanumeric() || left == '_');
+        let right_ok = !(right.is_alphanumeric() || right == '_');
+        prop_assert_eq!(found, left_ok && right_ok, "text {:?}", text);
+    }
+
+    /// Nothing panics, whatever the text.
+    #[test]
+    fn scan_never_panics(s in ".{0,200}") {
+        let mut out = Vec::new();
+        scan(&s, &mut out);
+    }
+}
