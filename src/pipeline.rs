@@ -465,6 +465,11 @@ impl Daemon {
     }
 }
 
+/// How often the bookmark is saved when it moved. After a `kill -9`, what
+/// was sent in the last interval is sent again; 200 ms keeps that small for
+/// five fsyncs a second.
+const BOOKMARK_EVERY: Duration = Duration::from_millis(200);
+
 async fn save_periodically(
     state_dir: PathBuf,
     checkpoints: Arc<Checkpointer>,
@@ -472,7 +477,7 @@ async fn save_periodically(
     dedup_every: Duration,
 ) {
     let mut last = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
     let mut since_dedup = Duration::ZERO;
     loop {
         tick.tick().await;
@@ -485,7 +490,7 @@ async fn save_periodically(
             }
             last = current;
         }
-        since_dedup += Duration::from_secs(1);
+        since_dedup += BOOKMARK_EVERY;
         if since_dedup >= dedup_every {
             since_dedup = Duration::ZERO;
             save_dedup(&state_dir, &dedup);

@@ -65,7 +65,7 @@ async fn agent_and_manager_alerts_arrive_in_the_right_location_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wazuh_rotation_under_continuous_writes_loses_and_doubles_nothing() {
     const ALERTS: usize = 3000;
-    const ROTATIONS: usize = 5;
+    const ROTATIONS: usize = 10;
     let (data, ips) = pool_data(ALERTS);
     let h = Harness::new(&data).await;
     let q = QueueSocket::bind(&h.socket, Received::default());

@@ -1,0 +1,21 @@
+//! An alert line as the workers see it: JSON parse, filter, IP extraction.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wazuh_misp::extract::{is_public, Extractor, Scratch};
+use wazuh_misp::filter::AlertFilter;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(alert) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let filter = AlertFilter { min_level: 0, exclude_rule_ids: vec![] };
+    let _ = filter.check(&alert);
+    let mut hits = Vec::new();
+    Extractor::with_defaults().extract(&alert, &mut Scratch::default(), &mut hits);
+    for (i, h) in hits.iter().enumerate() {
+        assert!(is_public(h.ip));
+        assert!(hits[..i].iter().all(|o| o.ip != h.ip), "an IP is reported once");
+        assert!(h.raw_context.chars().count() <= 256);
+    }
+});

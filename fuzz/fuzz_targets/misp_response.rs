@@ -1,0 +1,27 @@
+//! A MISP restSearch body: tolerant parse, aggregation, and the size guard.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wazuh_misp::enrich::{enrich, serialize_within, AlertContext};
+use wazuh_misp::extract::{Direction, IpHit};
+use wazuh_misp::lookup::model::parse_response;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(attributes) = parse_response(data) else {
+        return;
+    };
+    let alert = serde_json::json!({"rule": {"id": "5712", "level": 10}, "agent": {"id": "001", "name": "a"}});
+    let hit = IpHit {
+        ip: "185.1.1.1".parse().unwrap(),
+        direction: Direction::Source,
+        field_path: "data.srcip".into(),
+        raw_context: String::new(),
+    };
+    let ctx = AlertContext::from_alert(&alert);
+    if let Some(mut ev) = enrich(&ctx, &alert, &hit, &attributes, chrono::DateTime::UNIX_EPOCH) {
+        if let Some(bytes) = serialize_within(&mut ev, 65_000) {
+            assert!(bytes.len() <= 65_000);
+            serde_json::from_slice::<serde_json::Value>(&bytes).expect("we emit valid JSON");
+        }
+    }
+});

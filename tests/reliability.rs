@@ -1,0 +1,275 @@
+//! Nothing lost, nothing doubled: bad input, outages, restarts, rotations.
+//! In-process daemon with a real file, socket and HTTP.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use wazuh_misp::lookup::MispClient;
+use wazuh_misp::pipeline::Daemon;
+use wazuh_misp::sim::SimData;
+use wazuh_misp::stats::Stats;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn start(h: &Harness) -> Daemon {
+    let client = MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap();
+    Daemon::start(h.cfg.clone(), client).unwrap()
+}
+
+fn pool(n: usize) -> (SimData, Vec<String>) {
+    let ips: Vec<String> = (0..n).map(pool_ip).collect();
+    (SimData::from_events([event_with_ips(1, &ips)]), ips)
+}
+
+fn ips_of(q: &QueueSocket) -> Vec<String> {
+    q.received
+        .events()
+        .iter()
+        .map(|(_, e)| e["detected_ip"]["value"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every kind of garbage, interleaved with good alerts: every good alert
+/// comes out once, every bad line is counted under its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_skipped_with_a_reason_and_good_alerts_still_flow() {
+    let (data, ips) = pool(12);
+    let mut h = Harness::new(&data).await;
+    h.cfg.input.max_line_bytes = 1024 * 1024;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    let good = |i: usize| sshd_alert(i, &ips[i], "001");
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let wrong_types = [
+        // rule.level as a string, rule.id as a number, data as an array.
+        good(6).replace("\"level\":10", "\"level\":\"10\""),
+        good(7).replace("\"id\":\"5712\"", "\"id\":5712"),
+        good(8)
+            .replacen("\"data\":{", "\"data\":[{", 1)
+            .replace("\"srcuser\":\"test\"}", "\"srcuser\":\"test\"}]"),
+    ];
+    let mut file: Vec<u8> = Vec::new();
+    let push = |file: &mut Vec<u8>, b: &[u8]| {
+        file.extend_from_slice(b);
+        file.push(b'\n');
+    };
+    push(&mut file, good(0).as_bytes());
+    push(
+        &mut file,
+        b"{\"timestamp\":\"2026-11-22T09:58:02.114+0000\",:{\"level\":10}}",
+    ); // malformed
+    push(&mut file, good(1).as_bytes());
+    push(&mut file, &good(9).as_bytes()[..200]); // cut off mid-way
+    push(&mut file, b"\xff\xfe{\"rule\":\xc3\x28}"); // not UTF-8
+    push(&mut file, good(2).as_bytes());
+    push(&mut file, &vec![b'x'; 10 * 1024 * 1024]); // 10 MB
+    push(&mut file, good(3).as_bytes());
+    push(&mut file, deep.as_bytes()); // deeper than serde_json's recursion limit
+    push(&mut file, b"");
+    push(&mut file, b"   ");
+    push(&mut file, good(4).as_bytes());
+    file.extend_from_slice(&[0u8; 4096]); // a NUL run, as copytruncate leaves
+    push(&mut file, good(5).as_bytes());
+    for w in &wrong_types {
+        push(&mut file, w.as_bytes());
+    }
+    push(&mut file, b"null");
+    push(&mut file, b"[1,2,3]");
+    push(&mut file, good(10).as_bytes());
+    push(&mut file, good(11).as_bytes());
+    append_bytes(&h.alerts, &file);
+    eventually("all lines handled", WAIT, || {
+        daemon
+            .checkpoints
+            .committed()
+            .is_some_and(|b| b.offset == file.len() as u64)
+    })
+    .await;
+    let skipped = daemon.stats.skipped();
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let mut got = ips_of(&q);
+    got.sort();
+    // ips[9] only ever appears cut off.
+    let mut want: Vec<String> = ips[..12]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 9)
+        .map(|(_, ip)| ip.clone())
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every good alert once (including the wrong-typed ones)"
+    );
+    assert_eq!(skipped.get("invalid_json"), Some(&3), "{skipped:?}"); // malformed, cut off, too deep
+    assert_eq!(skipped.get("not_utf8"), Some(&1), "{skipped:?}");
+    assert_eq!(skipped.get("line_too_long"), Some(&1), "{skipped:?}");
+    assert_eq!(skipped.get("empty_line"), Some(&2), "{skipped:?}");
+    assert_eq!(skipped.get("not_an_object"), Some(&2), "{skipped:?}");
+}
+
+fn append_bytes(path: &std::path::Path, b: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(b).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misp_down_then_back_loses_nothing() {
+    let (data, ips) = pool(200);
+    let mut h = Harness::new(&data).await;
+    h.cfg.misp.retries = 1;
+    h.cfg.misp.breaker_failures = 2;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    for (i, ip) in ips[..50].iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
+    }
+    q.received.wait_for(50, WAIT).await;
+    h.sim.stop().await;
+    for (i, ip) in ips[50..].iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(50 + i, ip, "001")));
+    }
+    eventually("MISP failures seen", WAIT, || {
+        Stats::get(&daemon.stats.misp_errors) >= 2
+    })
+    .await;
+    h.sim.restart().await.unwrap();
+    q.received.wait_for(200, WAIT).await;
+    eventually("all handled", WAIT, || daemon.checkpoints.in_flight() == 0).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let got = ips_of(&q);
+    assert_eq!(got.len(), 200);
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_removed_and_recreated_loses_nothing_and_keeps_order() {
+    let (data, ips) = pool(100);
+    let mut h = Harness::new(&data).await;
+    // One worker: lines finish in file order, so order can be checked.
+    h.cfg.pipeline.workers = 1;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    for (i, ip) in ips[..30].iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
+    }
+    q.received.wait_for(30, WAIT).await;
+    q.drain().await;
+    let before = ips_of(&q);
+    q.close();
+    for (i, ip) in ips[30..].iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(30 + i, ip, "001")));
+    }
+    eventually("the writer noticed", WAIT, || {
+        Stats::get(&daemon.stats.socket_errors) > 0
+    })
+    .await;
+    let q2 = QueueSocket::bind(&h.socket, Received::default());
+    q2.received.wait_for(70, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q2.drain().await;
+    let after = ips_of(&q2);
+    let all: Vec<String> = before.into_iter().chain(after).collect();
+    assert_eq!(all.len(), 100);
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 100);
+}
+
+/// A clean stop saves the bookmark and the dedup window: a restart neither
+/// re-reads handled alerts nor re-reports a deduplicated IP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_the_bookmark_and_remembers_dedup() {
+    let (data, ips) = pool(40);
+    let mut h = Harness::new(&data).await;
+    h.cfg.input.start_position = wazuh_misp::config::StartPosition::Beginning;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    for (i, ip) in ips[..20].iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
+    }
+    q.received.wait_for(20, WAIT).await;
+    eventually("all handled", WAIT, || daemon.checkpoints.in_flight() == 0).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    assert!(h.cfg.input.state_dir.join("bookmark.json").exists());
+    assert!(h.cfg.input.state_dir.join("dedup.json").exists());
+
+    // Written while stopped: must be read after the restart.
+    for (i, ip) in ips[20..].iter().enumerate() {
+        h.append(&format!("{}\n", sshd_alert(20 + i, ip, "001")));
+    }
+    // Same rule, IP and direction as an already reported alert: a duplicate.
+    h.append(&format!("{}\n", sshd_alert(999, &ips[0], "001")));
+    let daemon = start(&h);
+    q.received.wait_for(40, WAIT).await;
+    eventually("all handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 21
+    })
+    .await;
+    assert_eq!(Stats::get(&daemon.stats.dedup_hits), 1);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let got = ips_of(&q);
+    assert_eq!(got.len(), 40, "nothing re-read, nothing doubled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_is_set_aside_and_never_stops_the_daemon() {
+    let (data, ips) = pool(1);
+    let h = Harness::new(&data).await;
+    std::fs::create_dir_all(&h.cfg.input.state_dir).unwrap();
+    std::fs::write(h.cfg.input.state_dir.join("bookmark.json"), b"{not json").unwrap();
+    std::fs::write(h.cfg.input.state_dir.join("dedup.json"), b"\x00\x01").unwrap();
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
+    q.received.wait_for(1, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    assert!(h.cfg.input.state_dir.join("bookmark.json.corrupt").exists());
+    assert!(h.cfg.input.state_dir.join("dedup.json.corrupt").exists());
+}
+
+/// The alerts file missing for a while (Wazuh stopped): wait, never exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_alerts_file_is_waited_for() {
+    let (data, ips) = pool(2);
+    let h = Harness::new(&data).await;
+    std::fs::remove_file(&h.alerts).unwrap();
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    std::fs::write(&h.alerts, format!("{}\n", sshd_alert(1, &ips[0], "001"))).unwrap();
+    q.received.wait_for(1, WAIT).await;
+    std::fs::remove_file(&h.alerts).unwrap();
+    std::fs::write(&h.alerts, format!("{}\n", sshd_alert(2, &ips[1], "001"))).unwrap();
+    q.received.wait_for(2, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// copytruncate: same inode, size drops below our offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_is_read_again_from_the_start() {
+    let (data, ips) = pool(3);
+    let h = Harness::new(&data).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = start(&h);
+    h.append(&format!(
+        "{}\n{}\n",
+        sshd_alert(1, &ips[0], "001"),
+        sshd_alert(2, &ips[1], "001")
+    ));
+    q.received.wait_for(2, WAIT).await;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&h.alerts)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    h.append(&format!("{}\n", sshd_alert(3, &ips[2], "001")));
+    q.received.wait_for(3, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    assert_eq!(ips_of(&q).len(), 3);
+}
