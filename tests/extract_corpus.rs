@@ -195,3 +195,20 @@ proptest! {
         scan(&s, &mut out);
     }
 }
+
+/// Inputs that once crashed a fuzz target (`fuzz/regressions/`).
+#[test]
+fn fuzz_regressions_stay_fixed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/alert_line");
+    let ex = Extractor::with_defaults();
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Ok(alert) = serde_json::from_slice::<Value>(&bytes) {
+            let mut hits = Vec::new();
+            ex.extract(&alert, &mut Scratch::default(), &mut hits);
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+}

@@ -56,7 +56,10 @@ pub fn from_key(key: &str) -> Direction {
     let mut source = false;
     let mut destination = false;
     for_each_word(key, |w| {
-        let starts = |p: &str| w.len() >= p.len() && w[..p.len()].eq_ignore_ascii_case(p);
+        // Bytes, not chars: keys can hold any Unicode (found by fuzzing).
+        let starts = |p: &str| {
+            w.len() >= p.len() && w.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+        };
         let is = |p: &str| w.eq_ignore_ascii_case(p);
         if ["src", "source", "client", "caller", "attacker"]
             .iter()
@@ -188,6 +191,9 @@ mod tests {
             ("publicIp", Unknown),
             ("sourceIPAddress", Source),
             ("ipAddress", Unknown),
+            ("_\u{2e0}\u{323}8escription", Unknown),
+            ("sr\u{e9}ip", Unknown),
+            ("\u{e9}", Unknown),
         ];
         for (k, want) in cases {
             assert_eq!(from_key(k), want, "key {k}");

@@ -55,8 +55,6 @@ pub const DEFAULT_SCAN_FIELDS: &[&str] = &["rule.description"];
 pub struct Extractor {
     skip: Vec<Vec<String>>,
     scan: Vec<Vec<String>>,
-    /// Rules only ever look this deep; below it a node inherits its parent's status.
-    rule_depth: usize,
     exclude: Vec<IpNet>,
 }
 
@@ -85,11 +83,9 @@ impl Extractor {
     pub fn new(skip_fields: &[String], scan_fields: &[String], exclude: Vec<IpNet>) -> Self {
         let skip: Vec<_> = skip_fields.iter().map(|s| segments(s)).collect();
         let scan: Vec<_> = scan_fields.iter().map(|s| segments(s)).collect();
-        let rule_depth = skip.iter().chain(&scan).map(Vec::len).max().unwrap_or(0);
         Extractor {
             skip,
             scan,
-            rule_depth,
             exclude,
         }
     }
@@ -103,23 +99,24 @@ impl Extractor {
         )
     }
 
-    /// Status of the node at `keys`, and whether anything below it could
-    /// still be scanned.
-    fn status(&self, keys: &[&str]) -> (Status, bool) {
+    /// Status of the node at `keys`, whether anything below it could still
+    /// be scanned, and whether any rule reaches deeper below it (if none,
+    /// its whole subtree inherits the status without further checks).
+    fn status(&self, keys: &[&str]) -> (Status, bool, bool) {
         let is_prefix = |rule: &[String], of: &[&str]| {
             rule.len() <= of.len() && rule.iter().zip(of).all(|(a, b)| a == b)
         };
+        let extends =
+            |r: &Vec<String>| r.len() > keys.len() && r.iter().zip(keys).all(|(a, b)| a == b);
+        let deeper_scan = self.scan.iter().any(extends);
+        let deeper = deeper_scan || self.skip.iter().any(extends);
         if self.scan.iter().any(|r| is_prefix(r, keys)) {
-            return (Status::Scan, true);
+            return (Status::Scan, true, deeper);
         }
         if self.skip.iter().any(|r| is_prefix(r, keys)) {
-            let reachable = self
-                .scan
-                .iter()
-                .any(|r| r.len() > keys.len() && r.iter().zip(keys).all(|(a, b)| a == b));
-            return (Status::Skip, reachable);
+            return (Status::Skip, deeper_scan, deeper);
         }
-        (Status::Scan, true)
+        (Status::Scan, true, deeper)
     }
 
     /// Appends the alert's public IPs to `out`, in order of first occurrence.
@@ -131,7 +128,7 @@ impl Extractor {
             scratch,
             out,
         };
-        walk.value(alert, &mut keys, None, None, Status::Scan);
+        walk.value(alert, &mut keys, None, None, Status::Scan, true);
     }
 
     fn excluded(&self, ip: IpAddr) -> bool {
@@ -153,16 +150,17 @@ impl Walk<'_, '_, '_> {
         key: Option<&'v str>,
         parent: Option<&'v str>,
         status: Status,
+        rules_below: bool,
     ) {
         match v {
             Value::String(s) if status == Status::Scan => self.string(s, key, parent),
             Value::Object(map) => {
                 for (k, child) in map {
                     keys.push(k);
-                    let (child_status, reachable) = if keys.len() <= self.ex.rule_depth {
+                    let (child_status, reachable, deeper) = if rules_below {
                         self.ex.status(keys)
                     } else {
-                        (status, status == Status::Scan)
+                        (status, status == Status::Scan, false)
                     };
                     if reachable {
                         let mark = self.scratch.path.len();
@@ -170,7 +168,7 @@ impl Walk<'_, '_, '_> {
                             self.scratch.path.push('.');
                         }
                         self.scratch.path.push_str(k);
-                        self.value(child, keys, Some(k), key, child_status);
+                        self.value(child, keys, Some(k), key, child_status, deeper);
                         self.scratch.path.truncate(mark);
                     }
                     keys.pop();
@@ -180,7 +178,7 @@ impl Walk<'_, '_, '_> {
                 for (i, child) in items.iter().enumerate() {
                     let mark = self.scratch.path.len();
                     push_index(&mut self.scratch.path, i);
-                    self.value(child, keys, key, parent, status);
+                    self.value(child, keys, key, parent, status, rules_below);
                     self.scratch.path.truncate(mark);
                 }
             }

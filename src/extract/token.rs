@@ -21,15 +21,15 @@ pub struct Token {
 
 /// Appends every IP token of `s` to `out`, in order of position.
 pub fn scan(s: &str, out: &mut Vec<Token>) {
-    let bytes = s.as_bytes();
-    // Cheap pre-check: an address needs a digit somewhere.
-    if !bytes.iter().any(u8::is_ascii_digit) {
-        return;
-    }
     let first = out.len();
-    let v6_spans = scan_v6(s, out);
+    // An IPv6 token has at least two colons; most strings have none.
+    let v6_spans = if memchr::memchr_iter(b':', s.as_bytes()).nth(1).is_some() {
+        scan_v6(s, out)
+    } else {
+        Vec::new()
+    };
     scan_v4(s, &v6_spans, out);
-    if v6_spans.is_some() {
+    if out.len() > first + 1 && !v6_spans.is_empty() {
         out[first..].sort_by_key(|t| t.start);
     }
 }
@@ -100,45 +100,60 @@ fn dotted_quad(b: &[u8], start: usize) -> Option<(Ipv4Addr, usize)> {
     Some((Ipv4Addr::from(parts), i))
 }
 
-fn scan_v4(s: &str, v6_spans: &Option<Vec<(usize, usize)>>, out: &mut Vec<Token>) {
+fn is_v4_run_byte(c: u8) -> bool {
+    c.is_ascii_digit() || c == b'.'
+}
+
+/// IPv4 tokens. A dotted quad has three dots, so the scan hops between
+/// dots (SIMD `memchr`) and looks at each run of digits and dots once. Only
+/// the start of a run can start a token: every later position follows a
+/// digit or a `.`.
+fn scan_v4(s: &str, v6_spans: &[(usize, usize)], out: &mut Vec<Token>) {
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() {
-            i += 1;
+    if memchr::memchr_iter(b'.', b).nth(2).is_none() {
+        return;
+    }
+    let mut covered = 0;
+    for dot in memchr::memchr_iter(b'.', b) {
+        if dot < covered {
             continue;
         }
-        let start_ok = match char_before(s, i) {
+        let mut i = dot;
+        while i > 0 && is_v4_run_byte(b[i - 1]) {
+            i -= 1;
+        }
+        let mut run_end = dot;
+        while run_end < b.len() && is_v4_run_byte(b[run_end]) {
+            run_end += 1;
+        }
+        covered = run_end;
+        if !b[i].is_ascii_digit() {
+            continue;
+        }
+        let start_ok = match b.get(i.wrapping_sub(1)) {
             None => true,
-            Some('/') => i >= 3 && &b[i - 3..i] == b"://",
-            Some(c) => !(is_word_char(c) || c == '.'),
+            Some(b'/') => i >= 3 && &b[i - 3..i] == b"://",
+            Some(&c) if c.is_ascii() => !(c.is_ascii_alphanumeric() || c == b'_'),
+            Some(_) => !char_before(s, i).is_some_and(is_word_char),
         };
         if !start_ok {
-            // Skip the rest of this digit run: a candidate can only start
-            // after a non-digit.
-            i += 1;
             continue;
         }
         let Some((addr, end)) = dotted_quad(b, i) else {
-            i += 1;
             continue;
         };
-        let next = b.get(end).copied();
-        let next_ok = match next {
+        let next_ok = match b.get(end) {
             Some(c) if c.is_ascii_digit() => false,
             Some(b'.') => !b.get(end + 1).is_some_and(u8::is_ascii_digit),
             _ => true,
         };
-        let inside_v6 = v6_spans
-            .as_ref()
-            .is_some_and(|spans| spans.iter().any(|&(a, z)| i >= a && i < z));
+        let inside_v6 = v6_spans.iter().any(|&(a, z)| i >= a && i < z);
         if next_ok && !inside_v6 && !is_cidr_suffix(s, end, 32) {
             out.push(Token {
                 addr: IpAddr::V4(addr),
                 start: i,
             });
         }
-        i = end;
     }
 }
 
@@ -147,60 +162,63 @@ fn is_v6_run_byte(c: u8) -> bool {
 }
 
 /// Finds IPv6 tokens and returns the byte spans they cover, so that the IPv4
-/// scan does not report the embedded tail of `::ffff:1.2.3.4` twice.
-fn scan_v6(s: &str, out: &mut Vec<Token>) -> Option<Vec<(usize, usize)>> {
+/// scan does not report the embedded tail of `::ffff:1.2.3.4` twice. Only
+/// runs around a `:` can be candidates, so the scan hops between colons.
+fn scan_v6(s: &str, out: &mut Vec<Token>) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
-    // Fast exit: an IPv6 token has at least two colons.
-    if memchr_count(b, b':') < 2 {
-        return None;
-    }
     let mut spans = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if !is_v6_run_byte(b[i]) || (i > 0 && is_v6_run_byte(b[i - 1])) {
-            i += 1;
+    let mut covered = 0;
+    for colon in memchr::memchr_iter(b':', b) {
+        if colon < covered {
             continue;
         }
-        let run_end = i + b[i..].iter().take_while(|&&c| is_v6_run_byte(c)).count();
+        let mut i = colon;
+        while i > 0 && is_v6_run_byte(b[i - 1]) {
+            i -= 1;
+        }
+        let mut run_end = colon;
+        while run_end < b.len() && is_v6_run_byte(b[run_end]) {
+            run_end += 1;
+        }
+        covered = run_end;
         let mut end = run_end;
         while end > i && b[end - 1] == b'.' {
             end -= 1;
         }
         let candidate = &s[i..end];
-        if candidate.bytes().filter(|&c| c == b':').count() >= 2 {
-            let before_ok = !char_before(s, i).is_some_and(is_word_char);
-            let after = char_at(s, end);
-            let after_ok = !after.is_some_and(|c| is_word_char(c) || c == ':');
-            if before_ok && after_ok {
-                if let Ok(addr) = candidate.parse::<Ipv6Addr>() {
-                    let mut tail = end;
-                    if after == Some('%') {
-                        // A zone id (`fe80::1%eth0`) belongs to the token.
-                        tail += 1 + s[end + 1..]
-                            .bytes()
-                            .take_while(|c| {
-                                c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' || *c == b'.'
-                            })
-                            .count();
-                    }
-                    if !is_cidr_suffix(s, tail, 128) {
-                        let start = if i > 0 && b[i - 1] == b'[' { i - 1 } else { i };
-                        out.push(Token {
-                            addr: IpAddr::V6(addr),
-                            start,
-                        });
-                    }
-                    spans.push((i, end));
-                }
-            }
+        if memchr::memchr_iter(b':', candidate.as_bytes())
+            .nth(1)
+            .is_none()
+        {
+            continue;
         }
-        i = run_end.max(i + 1);
+        let before_ok = !char_before(s, i).is_some_and(is_word_char);
+        let after = char_at(s, end);
+        let after_ok = !after.is_some_and(|c| is_word_char(c) || c == ':');
+        if !(before_ok && after_ok) {
+            continue;
+        }
+        let Ok(addr) = candidate.parse::<Ipv6Addr>() else {
+            continue;
+        };
+        let mut tail = end;
+        if after == Some('%') {
+            // A zone id (`fe80::1%eth0`) belongs to the token.
+            tail += 1 + s[end + 1..]
+                .bytes()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+                .count();
+        }
+        if !is_cidr_suffix(s, tail, 128) {
+            let start = if i > 0 && b[i - 1] == b'[' { i - 1 } else { i };
+            out.push(Token {
+                addr: IpAddr::V6(addr),
+                start,
+            });
+        }
+        spans.push((i, end));
     }
-    Some(spans)
-}
-
-fn memchr_count(b: &[u8], needle: u8) -> usize {
-    b.iter().filter(|&&c| c == needle).count()
+    spans
 }
 
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! Microbenchmarks of the pure stages: where the time goes per alert.
+//!
+//! Uses `../shared/corpus/alerts` when present, else the demo alerts that
+//! ship in the repo.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::{json, Value};
+use std::hint::black_box;
+use wazuh_misp::enrich::{enrich, serialize_within, AlertContext};
+use wazuh_misp::extract::{Direction, Extractor, IpHit, Scratch};
+use wazuh_misp::filter::AlertFilter;
+use wazuh_misp::lookup::model::{parse_response, Attribute};
+use wazuh_misp::output::{frame, header, MAX_DATAGRAM};
+use wazuh_misp::sim::{MispSim, SimData};
+
+fn alert_lines() -> Vec<String> {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/alerts");
+    let mut lines = Vec::new();
+    for name in ["dashboard-sample.jsonl", "wazuh-doc-samples.jsonl"] {
+        if let Ok(text) = std::fs::read_to_string(corpus.join(name)) {
+            lines.extend(text.lines().map(str::to_owned));
+        }
+    }
+    if lines.is_empty() {
+        eprintln!("../shared/corpus not found; benchmarking the demo alerts");
+        lines = wazuh_misp::demo::DEMO_ALERTS
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    }
+    lines
+}
+
+fn attributes(n: usize) -> Vec<Attribute> {
+    let events: Vec<Value> = (0..n.div_ceil(10).max(1))
+        .map(|e| {
+            let attrs: Vec<Value> = (0..10.min(n - e * 10))
+                .map(|i| json!({"id": format!("{e}{i}"), "type": if i % 2 == 0 { "ip-dst" } else { "ip-src" }, "category": "Network activity",
+                    "to_ids": i % 3 == 0, "timestamp": format!("{}", 1_700_000_000 + i), "value": "185.220.101.42",
+                    "Tag": [{"name": format!("tag-{}", i % 4)}]}))
+                .collect();
+            json!({"Event": {"id": format!("{}", 100 + e), "info": format!("event {e}"), "date": "2026-01-01", "Orgc": {"name": "CIRCL"},
+                "Tag": [{"name": "tlp:amber"}, {"name": "misp-galaxy:botnet=\"Emotet\""}], "Attribute": attrs}})
+        })
+        .collect();
+    let body = json!({"value": ["185.220.101.42"], "includeEventTags": true, "includeContext": true, "includeSightings": true});
+    let answer = MispSim::answer(&SimData::from_events(events), &body);
+    parse_response(answer.to_string().as_bytes()).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let lines = alert_lines();
+    let alerts: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+
+    let mut g = c.benchmark_group("per_alert");
+    g.throughput(Throughput::Elements(alerts.len() as u64));
+    let ex = Extractor::with_defaults();
+    g.bench_function("extract_ips", |b| {
+        let mut scratch = Scratch::default();
+        let mut hits = Vec::new();
+        b.iter(|| {
+            for a in &alerts {
+                hits.clear();
+                ex.extract(black_box(a), &mut scratch, &mut hits);
+            }
+            black_box(hits.len())
+        })
+    });
+    let filter = AlertFilter {
+        min_level: 6,
+        exclude_rule_ids: vec!["31530".into(), "31531".into()],
+    };
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("parse_and_filter", |b| {
+        b.iter(|| {
+            let mut kept = 0;
+            for l in &lines {
+                if let Ok(v) = serde_json::from_str::<Value>(black_box(l)) {
+                    kept += usize::from(filter.check(&v).is_ok());
+                }
+            }
+            kept
+        })
+    });
+    g.finish();
+
+    let alert: Value =
+        serde_json::from_str(wazuh_misp::demo::DEMO_ALERTS.lines().next().unwrap()).unwrap();
+    let ctx = AlertContext::from_alert(&alert);
+    let hit = IpHit {
+        ip: "185.220.101.42".parse().unwrap(),
+        direction: Direction::Source,
+        field_path: "data.srcip".into(),
+        raw_context: "185.220.101.42".into(),
+    };
+    let mut g = c.benchmark_group("enrich");
+    for n in [1, 10, 100, 1000] {
+        let attrs = attributes(n);
+        g.bench_function(format!("{n}_attributes"), |b| {
+            b.iter(|| {
+                let mut ev =
+                    enrich(&ctx, &alert, &hit, black_box(&attrs), chrono::Utc::now()).unwrap();
+                serialize_within(&mut ev, MAX_DATAGRAM - 40).unwrap().len()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("framing");
+    let payload = vec![b'x'; 2000];
+    g.bench_function("header_and_frame", |b| {
+        b.iter(|| {
+            let h = header(black_box(&ctx.agent));
+            frame(&h, &payload).unwrap().len()
+        })
+    });
+    let big = attributes(3000);
+    g.bench_function("size_guard_3000_attributes", |b| {
+        b.iter_batched(
+            || enrich(&ctx, &alert, &hit, &big, chrono::Utc::now()).unwrap(),
+            |mut ev| serialize_within(&mut ev, MAX_DATAGRAM - 40).unwrap().len(),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = micro;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(micro);

@@ -1,0 +1,25 @@
+//! Extraction over the corpus alerts, for profiling (`valgrind --tool=callgrind`).
+use wazuh_misp::extract::{Extractor, Scratch};
+
+fn main() {
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "../shared/corpus/alerts/dashboard-sample.jsonl".into());
+    let text = std::fs::read_to_string(path).expect("alerts file");
+    let alerts: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ex = Extractor::with_defaults();
+    let mut scratch = Scratch::default();
+    let mut hits = Vec::new();
+    let mut n = 0;
+    for _ in 0..20 {
+        for a in &alerts {
+            hits.clear();
+            ex.extract(a, &mut scratch, &mut hits);
+            n += hits.len();
+        }
+    }
+    println!("{n} hits");
+}
