@@ -1,1 +1,294 @@
-fn main() {}
+//! End-to-end throughput: the real pipeline on a real file, the MISP
+//! simulator over HTTP with a set latency, and a real receiving socket.
+//!
+//! `cargo bench --bench throughput [-- SCENARIO...]` prints one JSON line per
+//! scenario: `{scenario, alerts, secs, alerts_per_sec, misp_requests,
+//! misp_values, events_sent, p50_ms, p99_ms, peak_rss_mb}`. Latency is per
+//! alert, from its line being appended to its datagram being received.
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wazuh_misp::config::{Config, Secret, StartPosition};
+use wazuh_misp::lookup::MispClient;
+use wazuh_misp::pipeline::Daemon;
+use wazuh_misp::sim::{MispSim, SimData};
+use wazuh_misp::stats::Stats;
+
+const KEY: &str = "benchkey000000000000000000000000000000000";
+
+fn pool_ip(i: usize) -> String {
+    format!("185.{}.{}.{}", 100 + i / 62500, (i / 250) % 250, i % 250 + 1)
+}
+
+/// A corpus-shaped sshd alert; `bench_seq` rides along in `data` and comes
+/// back at the top level of the enriched event. Built by formatting rather
+/// than through `serde_json::Value`, so the writer thread stays cheap and
+/// does not steal CPU from the pipeline it measures.
+fn alert(seq: usize, rule: usize, ip: &str, level: u32) -> String {
+    format!(
+        concat!(
+            r#"{{"timestamp":"2026-11-22T09:58:02.114+0000","rule":{{"level":{level},"description":"sshd: brute force trying to get access to the system. Non existent user.","id":"{rule}","firedtimes":{seq},"mail":false,"groups":["syslog","sshd","authentication_failures"]}},"#,
+            r#""agent":{{"id":"001","name":"web-01","ip":"10.0.1.50"}},"manager":{{"name":"wazuh-manager"}},"id":"1763805482.{seq}","cluster":{{"name":"wazuh","node":"node01"}},"#,
+            r#""full_log":"Nov 22 09:58:01 web-01 sshd[22108]: Invalid user test from {ip} port 41220","decoder":{{"parent":"sshd","name":"sshd"}},"#,
+            r#""data":{{"srcip":"{ip}","srcport":"41220","srcuser":"test","bench_seq":{seq}}},"location":"/var/log/auth.log"}}"#
+        ),
+        level = level,
+        rule = 5712 + rule,
+        seq = seq,
+        ip = ip
+    )
+}
+
+fn event(ips: &[String]) -> Value {
+    let attrs: Vec<Value> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| json!({"id": i.to_string(), "type": "ip-src", "category": "Network activity", "to_ids": true,
+            "timestamp": "1763164800", "value": ip, "uuid": format!("u{i}")}))
+        .collect();
+    json!({"Event": {"id": "1", "info": "bench", "date": "2026-11-15", "threat_level_id": "2", "analysis": "2",
+        "Orgc": {"name": "BENCH"}, "Tag": [{"name": "tlp:green"}], "Attribute": attrs}})
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn reset_peak_rss() {
+    // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+struct Scenario {
+    name: &'static str,
+    alerts: usize,
+    lines: Box<dyn Fn(usize) -> String + Send + Sync>,
+    expected_events: usize,
+    misp_ips: Vec<String>,
+    misp_latency: Duration,
+    /// Lines appended before the clock starts (to warm the cache).
+    warmup: Vec<String>,
+    /// Append as fast as possible in big writes, instead of paced small ones.
+    burst: bool,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run(s: Scenario) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts_path = dir.path().join("alerts.json");
+    std::fs::write(&alerts_path, b"").unwrap();
+    let socket_path = dir.path().join("queue");
+    let sim = MispSim::start(&SimData::from_events([event(&s.misp_ips)]), KEY).await.unwrap();
+    sim.set_latency(s.misp_latency);
+
+    // Receiver: records when each sequence number arrived.
+    let receiver = UnixDatagram::bind(&socket_path).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let appended: Arc<Vec<AtomicU64>> = Arc::new((0..s.alerts + s.warmup.len()).map(|_| AtomicU64::new(0)).collect());
+    let clock = Instant::now();
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(s.expected_events)));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recv_thread = {
+        let (appended, latencies, received, stop) = (appended.clone(), latencies.clone(), received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 70_000];
+            let finder = memchr::memmem::Finder::new(b"\"bench_seq\":");
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(n) = receiver.recv(&mut buf) else { continue };
+                let now = clock.elapsed().as_nanos() as u64;
+                received.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = finder.find(&buf[..n]) {
+                    let digits: Vec<u8> = buf[at + 12..n].iter().copied().take_while(u8::is_ascii_digit).collect();
+                    if let Ok(seq) = std::str::from_utf8(&digits).unwrap_or("").parse::<usize>() {
+                        let t0 = appended[seq].load(Ordering::Relaxed);
+                        if t0 > 0 {
+                            latencies.lock().unwrap().push((now.saturating_sub(t0)) as f64 / 1e6);
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let mut cfg = Config::default();
+    cfg.input.alerts_file = alerts_path.clone();
+    cfg.input.state_dir = dir.path().join("state");
+    cfg.input.start_position = StartPosition::Beginning;
+    cfg.output.queue_socket = socket_path;
+    cfg.misp.url = sim.url();
+    cfg.misp.api_key = Some(Secret::new(KEY));
+    cfg.misp.max_concurrent_requests = 16;
+    let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
+    let daemon = Daemon::start(cfg, client).unwrap();
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(&alerts_path).unwrap();
+    if !s.warmup.is_empty() {
+        let text: String = s.warmup.iter().map(|l| format!("{l}\n")).collect();
+        f.write_all(text.as_bytes()).unwrap();
+        let len = std::fs::metadata(&alerts_path).unwrap().len();
+        while daemon.checkpoints.committed().map_or(0, |b| b.offset) < len {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let received_before = received.load(Ordering::Relaxed);
+    let sent_before = Stats::get(&daemon.stats.events_sent);
+    let (req0, val0) = (sim.requests(), sim.values_asked());
+    latencies.lock().unwrap().clear();
+    reset_peak_rss();
+
+    let started = Instant::now();
+    let base = s.warmup.len();
+    let writer = {
+        let appended = appended.clone();
+        let lines = s.lines;
+        let (n, burst) = (s.alerts, s.burst);
+        std::thread::spawn(move || {
+            // Bursts go out in 4 MiB writes; otherwise 64 lines a write,
+            // roughly what analysisd's stdio buffer flushes.
+            let chunk = if burst { 4096 } else { 64 };
+            let mut buf = String::new();
+            let mut i = 0;
+            while i < n {
+                buf.clear();
+                let end = (i + chunk).min(n);
+                for j in i..end {
+                    buf.push_str(&lines(j));
+                    buf.push('\n');
+                }
+                let now = clock.elapsed().as_nanos() as u64;
+                for j in i..end {
+                    appended[base + j].store(now, Ordering::Relaxed);
+                }
+                f.write_all(buf.as_bytes()).unwrap();
+                i = end;
+            }
+        })
+    };
+    writer.join().unwrap();
+    let total = std::fs::metadata(&alerts_path).unwrap().len();
+    while daemon.checkpoints.committed().map_or(0, |b| b.offset) < total
+        || received.load(Ordering::Relaxed) - received_before < s.expected_events as u64
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let peak = peak_rss_mb();
+    let events_sent = Stats::get(&daemon.stats.events_sent) - sent_before;
+    let (misp_requests, misp_values) = (sim.requests() - req0, sim.values_asked() - val0);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    recv_thread.join().unwrap();
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "scenario": s.name,
+        "alerts": s.alerts,
+        "secs": round(secs),
+        "alerts_per_sec": (s.alerts as f64 / secs).round(),
+        "misp_requests": misp_requests,
+        "misp_values": misp_values,
+        "misp_values_per_sec": (misp_values as f64 / secs).round(),
+        "events_sent": events_sent,
+        "p50_ms": round(percentile(&lat, 0.50)),
+        "p99_ms": round(percentile(&lat, 0.99)),
+        "peak_rss_mb": round(peak),
+    })
+}
+
+/// `BENCH_SCALE=0.1` runs a tenth of the alerts (for profiling under callgrind).
+fn scaled(n: usize) -> usize {
+    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    ((n as f64) * scale).max(1.0) as usize
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let hot_ips: Vec<String> = (0..1000).map(pool_ip).collect();
+    let cold_ips: Vec<String> = (0..20_000).map(pool_ip).collect();
+    let mut out = Vec::new();
+    // Every IP cached; (rule, ip) pairs unique so every alert makes an event.
+    let ips = hot_ips.clone();
+    out.push(Scenario {
+        name: "hot",
+        alerts: scaled(200_000),
+        lines: Box::new(move |i| alert(1000 + i, 1 + (i / 1000) % 200, &ips[i % 1000], 10)),
+        expected_events: scaled(200_000),
+        misp_ips: hot_ips.clone(),
+        misp_latency: Duration::ZERO,
+        warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
+        burst: false,
+    });
+    // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
+    let ips = cold_ips.clone();
+    out.push(Scenario {
+        name: "cold",
+        alerts: scaled(50_000),
+        lines: Box::new(move |i| alert(i, 0, &ips[(i * 7919) % 20_000], 10)),
+        expected_events: 0,
+        misp_ips: cold_ips.iter().step_by(10).cloned().collect(),
+        misp_latency: Duration::from_millis(20),
+        warmup: Vec::new(),
+        burst: false,
+    });
+    // No public IP, or filtered by level.
+    out.push(Scenario {
+        name: "noip",
+        alerts: scaled(200_000),
+        lines: Box::new(|i| {
+            if i % 2 == 0 {
+                alert(i, 0, &format!("10.{}.{}.{}", i % 250, (i / 250) % 250, 1 + i % 200), 10)
+            } else {
+                alert(i, 0, "185.100.0.1", 3)
+            }
+        }),
+        expected_events: 0,
+        misp_ips: Vec::new(),
+        misp_latency: Duration::ZERO,
+        warmup: Vec::new(),
+        burst: false,
+    });
+    // A million lines as fast as they can be written; (rule, ip) unique, so
+    // the dedup table ends with a million live entries.
+    let ips = hot_ips.clone();
+    out.push(Scenario {
+        name: "burst",
+        alerts: scaled(1_000_000),
+        lines: Box::new(move |i| alert(1000 + i, 1 + i / 1000, &ips[i % 1000], 10)),
+        expected_events: scaled(1_000_000),
+        misp_ips: hot_ips.clone(),
+        misp_latency: Duration::ZERO,
+        warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
+        burst: true,
+    });
+    out
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument picks scenarios.
+    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for s in scenarios() {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == s.name) {
+            continue;
+        }
+        let line = rt.block_on(run(s));
+        println!("{line}");
+    }
+}
