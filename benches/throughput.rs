@@ -21,7 +21,12 @@ use wazuh_misp::stats::Stats;
 const KEY: &str = "benchkey000000000000000000000000000000000";
 
 fn pool_ip(i: usize) -> String {
-    format!("185.{}.{}.{}", 100 + i / 62500, (i / 250) % 250, i % 250 + 1)
+    format!(
+        "185.{}.{}.{}",
+        100 + i / 62500,
+        (i / 250) % 250,
+        i % 250 + 1
+    )
 }
 
 /// A corpus-shaped sshd alert; `bench_seq` rides along in `data` and comes
@@ -94,32 +99,54 @@ async fn run(s: Scenario) -> Value {
     let alerts_path = dir.path().join("alerts.json");
     std::fs::write(&alerts_path, b"").unwrap();
     let socket_path = dir.path().join("queue");
-    let sim = MispSim::start(&SimData::from_events([event(&s.misp_ips)]), KEY).await.unwrap();
+    let sim = MispSim::start(&SimData::from_events([event(&s.misp_ips)]), KEY)
+        .await
+        .unwrap();
     sim.set_latency(s.misp_latency);
 
     // Receiver: records when each sequence number arrived.
     let receiver = UnixDatagram::bind(&socket_path).unwrap();
-    receiver.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let appended: Arc<Vec<AtomicU64>> = Arc::new((0..s.alerts + s.warmup.len()).map(|_| AtomicU64::new(0)).collect());
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let appended: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..s.alerts + s.warmup.len())
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
     let clock = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(s.expected_events)));
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let recv_thread = {
-        let (appended, latencies, received, stop) = (appended.clone(), latencies.clone(), received.clone(), stop.clone());
+        let (appended, latencies, received, stop) = (
+            appended.clone(),
+            latencies.clone(),
+            received.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 70_000];
             let finder = memchr::memmem::Finder::new(b"\"bench_seq\":");
             while !stop.load(Ordering::Relaxed) {
-                let Ok(n) = receiver.recv(&mut buf) else { continue };
+                let Ok(n) = receiver.recv(&mut buf) else {
+                    continue;
+                };
                 let now = clock.elapsed().as_nanos() as u64;
                 received.fetch_add(1, Ordering::Relaxed);
                 if let Some(at) = finder.find(&buf[..n]) {
-                    let digits: Vec<u8> = buf[at + 12..n].iter().copied().take_while(u8::is_ascii_digit).collect();
+                    let digits: Vec<u8> = buf[at + 12..n]
+                        .iter()
+                        .copied()
+                        .take_while(u8::is_ascii_digit)
+                        .collect();
                     if let Ok(seq) = std::str::from_utf8(&digits).unwrap_or("").parse::<usize>() {
                         let t0 = appended[seq].load(Ordering::Relaxed);
                         if t0 > 0 {
-                            latencies.lock().unwrap().push((now.saturating_sub(t0)) as f64 / 1e6);
+                            latencies
+                                .lock()
+                                .unwrap()
+                                .push((now.saturating_sub(t0)) as f64 / 1e6);
                         }
                     }
                 }
@@ -138,7 +165,10 @@ async fn run(s: Scenario) -> Value {
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
     let daemon = Daemon::start(cfg, client).unwrap();
 
-    let mut f = std::fs::OpenOptions::new().append(true).open(&alerts_path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&alerts_path)
+        .unwrap();
     if !s.warmup.is_empty() {
         let text: String = s.warmup.iter().map(|l| format!("{l}\n")).collect();
         f.write_all(text.as_bytes()).unwrap();
@@ -215,7 +245,10 @@ async fn run(s: Scenario) -> Value {
 
 /// `BENCH_SCALE=0.1` runs a tenth of the alerts (for profiling under callgrind).
 fn scaled(n: usize) -> usize {
-    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     ((n as f64) * scale).max(1.0) as usize
 }
 
@@ -253,7 +286,12 @@ fn scenarios() -> Vec<Scenario> {
         alerts: scaled(200_000),
         lines: Box::new(|i| {
             if i % 2 == 0 {
-                alert(i, 0, &format!("10.{}.{}.{}", i % 250, (i / 250) % 250, 1 + i % 200), 10)
+                alert(
+                    i,
+                    0,
+                    &format!("10.{}.{}.{}", i % 250, (i / 250) % 250, 1 + i % 200),
+                    10,
+                )
             } else {
                 alert(i, 0, "185.100.0.1", 3)
             }
@@ -282,8 +320,14 @@ fn scenarios() -> Vec<Scenario> {
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument picks scenarios.
-    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for s in scenarios() {
         if !wanted.is_empty() && !wanted.iter().any(|w| w == s.name) {
             continue;

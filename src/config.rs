@@ -209,12 +209,18 @@ impl Default for DedupConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
     pub queue_socket: PathBuf,
+    /// MISP failing (or refusing the key) this long sends an error event.
+    pub error_event_after_secs: u64,
+    /// At most one error event per this many seconds.
+    pub error_event_interval_secs: u64,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             queue_socket: "/var/ossec/queue/sockets/queue".into(),
+            error_event_after_secs: 60,
+            error_event_interval_secs: 600,
         }
     }
 }

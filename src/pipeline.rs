@@ -253,6 +253,7 @@ pub struct Daemon {
     workers: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
     saver: JoinHandle<()>,
+    reporter: JoinHandle<()>,
 }
 
 const DEDUP_FILE: &str = "dedup.json";
@@ -322,6 +323,12 @@ impl Daemon {
         );
         let writer = tokio::spawn(writer.run(out_rx));
         let max_in_flight = (capacity / workers_n).max(16);
+        let reporter = tokio::spawn(report_errors(
+            engine.lookup.clone(),
+            out_tx.clone(),
+            Duration::from_secs(cfg.output.error_event_after_secs),
+            Duration::from_secs(cfg.output.error_event_interval_secs),
+        ));
         let workers = (0..workers_n)
             .map(|_| {
                 tokio::spawn(worker(
@@ -381,6 +388,7 @@ impl Daemon {
             workers,
             writer,
             saver,
+            reporter,
         })
     }
 
@@ -394,6 +402,8 @@ impl Daemon {
     pub async fn shutdown(self, grace: Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.waker.wake();
+        // It holds a sender to the writer; the writer ends when all are gone.
+        self.reporter.abort();
         let Daemon {
             stats,
             engine,
@@ -462,6 +472,46 @@ impl Daemon {
         applied.pipeline = self.cfg.pipeline.clone();
         self.cfg = applied;
         Ok(changed)
+    }
+}
+
+/// Tells Wazuh when MISP has been failing for `after`, at most once per
+/// `every`: the SOC then sees the integration's own trouble as an alert.
+async fn report_errors(
+    lookup: Lookup,
+    out: mpsc::Sender<Outgoing>,
+    after: Duration,
+    every: Duration,
+) {
+    let mut last_sent: Option<std::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some((since, error)) = lookup.breaker().failing() else {
+            continue;
+        };
+        let failing_for = since.elapsed().unwrap_or_default();
+        if failing_for < after || last_sent.is_some_and(|t| t.elapsed() < every) {
+            continue;
+        }
+        let payload = enrich::error_event(error.kind, &error.message, since.into());
+        let Some(datagram) = output::frame("1:misp:", &payload) else {
+            continue;
+        };
+        tracing::warn!(
+            kind = error.kind,
+            failing_secs = failing_for.as_secs(),
+            "sending an integration error event to Wazuh"
+        );
+        let msg = Outgoing {
+            line: None,
+            datagrams: vec![datagram],
+            dedup_keys: Vec::new(),
+        };
+        if out.send(msg).await.is_err() {
+            return;
+        }
+        last_sent = Some(std::time::Instant::now());
     }
 }
 

@@ -273,3 +273,36 @@ async fn copytruncate_is_read_again_from_the_start() {
     q.drain().await;
     assert_eq!(ips_of(&q).len(), 3);
 }
+
+/// MISP refusing the key for longer than error_event_after_secs: Wazuh gets
+/// one error event, and the alert is still enriched once the key is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_becomes_an_error_event_for_wazuh() {
+    let (data, ips) = pool(1);
+    let mut h = Harness::new(&data).await;
+    h.cfg.misp.api_key = Some(wazuh_misp::config::Secret::new("wrong-key"));
+    h.cfg.output.error_event_after_secs = 0;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let client = MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap();
+    let daemon = Daemon::start(h.cfg.clone(), client).unwrap();
+    h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
+    q.received.wait_for(1, WAIT).await;
+    let (loc, ev) = q.received.events().remove(0);
+    assert_eq!(loc, "misp");
+    assert_eq!(ev["integration"], "misp");
+    assert_eq!(ev["misp_error"]["kind"], "auth");
+    assert!(ev["misp_error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Authentication failed"));
+    assert!(ev["misp_error"]["since"]
+        .as_str()
+        .unwrap()
+        .ends_with("+0000"));
+    assert_eq!(
+        daemon.checkpoints.in_flight(),
+        1,
+        "the alert waits, it is not dropped"
+    );
+    daemon.shutdown(Duration::from_millis(200)).await;
+}

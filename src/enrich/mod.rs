@@ -129,6 +129,10 @@ pub struct Summary {
     pub total_events: usize,
     pub earliest_event_date: Option<String>,
     pub latest_event_date: Option<String>,
+    /// `info` of the most recent event: a scalar, because Wazuh's JSON
+    /// decoder does not extract arrays of objects, so rules cannot reach
+    /// `events[].info`.
+    pub latest_event_info: Option<String>,
     pub attribution: Vec<String>,
     pub threat_types: Vec<String>,
     pub max_threat_score: u32,
@@ -456,17 +460,35 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
         .iter()
         .map(|e| e.date.as_str())
         .filter(|d| !d.is_empty());
+    // Latest by date; among equal dates, the first MISP returned.
+    let latest = events
+        .iter()
+        .fold(None::<&EventSummary>, |best, e| match best {
+            Some(b) if b.date >= e.date => Some(b),
+            _ => Some(e),
+        });
     Summary {
         total_attributes: attrs.len(),
         total_events: events.len(),
         earliest_event_date: dates.clone().min().map(str::to_owned),
         latest_event_date: dates.max().map(str::to_owned),
+        latest_event_info: latest.map(|e| e.info.clone()),
         attribution,
         threat_types: types.into_iter().collect(),
         max_threat_score: attrs.iter().map(|a| a.threat_score).max().unwrap_or(0),
         truncated: false,
         omitted_attributes: None,
     }
+}
+
+/// The integration's own failure, as an event for Wazuh:
+/// `{"integration":"misp","misp_error":{"kind","message","since"}}`.
+pub fn error_event(kind: &str, message: &str, since: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "integration": "misp",
+        "misp_error": {"kind": kind, "message": message, "since": wazuh_time(since)},
+    }))
+    .expect("error event serialises")
 }
 
 pub fn recommendations(max_score: u32) -> Option<Recommendations> {

@@ -93,6 +93,7 @@ fn same_ip_in_several_events_aggregates_into_one_entry() {
     let s = &ev.misp_data.summary;
     assert_eq!(s.earliest_event_date.as_deref(), Some("2025-12-31"));
     assert_eq!(s.latest_event_date.as_deref(), Some("2026-03-04"));
+    assert_eq!(s.latest_event_info.as_deref(), Some("second"));
     assert_eq!(s.threat_types, ["green"]);
     assert_eq!(s.max_threat_score, 7);
     assert_eq!(ev.recommendations.as_ref().unwrap().priority, "medium");

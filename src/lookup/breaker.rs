@@ -25,6 +25,15 @@ struct State {
     next_probe: Instant,
     hold_until: Option<Instant>,
     failing_since: Option<std::time::SystemTime>,
+    last_error: Option<LastError>,
+}
+
+/// The most recent failure, for the integration's error events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// One of `auth`, `unreachable`, `rate_limited`, `server`.
+    pub kind: &'static str,
+    pub message: String,
 }
 
 /// What a caller may do now.
@@ -47,6 +56,7 @@ impl Breaker {
                 next_probe: Instant::now(),
                 hold_until: None,
                 failing_since: None,
+                last_error: None,
             }),
             changed: Notify::new(),
         }
@@ -64,9 +74,10 @@ impl Breaker {
         self.lock().open
     }
 
-    /// Since when MISP has been failing, if it is.
-    pub fn failing_since(&self) -> Option<std::time::SystemTime> {
-        self.lock().failing_since
+    /// Since when MISP has been failing, and how, if it is.
+    pub fn failing(&self) -> Option<(std::time::SystemTime, LastError)> {
+        let s = self.lock();
+        Some((s.failing_since?, s.last_error.clone()?))
     }
 
     /// Waits until a request may go out.
@@ -101,6 +112,7 @@ impl Breaker {
         s.open = false;
         s.probing = false;
         s.failing_since = None;
+        s.last_error = None;
         drop(s);
         if was_open {
             tracing::info!("MISP answers again; circuit breaker closed");
@@ -108,11 +120,12 @@ impl Breaker {
         self.changed.notify_waiters();
     }
 
-    pub fn failure(&self, pass: Pass) {
+    pub fn failure(&self, pass: Pass, error: LastError) {
         let mut s = self.lock();
         s.failures += 1;
         s.failing_since
             .get_or_insert_with(std::time::SystemTime::now);
+        s.last_error = Some(error);
         if pass == Pass::Probe {
             s.probing = false;
         }
@@ -132,8 +145,11 @@ impl Breaker {
     }
 
     /// A 429: nobody sends before `until`.
-    pub fn hold(&self, d: Duration) {
+    pub fn hold(&self, d: Duration, error: LastError) {
         let mut s = self.lock();
+        s.failing_since
+            .get_or_insert_with(std::time::SystemTime::now);
+        s.last_error = Some(error);
         let until = Instant::now() + d;
         s.hold_until = Some(s.hold_until.map_or(until, |t| t.max(until)));
     }
@@ -147,14 +163,20 @@ mod tests {
     async fn opens_after_threshold_and_probes() {
         let b = Breaker::new(2, Duration::from_secs(5));
         assert_eq!(b.pass().await, Pass::Normal);
-        b.failure(Pass::Normal);
+        let e = || LastError {
+            kind: "server",
+            message: "HTTP 500".into(),
+        };
+        b.failure(Pass::Normal, e());
         assert!(!b.is_open());
-        b.failure(Pass::Normal);
+        b.failure(Pass::Normal, e());
+        assert_eq!(b.failing().unwrap().1, e());
         assert!(b.is_open());
         let t0 = Instant::now();
         assert_eq!(b.pass().await, Pass::Probe);
         assert!(Instant::now() - t0 >= Duration::from_secs(5));
         b.success();
+        assert!(b.failing().is_none());
         assert_eq!(b.pass().await, Pass::Normal);
     }
 }

@@ -32,7 +32,17 @@ pub enum MispError {
 }
 
 impl MispError {
-    /// The class, as used in logs, metrics and error events.
+    /// The coarser class the integration's error events report.
+    pub fn event_kind(&self) -> &'static str {
+        match self {
+            MispError::Auth { .. } => "auth",
+            MispError::RateLimited { .. } => "rate_limited",
+            MispError::Timeout | MispError::Unreachable(_) => "unreachable",
+            MispError::Server { .. } | MispError::BadBody(_) => "server",
+        }
+    }
+
+    /// The class, as used in logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             MispError::Auth { .. } => "auth",

@@ -27,7 +27,7 @@ use crate::config::{MatchTypes, MispConfig};
 use crate::extract::{canonical, Direction};
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
-use breaker::Breaker;
+use breaker::{Breaker, LastError};
 use moka::Expiry;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -323,12 +323,16 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .retries;
+        let last = LastError {
+            kind: err.event_kind(),
+            message: err.to_string(),
+        };
         let delay = match &err {
             MispError::RateLimited { retry_after } => {
                 let d = retry_after
                     .unwrap_or_else(|| backoff(attempt))
                     .min(Duration::from_secs(300));
-                shared.breaker.hold(d);
+                shared.breaker.hold(d, last.clone());
                 d
             }
             // A wrong key does not fix itself in milliseconds.
@@ -337,7 +341,7 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             _ => shared.breaker.probe_interval(),
         };
         if !matches!(err, MispError::RateLimited { .. }) {
-            shared.breaker.failure(pass);
+            shared.breaker.failure(pass, last);
         }
         let kind = err.kind();
         let gave_up_retrying = attempt >= retries;
