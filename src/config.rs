@@ -257,6 +257,9 @@ impl PipelineConfig {
 pub enum LogFormat {
     Text,
     Json,
+    /// Structured fields straight to journald (`journalctl -o json` can
+    /// filter on REASON, IP, KIND, OFFSET...).
+    Journald,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -20,6 +20,7 @@ pub mod enrich;
 pub mod extract;
 pub mod filter;
 pub mod input;
+pub mod integratord;
 pub mod lookup;
 pub mod output;
 pub mod pipeline;

@@ -48,6 +48,20 @@ enum Command {
     },
     /// Run the whole pipeline offline against a built-in MISP simulator and sample alerts.
     Demo,
+    /// Drop-in for integratord's custom integrations: enrich one alert file and exit.
+    Integratord {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The alert file integratord wrote.
+        alert_file: PathBuf,
+        /// `<api_key>` of the `<integration>` block (overrides the config).
+        api_key: Option<String>,
+        /// `<hook_url>` of the `<integration>` block: the MISP url (overrides the config).
+        hook_url: Option<String>,
+        /// Further arguments integratord may pass; ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
 }
 
 type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -70,6 +84,17 @@ fn init_logging(level: &str, format: LogFormat) -> LogHandle {
                     .with_writer(std::io::stderr),
             )
             .init(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journald) => registry
+                .with(journald.with_syslog_identifier("wazuh-misp".into()))
+                .init(),
+            Err(e) => {
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init();
+                tracing::warn!(error = %e, "journald is not reachable; logging text to stderr instead");
+            }
+        },
     }
     handle
 }
@@ -98,6 +123,18 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => rt.block_on(check::run(&config, &mut std::io::stdout())),
         Command::Enrich { config, file } => rt.block_on(enrich(&config, &file)),
         Command::Demo => rt.block_on(run_demo()),
+        Command::Integratord {
+            config,
+            alert_file,
+            api_key,
+            hook_url,
+            rest: _,
+        } => rt.block_on(integratord(
+            &config,
+            &alert_file,
+            api_key.as_deref(),
+            hook_url.as_deref(),
+        )),
     }
 }
 
@@ -266,6 +303,25 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn integratord(
+    config: &Path,
+    alert_file: &Path,
+    api_key: Option<&str>,
+    hook_url: Option<&str>,
+) -> ExitCode {
+    init_logging("warn", LogFormat::Text);
+    match wazuh_misp::integratord::run(config, alert_file, api_key, hook_url).await {
+        Ok(sent) => {
+            tracing::info!(sent, "integratord: done");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wazuh-misp integratord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run_demo() -> ExitCode {

@@ -264,7 +264,13 @@ struct DedupState {
     entries: Vec<(String, u64)>,
 }
 
-fn save_dedup(state_dir: &Path, d: &Dedup) {
+/// Loads `state_dir/dedup.json` into `d` (expired entries dropped).
+pub fn load_dedup(state_dir: &Path, d: &Dedup) -> usize {
+    read_state::<DedupState>(&state_dir.join(DEDUP_FILE))
+        .map_or(0, |saved| d.restore(saved.entries))
+}
+
+pub fn save_dedup(state_dir: &Path, d: &Dedup) {
     let state = DedupState {
         entries: d.snapshot(),
     };
@@ -298,10 +304,8 @@ impl Daemon {
             Duration::from_secs(cfg.dedup.window_secs),
             cfg.dedup.max_entries,
         );
-        if let Some(saved) = read_state::<DedupState>(&state_dir.join(DEDUP_FILE)) {
-            let n = dedup.restore(saved.entries);
-            tracing::info!(entries = n, "restored dedup window");
-        }
+        let restored = load_dedup(&state_dir, &dedup);
+        tracing::info!(entries = restored, "restored dedup window");
         let lookup = Lookup::start(client, &cfg.misp, stats.clone());
         let engine = Arc::new(Engine::new(
             Rules::from_config(&cfg)?,

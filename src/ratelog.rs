@@ -46,6 +46,13 @@ impl RateLimitedLog {
             slot.logged += 1;
             let suppressed = std::mem::take(&mut slot.suppressed);
             drop(state);
+            if suppressed > 0 {
+                tracing::warn!(
+                    kind,
+                    suppressed,
+                    "{suppressed} more like this in the last minute"
+                );
+            }
             emit(suppressed);
         } else {
             slot.suppressed += 1;

@@ -156,3 +156,52 @@ fn demo_runs_offline_and_prints_a_summary() {
     assert!(text.contains("events sent:        6"), "{text}");
     assert!(text.contains("\"integration\": \"misp\""));
 }
+
+/// integratord's calling convention: `<alert-file> <api-key> <hook-url>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integratord_drop_in_enriches_one_alert_and_exits() {
+    let ips: Vec<String> = (0..1).map(pool_ip).collect();
+    let h = Harness::new(&SimData::from_events([event_with_ips(3, &ips)])).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    // The config names the socket and state dir; url and key come from integratord.
+    let cfg = write_config(
+        h.dir.path(),
+        &format!(
+            "[input]\nstate_dir = {:?}\n[output]\nqueue_socket = {:?}\n",
+            h.cfg.input.state_dir, h.socket
+        ),
+    );
+    let alert = h.dir.path().join("alert-1.json");
+    std::fs::write(&alert, sshd_alert(1, &ips[0], "001")).unwrap();
+    let url = h.sim.url();
+    let run = move |alert: std::path::PathBuf| {
+        let (cfg, url) = (cfg.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["integratord", "--config"])
+                .arg(&cfg)
+                .arg(&alert)
+                .args([KEY, &url, "extra-arg"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(alert.clone()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    q.received
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    let (loc, ev) = q.received.events().remove(0);
+    assert_eq!(loc, "[001] (host-001) 10.0.1.50->misp");
+    assert_eq!(ev["detected_ip"]["value"], ips[0]);
+    // The same alert again is within the dedup window kept in state_dir.
+    let out = run(alert).await.unwrap();
+    assert!(out.status.success());
+    q.drain().await;
+    assert_eq!(q.received.len(), 1);
+}
