@@ -58,6 +58,15 @@ pub struct Config {
     pub output: OutputConfig,
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for the Prometheus endpoint (`/metrics`), e.g.
+    /// "127.0.0.1:9464". Empty: off (restart).
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -267,6 +276,8 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// How often the counters are logged at info level (0: never).
+    pub stats_interval_secs: u64,
 }
 
 impl Default for LogConfig {
@@ -274,6 +285,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            stats_interval_secs: 60,
         }
     }
 }
@@ -453,6 +465,17 @@ impl Config {
             }
         }
         self.filter.exclude_nets()?;
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::key(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address:port (e.g. \"127.0.0.1:9464\")",
+                    self.metrics.listen
+                ),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError::key(
                 "log.level",
@@ -525,6 +548,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "pipeline.workers",
     "pipeline.channel_capacity",
     "output.queue_socket",
+    "metrics.listen",
 ];
 
 #[cfg(test)]

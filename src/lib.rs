@@ -22,6 +22,7 @@ pub mod filter;
 pub mod input;
 pub mod integratord;
 pub mod lookup;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod ratelog;

@@ -165,6 +165,14 @@ async fn run(path: &Path) -> ExitCode {
         socket = %cfg.output.queue_socket.display(),
         "starting"
     );
+    if !cfg.metrics.listen.is_empty() {
+        let addr = cfg.metrics.listen.parse().expect("validated at load");
+        if let Err(e) = wazuh_misp::metrics::serve(addr) {
+            tracing::error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let stats_every = cfg.log.stats_interval_secs;
     let mut daemon = match Daemon::start(cfg, client) {
         Ok(d) => d,
         Err(e) => {
@@ -173,7 +181,7 @@ async fn run(path: &Path) -> ExitCode {
         }
     };
     service::ready(&daemon.stats.summary());
-    let mut stats_tick = tokio::time::interval(Duration::from_secs(60));
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
     stats_tick.tick().await;
     // The watchdog ping doubles as the STATUS= refresh.
     let mut heartbeat = tokio::time::interval(
@@ -191,7 +199,7 @@ async fn run(path: &Path) -> ExitCode {
                 }
                 Some(_) | None => break,
             },
-            _ = stats_tick.tick() => tracing::info!(stats = %daemon.stats.summary(), "stats"),
+            _ = stats_tick.tick(), if stats_every > 0 => tracing::info!(stats = %daemon.stats.summary(), "stats"),
             _ = heartbeat.tick() => {
                 service::watchdog();
                 service::status(&daemon.stats.summary());

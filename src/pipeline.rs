@@ -254,6 +254,7 @@ pub struct Daemon {
     writer: JoinHandle<()>,
     saver: JoinHandle<()>,
     reporter: JoinHandle<()>,
+    publisher: JoinHandle<()>,
 }
 
 const DEDUP_FILE: &str = "dedup.json";
@@ -375,6 +376,13 @@ impl Daemon {
             })
             .context("cannot start the tailer thread")?;
 
+        let publisher = tokio::spawn(crate::metrics::publish(crate::metrics::Sources {
+            stats: stats.clone(),
+            checkpoints: checkpoints.clone(),
+            alerts_file: cfg.input.alerts_file.clone(),
+            line_queue: line_rx.clone(),
+            dedup: dedup.clone(),
+        }));
         let saver = tokio::spawn(save_periodically(
             state_dir,
             checkpoints.clone(),
@@ -393,6 +401,7 @@ impl Daemon {
             writer,
             saver,
             reporter,
+            publisher,
         })
     }
 
@@ -408,6 +417,8 @@ impl Daemon {
         self.waker.wake();
         // It holds a sender to the writer; the writer ends when all are gone.
         self.reporter.abort();
+        // It holds a receiver of the line channel.
+        self.publisher.abort();
         let Daemon {
             stats,
             engine,

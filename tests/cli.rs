@@ -205,3 +205,54 @@ async fn integratord_drop_in_enriches_one_alert_and_exits() {
     q.drain().await;
     assert_eq!(q.received.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_each_broken_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("misp.key");
+    std::fs::write(&key, "k").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[input]\nalerts_file = {:?}\nstate_dir = {:?}\n[misp]\nurl = \"http://127.0.0.1:9\"\napi_key_file = {:?}\ntimeout_secs = 1\n[output]\nqueue_socket = {:?}\n",
+            dir.path().join("missing/alerts.json"),
+            blocker.join("state"),
+            key,
+            dir.path().join("no-socket"),
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    for item in [
+        "is not world-readable",
+        "answers an authenticated restSearch",
+        "is readable",
+        "exists",
+        "is writable",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(item))
+            .unwrap_or_else(|| panic!("no line for {item}:\n{text}"));
+        assert!(line.starts_with('✗'), "{item} should fail:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("✓ MISP API key is present")),
+        "{text}"
+    );
+    assert_eq!(text.matches("    fix: ").count(), 5, "{text}");
+}

@@ -221,3 +221,45 @@ async fn sigterm_finishes_and_exits_zero_with_a_bookmark() {
         std::fs::metadata(&h.alerts).unwrap().len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_serves_the_counters() {
+    let ips: Vec<String> = (0..2).map(pool_ip).collect();
+    let h = Harness::new(&SimData::from_events([event_with_ips(1, &ips)])).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(&h, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let d = Daemon::spawn(&config);
+    h.append(&format!(
+        "{}\n{}\n",
+        sshd_alert(1, &ips[0], "001"),
+        sshd_alert(2, "10.0.0.1", "001")
+    ));
+    q.received.wait_for(1, WAIT).await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut body = String::new();
+    // The publisher runs every second; wait for it to show the send.
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(&url).await {
+            body = r.text().await.unwrap_or_default();
+            if body.contains("wazuh_misp_events_sent_total 1") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for needle in [
+        "wazuh_misp_events_sent_total 1",
+        "wazuh_misp_alerts_read_total 2",
+        "wazuh_misp_misp_requests_total",
+        "wazuh_misp_misp_request_duration_seconds_bucket",
+        "wazuh_misp_lag_bytes 0",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from:\n{body}");
+    }
+    drop(d);
+}

@@ -304,6 +304,9 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             .misp_values
             .fetch_add(values.len() as u64, Ordering::Relaxed);
         let result = client.search(values).await;
+        metrics::histogram!(crate::metrics::MISP_REQUEST_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::MISP_VALUES_PER_REQUEST).record(values.len() as f64);
         tracing::debug!(
             values = values.len(),
             ms = started.elapsed().as_millis() as u64,
@@ -318,6 +321,7 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             Err(e) => e,
         };
         shared.stats.misp_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::MISP_ERRORS, "kind" => err.kind()).increment(1);
         let retries = shared
             .settings
             .read()
