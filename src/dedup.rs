@@ -74,9 +74,21 @@ impl Dedup {
     }
 
     /// True if the key was free and is now ours; false if it is a duplicate.
+    ///
+    /// `and_compute_with` runs one compute per key at a time. (`entry()
+    /// .or_insert()` is not enough: under contention two callers can both
+    /// see a fresh entry; the stress test below catches that.)
     pub fn try_claim(&self, key: &str) -> bool {
+        use moka::ops::compute::{CompResult, Op};
         let deadline = self.deadline();
-        self.cache.entry_by_ref(key).or_insert(deadline).is_fresh()
+        let result = self.cache.entry_by_ref(key).and_compute_with(|existing| {
+            if existing.is_some() {
+                Op::Nop
+            } else {
+                Op::Put(deadline)
+            }
+        });
+        matches!(result, CompResult::Inserted(_))
     }
 
     pub fn release(&self, key: &str) {
@@ -150,5 +162,55 @@ mod tests {
         );
         assert!(!e.try_claim("a"));
         assert!(e.try_claim("old"));
+    }
+}
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+
+    /// Many threads racing to claim the same keys: each key is won once.
+    #[test]
+    fn concurrent_claims_have_one_winner() {
+        for round in 0..20 {
+            let d = Dedup::new(Duration::from_secs(60), 1_000_000);
+            let wins: Vec<usize> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let d = d.clone();
+                        s.spawn(move || {
+                            (0..2000)
+                                .filter(|k| d.try_claim(&format!("{round}:{k}")))
+                                .count()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(wins.iter().sum::<usize>(), 2000, "round {round}: {wins:?}");
+        }
+    }
+
+    /// A key marked sent stays a duplicate while other keys churn.
+    #[test]
+    fn marked_keys_stay_claimed_under_churn() {
+        let d = Dedup::new(Duration::from_secs(60), 1_000_000);
+        assert!(d.try_claim("k"));
+        d.mark_sent("k");
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let d = d.clone();
+                s.spawn(move || {
+                    for i in 0..20_000 {
+                        let key = format!("{t}:{i}");
+                        d.try_claim(&key);
+                        d.mark_sent(&key);
+                    }
+                });
+            }
+            for _ in 0..20_000 {
+                assert!(!d.try_claim("k"));
+            }
+        });
     }
 }
