@@ -160,8 +160,30 @@ impl Engine {
             header,
             ..Produced::default()
         };
+        let timestamp = enrich::wazuh_time(now);
         for ((hit, key), hits) in claimed.into_iter().zip(looked_up) {
             let hits = hits.expect("checked above");
+            // Fast path: every match kept, so the MISP part is the cached one.
+            if rules.match_types == MatchTypes::All {
+                let Some(prepared) = hits.prepared() else {
+                    self.release([&key]);
+                    continue;
+                };
+                let mut payload = Vec::with_capacity(prepared.misp_data.get().len() + 1024);
+                if enrich::write_spliced(
+                    &ctx,
+                    &alert,
+                    &hit,
+                    prepared,
+                    &timestamp,
+                    limit,
+                    &mut payload,
+                ) {
+                    produced.payloads.push(payload);
+                    produced.dedup_keys.push(key);
+                    continue;
+                }
+            }
             let selected = lookup::select(&hits, rules.match_types, hit.direction);
             let Some(mut ev) = enrich::enrich(&ctx, &alert, &hit, &selected, now) else {
                 self.release([&key]);

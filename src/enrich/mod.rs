@@ -566,6 +566,110 @@ pub fn enrich(
     })
 }
 
+/// The part of an event that depends only on MISP's answer for an IP,
+/// serialised once per lookup-cache entry and spliced into every event for
+/// that IP: aggregation and its serialisation are most of enrichment's cost,
+/// and a hot IP is seen in thousands of alerts.
+#[derive(Debug)]
+pub struct Prepared {
+    pub misp_data: Box<serde_json::value::RawValue>,
+    pub recommendations: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `None` when MISP knows nothing (no event is sent then).
+pub fn prepare(attributes: &[Attribute]) -> Option<Prepared> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let aggregated = aggregate(attributes);
+    let events = events_of(attributes);
+    let summary = summarise(&aggregated, &events);
+    let recommendations = recommendations(summary.max_threat_score);
+    let misp_data = MispData {
+        attributes: aggregated,
+        events,
+        summary,
+    };
+    let raw = |v: String| {
+        serde_json::value::RawValue::from_string(v).expect("serde_json output is valid JSON")
+    };
+    Some(Prepared {
+        misp_data: raw(serde_json::to_string(&misp_data).expect("serialises")),
+        recommendations: recommendations
+            .map(|r| raw(serde_json::to_string(&r).expect("serialises"))),
+    })
+}
+
+/// The same JSON as [`EnrichedEvent`], with MISP's part already serialised.
+#[derive(Serialize)]
+struct SplicedEvent<'a> {
+    integration: &'static str,
+    event_id: &'a str,
+    timestamp: &'a str,
+    detected_ip: DetectedIpRef<'a>,
+    misp_data: &'a serde_json::value::RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recommendations: Option<&'a serde_json::value::RawValue>,
+    rule: &'a RuleContext,
+    agent: &'a AgentContext,
+    manager: &'a ManagerContext,
+    location: &'a str,
+    wazuh_alert_timestamp: &'a str,
+    decoder: &'a DecoderContext,
+    #[serde(flatten)]
+    data: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct DetectedIpRef<'a> {
+    value: &'a str,
+    direction: &'static str,
+    field_path: &'a str,
+    raw_context: &'a str,
+}
+
+/// The event for `hit` from a [`Prepared`] MISP part, appended to `out`.
+/// Returns false (and leaves `out` as it was) when it would exceed `limit`
+/// bytes: the caller then takes the full path, whose size guard shrinks it.
+pub fn write_spliced(
+    ctx: &AlertContext,
+    alert: &Value,
+    hit: &IpHit,
+    prepared: &Prepared,
+    timestamp: &str,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = out.len();
+    let value = hit.ip.to_string();
+    let ev = SplicedEvent {
+        integration: "misp",
+        event_id: &event_id(&value, alert),
+        timestamp,
+        detected_ip: DetectedIpRef {
+            value: &value,
+            direction: hit.direction.as_str(),
+            field_path: &hit.field_path,
+            raw_context: &hit.raw_context,
+        },
+        misp_data: &prepared.misp_data,
+        recommendations: prepared.recommendations.as_deref(),
+        rule: &ctx.rule,
+        agent: &ctx.agent,
+        manager: &ctx.manager,
+        location: &ctx.location,
+        wazuh_alert_timestamp: &ctx.timestamp,
+        decoder: &ctx.decoder,
+        data: &ctx.data,
+    };
+    serde_json::to_writer(&mut *out, &ev).expect("event serialises");
+    if out.len() - start > limit {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
 /// Serialises `ev` into at most `limit` bytes, shrinking it in the
 /// documented order when it would not fit: related attributes, then
 /// sighting sources, then the lowest-scored attributes, then the events no

@@ -305,3 +305,57 @@ fn corpus_reputation_response() {
     let events = events_of(&attrs);
     assert_eq!(events[0].org_name, "CERT.be");
 }
+
+/// The spliced fast path and the full path give the same JSON.
+#[test]
+fn spliced_event_equals_full_event() {
+    let mut a = ip_attr("1", "ip-src", "185.6.6.6", "1700000000");
+    a["Sighting"] = json!([{"date_sighting": "1700000500", "source": "s"}]);
+    let data = SimData::from_events([
+        event(
+            "40",
+            "x",
+            "2026-01-01",
+            json!([{"name": "tlp:red"}]),
+            json!([a]),
+        ),
+        event(
+            "41",
+            "y",
+            "2026-02-01",
+            json!([]),
+            json!([ip_attr("2", "ip-dst|port", "185.6.6.6|443", "1700000001")]),
+        ),
+    ]);
+    let attrs = lookup(&data, "185.6.6.6");
+    let ctx = AlertContext::from_alert(&alert());
+    let now = chrono::Utc::now();
+    let mut full = enrich(&ctx, &alert(), &hit("185.6.6.6"), &attrs, now).unwrap();
+    let full_bytes = serialize_within(&mut full, 65_000).unwrap();
+    let prepared = prepare(&attrs).unwrap();
+    let mut out = b"prefix".to_vec();
+    assert!(write_spliced(
+        &ctx,
+        &alert(),
+        &hit("185.6.6.6"),
+        &prepared,
+        &wazuh_time(now),
+        65_000,
+        &mut out
+    ));
+    let a: Value = serde_json::from_slice(&full_bytes).unwrap();
+    let b: Value = serde_json::from_slice(&out[6..]).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(full_bytes, out[6..], "byte for byte, key order included");
+    let before = out.clone();
+    assert!(!write_spliced(
+        &ctx,
+        &alert(),
+        &hit("185.6.6.6"),
+        &prepared,
+        &wazuh_time(now),
+        100,
+        &mut out
+    ));
+    assert_eq!(out, before, "a declined write leaves the buffer as it was");
+}

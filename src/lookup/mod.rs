@@ -36,7 +36,40 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-pub type Hits = Arc<Vec<Attribute>>;
+/// What MISP knows about one IP, shared by every alert that names it while
+/// it is cached.
+#[derive(Debug, Default)]
+pub struct LookupResult {
+    pub attributes: Vec<Attribute>,
+    /// The event's MISP part, built on first use (see [`crate::enrich::Prepared`]).
+    prepared: std::sync::OnceLock<Option<crate::enrich::Prepared>>,
+}
+
+impl LookupResult {
+    pub fn new(attributes: Vec<Attribute>) -> Self {
+        LookupResult {
+            attributes,
+            prepared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The serialised MISP part for events about this IP; `None` when MISP
+    /// knows nothing.
+    pub fn prepared(&self) -> Option<&crate::enrich::Prepared> {
+        self.prepared
+            .get_or_init(|| crate::enrich::prepare(&self.attributes))
+            .as_ref()
+    }
+}
+
+impl std::ops::Deref for LookupResult {
+    type Target = Vec<Attribute>;
+    fn deref(&self) -> &Vec<Attribute> {
+        &self.attributes
+    }
+}
+
+pub type Hits = Arc<LookupResult>;
 
 /// The lookup could not finish because the daemon is stopping. The alert
 /// must then not be counted as done.
@@ -273,7 +306,11 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     for ask in batch {
         let hits = shared_hits
             .entry(ask.ip)
-            .or_insert_with(|| Arc::new(per_ip.remove(&ask.ip).unwrap_or_default()))
+            .or_insert_with(|| {
+                Arc::new(LookupResult::new(
+                    per_ip.remove(&ask.ip).unwrap_or_default(),
+                ))
+            })
             .clone();
         let _ = ask.reply.send(hits);
     }
