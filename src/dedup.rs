@@ -7,12 +7,19 @@
 //! from the send time. A claim that produces nothing (MISP knows nothing) is
 //! released. Entries carry their wall-clock expiry, so the table can be saved
 //! and reloaded across restarts with each key's remaining time.
+//!
+//! Why not moka, which the lookup cache uses: a busy manager keeps a million
+//! live keys, and moka spends a few hundred bytes on each (the key string,
+//! timer-wheel node, deque nodes), several hundred MB in all. Here an entry
+//! is a 64-bit digest of the key and a deadline, 16 bytes in a hash table,
+//! and a claim is one lock of one shard, so it is also exact: two concurrent
+//! claims of one key cannot both win.
 
-use moka::sync::Cache;
-use moka::Expiry;
+use md5::{Digest, Md5};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -20,111 +27,160 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-struct UntilDeadline;
+pub fn key(rule_id: &str, ip: &str, direction: &str) -> String {
+    format!("{rule_id}:{ip}:{direction}")
+}
 
-impl Expiry<String, u64> for UntilDeadline {
-    fn expire_after_create(
-        &self,
-        _k: &String,
-        deadline_ms: &u64,
-        _at: Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_millis(deadline_ms.saturating_sub(now_ms())))
+/// The first 8 bytes of the key's MD5: stable across versions and
+/// platforms, so saved tables stay valid after an upgrade. A collision
+/// between two live keys needs about 4 billion of them.
+fn digest(key: &str) -> u64 {
+    let d = Md5::digest(key.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("md5 has 16 bytes"))
+}
+
+const SHARDS: usize = 16;
+const SWEEP_EVERY_MS: u64 = 60_000;
+
+#[derive(Default)]
+struct Shard {
+    /// Digest → deadline (Unix ms).
+    deadlines: HashMap<u64, u64>,
+    next_sweep_ms: u64,
+}
+
+impl Shard {
+    fn sweep(&mut self, now: u64) {
+        self.deadlines.retain(|_, d| *d > now);
+        self.next_sweep_ms = now + SWEEP_EVERY_MS;
     }
-    fn expire_after_update(
-        &self,
-        _k: &String,
-        deadline_ms: &u64,
-        _at: Instant,
-        _d: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(Duration::from_millis(deadline_ms.saturating_sub(now_ms())))
+
+    /// Makes room for one more entry: expired ones go first, then, if the
+    /// table is still full, the tenth closest to expiry.
+    fn make_room(&mut self, now: u64, cap: usize) {
+        if self.deadlines.len() < cap {
+            return;
+        }
+        self.sweep(now);
+        if self.deadlines.len() < cap {
+            return;
+        }
+        let mut all: Vec<u64> = self.deadlines.values().copied().collect();
+        let cut = (all.len() / 10).max(1);
+        let (_, threshold, _) = all.select_nth_unstable(cut - 1);
+        let threshold = *threshold;
+        self.deadlines.retain(|_, d| *d > threshold);
     }
 }
 
 #[derive(Clone)]
 pub struct Dedup {
-    cache: Cache<String, u64>,
+    shards: Arc<[Mutex<Shard>; SHARDS]>,
     window_ms: Arc<AtomicU64>,
-}
-
-pub fn key(rule_id: &str, ip: &str, direction: &str) -> String {
-    format!("{rule_id}:{ip}:{direction}")
+    shard_cap: usize,
 }
 
 impl Dedup {
     pub fn new(window: Duration, max_entries: u64) -> Self {
         Dedup {
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(UntilDeadline)
-                .build(),
+            shards: Arc::new(std::array::from_fn(|_| Mutex::new(Shard::default()))),
             window_ms: Arc::new(AtomicU64::new(window.as_millis() as u64)),
+            shard_cap: (max_entries as usize).div_ceil(SHARDS).max(1),
         }
+    }
+
+    fn shard(&self, digest: u64) -> MutexGuard<'_, Shard> {
+        self.shards[(digest >> 60) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies to keys claimed or marked from now on.
     pub fn set_window(&self, window: Duration) {
-        self.window_ms
-            .store(window.as_millis() as u64, Ordering::Relaxed);
+        self.window_ms.store(window.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn deadline(&self) -> u64 {
-        now_ms() + self.window_ms.load(Ordering::Relaxed)
+    fn put(&self, digest: u64, now: u64) {
+        let deadline = now + self.window_ms.load(Ordering::Relaxed);
+        let mut shard = self.shard(digest);
+        if !shard.deadlines.contains_key(&digest) {
+            shard.make_room(now, self.shard_cap);
+        }
+        if now >= shard.next_sweep_ms {
+            shard.sweep(now);
+        }
+        shard.deadlines.insert(digest, deadline);
     }
 
     /// True if the key was free and is now ours; false if it is a duplicate.
-    ///
-    /// `and_compute_with` runs one compute per key at a time. (`entry()
-    /// .or_insert()` is not enough: under contention two callers can both
-    /// see a fresh entry; the stress test below catches that.)
     pub fn try_claim(&self, key: &str) -> bool {
-        use moka::ops::compute::{CompResult, Op};
-        let deadline = self.deadline();
-        let result = self.cache.entry_by_ref(key).and_compute_with(|existing| {
-            if existing.is_some() {
-                Op::Nop
-            } else {
-                Op::Put(deadline)
-            }
-        });
-        matches!(result, CompResult::Inserted(_))
+        let d = digest(key);
+        let now = now_ms();
+        let deadline = now + self.window_ms.load(Ordering::Relaxed);
+        let mut shard = self.shard(d);
+        if shard.deadlines.get(&d).is_some_and(|&until| until > now) {
+            return false;
+        }
+        if !shard.deadlines.contains_key(&d) {
+            shard.make_room(now, self.shard_cap);
+        }
+        if now >= shard.next_sweep_ms {
+            shard.sweep(now);
+        }
+        shard.deadlines.insert(d, deadline);
+        true
     }
 
     pub fn release(&self, key: &str) {
-        self.cache.invalidate(key);
+        let d = digest(key);
+        self.shard(d).deadlines.remove(&d);
     }
 
     pub fn mark_sent(&self, key: &str) {
-        self.cache.insert(key.to_owned(), self.deadline());
+        self.put(digest(key), now_ms());
     }
 
-    /// Live entries with their wall-clock expiry (Unix ms), for saving.
+    /// Live entries as (key digest in hex, expiry in Unix ms), for saving.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         let now = now_ms();
-        self.cache
-            .iter()
-            .filter(|(_, deadline)| *deadline > now)
-            .map(|(k, d)| ((*k).clone(), d))
-            .collect()
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .deadlines
+                    .iter()
+                    .filter(|(_, &d)| d > now)
+                    .map(|(k, &d)| (format!("{k:016x}"), d)),
+            );
+        }
+        out
     }
 
-    /// Loads saved entries; expired ones are dropped.
+    /// Loads saved entries; expired and unreadable ones are dropped.
     pub fn restore(&self, entries: impl IntoIterator<Item = (String, u64)>) -> usize {
         let now = now_ms();
         let mut n = 0;
         for (k, deadline) in entries {
+            let Ok(d) = u64::from_str_radix(&k, 16) else {
+                continue;
+            };
             if deadline > now {
-                self.cache.insert(k, deadline);
+                let mut shard = self.shard(d);
+                shard.make_room(now, self.shard_cap);
+                shard.deadlines.insert(d, deadline);
                 n += 1;
             }
         }
         n
     }
 
+    /// Entries held, live or not yet swept.
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).deadlines.len() as u64)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,24 +206,35 @@ mod tests {
     }
 
     #[test]
+    fn expired_keys_can_be_claimed_again() {
+        let d = Dedup::new(Duration::from_millis(0), 100);
+        assert!(d.try_claim("k"));
+        assert!(d.try_claim("k"), "a zero window expires at once");
+    }
+
+    #[test]
     fn snapshot_restore_drops_expired() {
         let d = Dedup::new(Duration::from_secs(60), 100);
         d.mark_sent("a");
         let snap = d.snapshot();
         assert_eq!(snap.len(), 1);
         let e = Dedup::new(Duration::from_secs(60), 100);
-        assert_eq!(
-            e.restore(snap.into_iter().chain([("old".to_string(), 1)])),
-            1
-        );
+        let old = (format!("{:016x}", digest("old")), 1);
+        assert_eq!(e.restore(snap.into_iter().chain([old, ("junk".into(), u64::MAX)])), 1);
         assert!(!e.try_claim("a"));
         assert!(e.try_claim("old"));
     }
-}
 
-#[cfg(test)]
-mod stress {
-    use super::*;
+    #[test]
+    fn bounded_by_max_entries() {
+        let d = Dedup::new(Duration::from_secs(60), 1600);
+        for i in 0..10_000 {
+            d.mark_sent(&format!("k{i}"));
+        }
+        assert!(d.len() <= 1600, "{} entries", d.len());
+        // The newest keys are the ones kept.
+        assert!(!d.try_claim("k9999"));
+    }
 
     /// Many threads racing to claim the same keys: each key is won once.
     #[test]
@@ -178,11 +245,7 @@ mod stress {
                 let handles: Vec<_> = (0..8)
                     .map(|_| {
                         let d = d.clone();
-                        s.spawn(move || {
-                            (0..2000)
-                                .filter(|k| d.try_claim(&format!("{round}:{k}")))
-                                .count()
-                        })
+                        s.spawn(move || (0..2000).filter(|k| d.try_claim(&format!("{round}:{k}"))).count())
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
