@@ -83,8 +83,10 @@ struct Scenario {
     misp_latency: Duration,
     /// Lines appended before the clock starts (to warm the cache).
     warmup: Vec<String>,
-    /// Append as fast as possible in big writes, instead of paced small ones.
+    /// Append as fast as possible in big writes, instead of small ones.
     burst: bool,
+    /// Alerts per second the writer holds to (0: as fast as it can).
+    rate: u64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -188,14 +190,22 @@ async fn run(s: Scenario) -> Value {
     let writer = {
         let appended = appended.clone();
         let lines = s.lines;
-        let (n, burst) = (s.alerts, s.burst);
+        let (n, burst, rate) = (s.alerts, s.burst, s.rate);
         std::thread::spawn(move || {
             // Bursts go out in 4 MiB writes; otherwise 64 lines a write,
             // roughly what analysisd's stdio buffer flushes.
             let chunk = if burst { 4096 } else { 64 };
             let mut buf = String::new();
             let mut i = 0;
+            let paced_start = Instant::now();
             while i < n {
+                if rate > 0 {
+                    // Hold the rate: sleep until this chunk is due.
+                    let due = paced_start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
                 buf.clear();
                 let end = (i + chunk).min(n);
                 for j in i..end {
@@ -267,6 +277,20 @@ fn scenarios() -> Vec<Scenario> {
         misp_latency: Duration::ZERO,
         warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
         burst: false,
+        rate: 0,
+    });
+    // The hot mix at a steady 20 000 alerts/s: latency when not saturated.
+    let ips = hot_ips.clone();
+    out.push(Scenario {
+        name: "steady",
+        alerts: scaled(100_000),
+        lines: Box::new(move |i| alert(1000 + i, 201 + (i / 1000) % 200, &ips[i % 1000], 10)),
+        expected_events: scaled(100_000),
+        misp_ips: hot_ips.clone(),
+        misp_latency: Duration::ZERO,
+        warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
+        burst: false,
+        rate: 20_000,
     });
     // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
     let ips = cold_ips.clone();
@@ -279,6 +303,7 @@ fn scenarios() -> Vec<Scenario> {
         misp_latency: Duration::from_millis(20),
         warmup: Vec::new(),
         burst: false,
+        rate: 0,
     });
     // No public IP, or filtered by level.
     out.push(Scenario {
@@ -301,6 +326,7 @@ fn scenarios() -> Vec<Scenario> {
         misp_latency: Duration::ZERO,
         warmup: Vec::new(),
         burst: false,
+        rate: 0,
     });
     // A million lines as fast as they can be written; (rule, ip) unique, so
     // the dedup table ends with a million live entries.
@@ -314,6 +340,7 @@ fn scenarios() -> Vec<Scenario> {
         misp_latency: Duration::ZERO,
         warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
         burst: true,
+        rate: 0,
     });
     out
 }
