@@ -40,6 +40,10 @@ fn digest(key: &str) -> u64 {
 }
 
 const SHARDS: usize = 16;
+/// Set on the deadline of a key claimed but not yet sent. Such a key blocks
+/// concurrent duplicates, but is never saved: after a restart the alert is
+/// read again and must not find itself already "reported".
+const PENDING: u64 = 1 << 63;
 const SWEEP_EVERY_MS: u64 = 60_000;
 
 #[derive(Default)]
@@ -51,7 +55,7 @@ struct Shard {
 
 impl Shard {
     fn sweep(&mut self, now: u64) {
-        self.deadlines.retain(|_, d| *d > now);
+        self.deadlines.retain(|_, d| (*d & !PENDING) > now);
         self.next_sweep_ms = now + SWEEP_EVERY_MS;
     }
 
@@ -65,11 +69,11 @@ impl Shard {
         if self.deadlines.len() < cap {
             return;
         }
-        let mut all: Vec<u64> = self.deadlines.values().copied().collect();
+        let mut all: Vec<u64> = self.deadlines.values().map(|d| d & !PENDING).collect();
         let cut = (all.len() / 10).max(1);
         let (_, threshold, _) = all.select_nth_unstable(cut - 1);
         let threshold = *threshold;
-        self.deadlines.retain(|_, d| *d > threshold);
+        self.deadlines.retain(|_, d| (*d & !PENDING) > threshold);
     }
 }
 
@@ -97,7 +101,8 @@ impl Dedup {
 
     /// Applies to keys claimed or marked from now on.
     pub fn set_window(&self, window: Duration) {
-        self.window_ms.store(window.as_millis() as u64, Ordering::Relaxed);
+        self.window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn put(&self, digest: u64, now: u64) {
@@ -118,7 +123,11 @@ impl Dedup {
         let now = now_ms();
         let deadline = now + self.window_ms.load(Ordering::Relaxed);
         let mut shard = self.shard(d);
-        if shard.deadlines.get(&d).is_some_and(|&until| until > now) {
+        if shard
+            .deadlines
+            .get(&d)
+            .is_some_and(|&until| (until & !PENDING) > now)
+        {
             return false;
         }
         if !shard.deadlines.contains_key(&d) {
@@ -127,7 +136,7 @@ impl Dedup {
         if now >= shard.next_sweep_ms {
             shard.sweep(now);
         }
-        shard.deadlines.insert(d, deadline);
+        shard.deadlines.insert(d, deadline | PENDING);
         true
     }
 
@@ -140,7 +149,8 @@ impl Dedup {
         self.put(digest(key), now_ms());
     }
 
-    /// Live entries as (key digest in hex, expiry in Unix ms), for saving.
+    /// Sent keys still live, as (key digest in hex, expiry in Unix ms), for
+    /// saving. Pending claims are left out.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         let now = now_ms();
         let mut out = Vec::new();
@@ -150,7 +160,7 @@ impl Dedup {
                 shard
                     .deadlines
                     .iter()
-                    .filter(|(_, &d)| d > now)
+                    .filter(|(_, &d)| d & PENDING == 0 && d > now)
                     .map(|(k, &d)| (format!("{k:016x}"), d)),
             );
         }
@@ -165,7 +175,7 @@ impl Dedup {
             let Ok(d) = u64::from_str_radix(&k, 16) else {
                 continue;
             };
-            if deadline > now {
+            if deadline & PENDING == 0 && deadline > now {
                 let mut shard = self.shard(d);
                 shard.make_room(now, self.shard_cap);
                 shard.deadlines.insert(d, deadline);
@@ -206,6 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn pending_claims_are_not_saved() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        assert!(d.try_claim("in-flight"));
+        assert!(d.try_claim("sent"));
+        d.mark_sent("sent");
+        let snap = d.snapshot();
+        assert_eq!(snap, vec![(format!("{:016x}", digest("sent")), snap[0].1)]);
+        let e = Dedup::new(Duration::from_secs(60), 100);
+        e.restore(snap);
+        assert!(
+            e.try_claim("in-flight"),
+            "a replayed alert is not a duplicate of itself"
+        );
+        assert!(!e.try_claim("sent"));
+    }
+
+    #[test]
     fn expired_keys_can_be_claimed_again() {
         let d = Dedup::new(Duration::from_millis(0), 100);
         assert!(d.try_claim("k"));
@@ -220,7 +247,10 @@ mod tests {
         assert_eq!(snap.len(), 1);
         let e = Dedup::new(Duration::from_secs(60), 100);
         let old = (format!("{:016x}", digest("old")), 1);
-        assert_eq!(e.restore(snap.into_iter().chain([old, ("junk".into(), u64::MAX)])), 1);
+        assert_eq!(
+            e.restore(snap.into_iter().chain([old, ("junk".into(), u64::MAX)])),
+            1
+        );
         assert!(!e.try_claim("a"));
         assert!(e.try_claim("old"));
     }
@@ -245,7 +275,11 @@ mod tests {
                 let handles: Vec<_> = (0..8)
                     .map(|_| {
                         let d = d.clone();
-                        s.spawn(move || (0..2000).filter(|k| d.try_claim(&format!("{round}:{k}"))).count())
+                        s.spawn(move || {
+                            (0..2000)
+                                .filter(|k| d.try_claim(&format!("{round}:{k}")))
+                                .count()
+                        })
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()

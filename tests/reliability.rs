@@ -306,3 +306,26 @@ async fn a_refused_key_becomes_an_error_event_for_wazuh() {
     );
     daemon.shutdown(Duration::from_millis(200)).await;
 }
+
+/// Stopped while an alert waits for MISP: its dedup claim must not be saved
+/// as "already reported", or the replay after the restart would be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_in_flight_at_shutdown_is_enriched_after_restart() {
+    let (data, ips) = pool(1);
+    let mut h = Harness::new(&data).await;
+    h.cfg.misp.retries = 0;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    h.sim.stop().await;
+    let daemon = start(&h);
+    h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
+    eventually("the lookup is failing", WAIT, || {
+        Stats::get(&daemon.stats.misp_errors) > 0
+    })
+    .await;
+    daemon.shutdown(Duration::from_millis(200)).await;
+    h.sim.restart().await.unwrap();
+    let daemon = start(&h);
+    q.received.wait_for(1, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(ips_of(&q), [ips[0].clone()]);
+}

@@ -206,6 +206,36 @@ pub fn event_id(ip: &str, alert: &Value) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// The alert's `data` keys that go to the top level of an event: all but
+/// those whose names the event already uses. Serialises straight from the
+/// parsed alert, without copying it.
+pub struct TopLevelData<'a>(pub Option<&'a Map<String, Value>>);
+
+impl<'a> TopLevelData<'a> {
+    pub fn of(alert: &'a Value) -> Self {
+        TopLevelData(alert.get("data").and_then(Value::as_object))
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (&'a String, &'a Value)> {
+        self.0
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
+    }
+
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.entries()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Serialize for TopLevelData<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.entries())
+    }
+}
+
 /// The alert's context, copied into every event made from it.
 #[derive(Debug, Clone)]
 pub struct AlertContext {
@@ -215,19 +245,10 @@ pub struct AlertContext {
     pub location: String,
     pub timestamp: String,
     pub decoder: DecoderContext,
-    pub data: Map<String, Value>,
 }
 
 impl AlertContext {
     pub fn from_alert(alert: &Value) -> Self {
-        let data = match alert.get("data") {
-            Some(Value::Object(m)) => m
-                .iter()
-                .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            _ => Map::new(),
-        };
         AlertContext {
             rule: RuleContext {
                 id: string_at(alert, &["rule", "id"]),
@@ -257,7 +278,6 @@ impl AlertContext {
             decoder: DecoderContext {
                 name: str_at(alert, &["decoder", "name"]).map(str::to_owned),
             },
-            data,
         }
     }
 }
@@ -562,7 +582,7 @@ pub fn enrich(
         location: ctx.location.clone(),
         wazuh_alert_timestamp: ctx.timestamp.clone(),
         decoder: ctx.decoder.clone(),
-        data: ctx.data.clone(),
+        data: TopLevelData::of(alert).to_map(),
     })
 }
 
@@ -617,7 +637,7 @@ struct SplicedEvent<'a> {
     wazuh_alert_timestamp: &'a str,
     decoder: &'a DecoderContext,
     #[serde(flatten)]
-    data: &'a Map<String, Value>,
+    data: TopLevelData<'a>,
 }
 
 #[derive(Serialize)]
@@ -660,7 +680,7 @@ pub fn write_spliced(
         location: &ctx.location,
         wazuh_alert_timestamp: &ctx.timestamp,
         decoder: &ctx.decoder,
-        data: &ctx.data,
+        data: TopLevelData::of(alert),
     };
     serde_json::to_writer(&mut *out, &ev).expect("event serialises");
     if out.len() - start > limit {
