@@ -7,29 +7,16 @@ use common::*;
 use std::collections::HashSet;
 use std::time::Duration;
 use wazuh_misp::demo;
-use wazuh_misp::lookup::MispClient;
-use wazuh_misp::pipeline::Daemon;
-use wazuh_misp::sim::SimData;
 use wazuh_misp::stats::Stats;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn start(h: &Harness) -> Daemon {
-    let client = MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap();
-    Daemon::start(h.cfg.clone(), client).unwrap()
-}
-
-fn pool_data(n: usize) -> (SimData, Vec<String>) {
-    let ips: Vec<String> = (0..n).map(pool_ip).collect();
-    (SimData::from_events([event_with_ips(1, &ips)]), ips)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_and_manager_alerts_arrive_in_the_right_location_form() {
-    let (data, ips) = pool_data(3);
+    let (data, ips) = pool(3);
     let h = Harness::new(&data).await;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     h.append(&format!(
         "{}\n{}\n{}\n",
         sshd_alert(1, &ips[0], "001"),
@@ -66,7 +53,7 @@ async fn agent_and_manager_alerts_arrive_in_the_right_location_form() {
 async fn wazuh_rotation_under_continuous_writes_loses_and_doubles_nothing() {
     const ALERTS: usize = 3000;
     const ROTATIONS: usize = 10;
-    let (data, ips) = pool_data(ALERTS);
+    let (data, ips) = pool(ALERTS);
     let h = Harness::new(&data).await;
     let q = QueueSocket::bind(&h.socket, Received::default());
     let month = h.dir.path().join("2026/Nov");
@@ -75,7 +62,7 @@ async fn wazuh_rotation_under_continuous_writes_loses_and_doubles_nothing() {
     std::fs::remove_file(&h.alerts).unwrap();
     std::fs::write(daily(0), b"").unwrap();
     std::fs::hard_link(daily(0), &h.alerts).unwrap();
-    let daemon = start(&h);
+    let daemon = h.start();
 
     let alerts_path = h.alerts.clone();
     let writer = std::thread::spawn(move || {
@@ -120,10 +107,10 @@ async fn wazuh_rotation_under_continuous_writes_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_line_is_held_back_until_its_newline() {
-    let (data, ips) = pool_data(2);
+    let (data, ips) = pool(2);
     let h = Harness::new(&data).await;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     let second = sshd_alert(2, &ips[1], "001");
     let (head, tail) = second.split_at(second.len() / 2);
     // One write holding a complete line and half of the next, as a buffered
@@ -150,9 +137,9 @@ async fn a_partial_line_is_held_back_until_its_newline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_missing_at_first_still_gets_every_event() {
-    let (data, ips) = pool_data(20);
+    let (data, ips) = pool(20);
     let h = Harness::new(&data).await;
-    let daemon = start(&h);
+    let daemon = h.start();
     for (i, ip) in ips.iter().enumerate() {
         h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
     }

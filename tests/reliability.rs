@@ -6,22 +6,9 @@ mod common;
 use common::*;
 use std::collections::HashSet;
 use std::time::Duration;
-use wazuh_misp::lookup::MispClient;
-use wazuh_misp::pipeline::Daemon;
-use wazuh_misp::sim::SimData;
 use wazuh_misp::stats::Stats;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn start(h: &Harness) -> Daemon {
-    let client = MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap();
-    Daemon::start(h.cfg.clone(), client).unwrap()
-}
-
-fn pool(n: usize) -> (SimData, Vec<String>) {
-    let ips: Vec<String> = (0..n).map(pool_ip).collect();
-    (SimData::from_events([event_with_ips(1, &ips)]), ips)
-}
 
 fn ips_of(q: &QueueSocket) -> Vec<String> {
     q.received
@@ -39,7 +26,7 @@ async fn bad_input_is_skipped_with_a_reason_and_good_alerts_still_flow() {
     let mut h = Harness::new(&data).await;
     h.cfg.input.max_line_bytes = 1024 * 1024;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     let good = |i: usize| sshd_alert(i, &ips[i], "001");
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let wrong_types = [
@@ -124,7 +111,7 @@ async fn misp_down_then_back_loses_nothing() {
     h.cfg.misp.retries = 1;
     h.cfg.misp.breaker_failures = 2;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     for (i, ip) in ips[..50].iter().enumerate() {
         h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
     }
@@ -154,7 +141,7 @@ async fn socket_removed_and_recreated_loses_nothing_and_keeps_order() {
     // One worker: lines finish in file order, so order can be checked.
     h.cfg.pipeline.workers = 1;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     for (i, ip) in ips[..30].iter().enumerate() {
         h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
     }
@@ -187,7 +174,7 @@ async fn restart_resumes_from_the_bookmark_and_remembers_dedup() {
     let mut h = Harness::new(&data).await;
     h.cfg.input.start_position = wazuh_misp::config::StartPosition::Beginning;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     for (i, ip) in ips[..20].iter().enumerate() {
         h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
     }
@@ -203,7 +190,7 @@ async fn restart_resumes_from_the_bookmark_and_remembers_dedup() {
     }
     // Same rule, IP and direction as an already reported alert: a duplicate.
     h.append(&format!("{}\n", sshd_alert(999, &ips[0], "001")));
-    let daemon = start(&h);
+    let daemon = h.start();
     q.received.wait_for(40, WAIT).await;
     eventually("all handled", WAIT, || {
         daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 21
@@ -224,7 +211,7 @@ async fn a_corrupt_state_file_is_set_aside_and_never_stops_the_daemon() {
     std::fs::write(h.cfg.input.state_dir.join("bookmark.json"), b"{not json").unwrap();
     std::fs::write(h.cfg.input.state_dir.join("dedup.json"), b"\x00\x01").unwrap();
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
     q.received.wait_for(1, WAIT).await;
     daemon.shutdown(Duration::from_secs(5)).await;
@@ -239,7 +226,7 @@ async fn a_missing_alerts_file_is_waited_for() {
     let h = Harness::new(&data).await;
     std::fs::remove_file(&h.alerts).unwrap();
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     std::fs::write(&h.alerts, format!("{}\n", sshd_alert(1, &ips[0], "001"))).unwrap();
     q.received.wait_for(1, WAIT).await;
     std::fs::remove_file(&h.alerts).unwrap();
@@ -254,7 +241,7 @@ async fn copytruncate_is_read_again_from_the_start() {
     let (data, ips) = pool(3);
     let h = Harness::new(&data).await;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let daemon = start(&h);
+    let daemon = h.start();
     h.append(&format!(
         "{}\n{}\n",
         sshd_alert(1, &ips[0], "001"),
@@ -283,8 +270,7 @@ async fn a_refused_key_becomes_an_error_event_for_wazuh() {
     h.cfg.misp.api_key = Some(wazuh_misp::config::Secret::new("wrong-key"));
     h.cfg.output.error_event_after_secs = 0;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let client = MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap();
-    let daemon = Daemon::start(h.cfg.clone(), client).unwrap();
+    let daemon = h.start();
     h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
     q.received.wait_for(1, WAIT).await;
     let (loc, ev) = q.received.events().remove(0);
@@ -316,7 +302,7 @@ async fn an_alert_in_flight_at_shutdown_is_enriched_after_restart() {
     h.cfg.misp.retries = 0;
     let q = QueueSocket::bind(&h.socket, Received::default());
     h.sim.stop().await;
-    let daemon = start(&h);
+    let daemon = h.start();
     h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
     eventually("the lookup is failing", WAIT, || {
         Stats::get(&daemon.stats.misp_errors) > 0
@@ -324,7 +310,7 @@ async fn an_alert_in_flight_at_shutdown_is_enriched_after_restart() {
     .await;
     daemon.shutdown(Duration::from_millis(200)).await;
     h.sim.restart().await.unwrap();
-    let daemon = start(&h);
+    let daemon = h.start();
     q.received.wait_for(1, WAIT).await;
     daemon.shutdown(Duration::from_secs(5)).await;
     assert_eq!(ips_of(&q), [ips[0].clone()]);

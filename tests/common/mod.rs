@@ -209,6 +209,22 @@ impl Harness {
     pub fn append(&self, text: &str) {
         append(&self.alerts, text);
     }
+
+    /// The daemon, in process, on this harness's file, socket and MISP.
+    pub fn start(&self) -> wazuh_misp::pipeline::Daemon {
+        let client = wazuh_misp::lookup::MispClient::new(
+            &self.cfg.misp,
+            &self.cfg.resolve_api_key().unwrap(),
+        )
+        .unwrap();
+        wazuh_misp::pipeline::Daemon::start(self.cfg.clone(), client).unwrap()
+    }
+}
+
+/// A MISP data set knowing `n` pool IPs, and those IPs.
+pub fn pool(n: usize) -> (SimData, Vec<String>) {
+    let ips: Vec<String> = (0..n).map(pool_ip).collect();
+    (SimData::from_events([event_with_ips(1, &ips)]), ips)
 }
 
 pub fn append(path: &Path, text: &str) {
