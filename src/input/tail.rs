@@ -374,9 +374,10 @@ impl Tailer {
         // The path now names another file: this one is finished. Read what
         // the writer added between our EOF and the link swap.
         self.read_available()?;
-        let (generation, id) = {
-            let open = self.open.as_ref().expect("still open");
-            (open.generation, open.id.clone())
+        // A read error closes the file; the next round reopens alerts.json.
+        let Some((generation, id)) = self.open.as_ref().map(|o| (o.generation, o.id.clone()))
+        else {
+            return Ok(false);
         };
         self.discard_partial(generation);
         self.open = None;
