@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wazuh_misp::config::{Config, Secret, StartPosition};
+use wazuh_misp::config::Config;
 use wazuh_misp::lookup::MispClient;
 use wazuh_misp::pipeline::Daemon;
 use wazuh_misp::sim::{MispSim, SimData};
@@ -156,13 +156,7 @@ async fn run(s: Scenario) -> Value {
         })
     };
 
-    let mut cfg = Config::default();
-    cfg.input.alerts_file = alerts_path.clone();
-    cfg.input.state_dir = dir.path().join("state");
-    cfg.input.start_position = StartPosition::Beginning;
-    cfg.output.queue_socket = socket_path;
-    cfg.misp.url = sim.url();
-    cfg.misp.api_key = Some(Secret::new(KEY));
+    let mut cfg = Config::in_dir(dir.path(), &sim.url(), KEY);
     cfg.misp.max_concurrent_requests = 16;
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
     let daemon = Daemon::start(cfg, client).unwrap();

@@ -398,6 +398,20 @@ fn from_config_error(e: config::ConfigError) -> ConfigError {
 }
 
 impl Config {
+    /// A config for a self-contained run in one directory (the demo, the
+    /// benchmarks, tests): alerts.json, the state dir and the queue socket
+    /// under `dir`, reading from the beginning, talking to `misp_url`.
+    pub fn in_dir(dir: &Path, misp_url: &str, api_key: &str) -> Config {
+        let mut cfg = Config::default();
+        cfg.input.alerts_file = dir.join("alerts.json");
+        cfg.input.state_dir = dir.join("state");
+        cfg.input.start_position = StartPosition::Beginning;
+        cfg.output.queue_socket = dir.join("queue");
+        cfg.misp.url = misp_url.to_owned();
+        cfg.misp.api_key = Some(Secret::new(api_key));
+        cfg
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.misp.url.trim();
         if url.is_empty() {

@@ -5,7 +5,7 @@
 //! format) into a temporary alerts.json, runs the real daemon against a
 //! temporary queue socket it reads itself, and prints what came out.
 
-use crate::config::{Config, Secret, StartPosition};
+use crate::config::Config;
 use crate::lookup::MispClient;
 use crate::output::frame;
 use crate::pipeline::Daemon;
@@ -61,15 +61,9 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
         }
     });
 
-    let alerts_path = dir.path().join("alerts.json");
+    let cfg = Config::in_dir(dir.path(), &sim.url(), DEMO_KEY);
+    let alerts_path = cfg.input.alerts_file.clone();
     std::fs::write(&alerts_path, b"")?;
-    let mut cfg = Config::default();
-    cfg.input.alerts_file = alerts_path.clone();
-    cfg.input.state_dir = dir.path().join("state");
-    cfg.input.start_position = StartPosition::Beginning;
-    cfg.output.queue_socket = socket_path;
-    cfg.misp.url = sim.url();
-    cfg.misp.api_key = Some(Secret::new(DEMO_KEY));
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key()?)?;
     let daemon = Daemon::start(cfg, client)?;
 

@@ -100,6 +100,19 @@ fn dotted_quad(b: &[u8], start: usize) -> Option<(Ipv4Addr, usize)> {
     Some((Ipv4Addr::from(parts), i))
 }
 
+/// The run of bytes satisfying `part` around position `at`: `[start, end)`.
+fn run_around(b: &[u8], at: usize, part: impl Fn(u8) -> bool) -> (usize, usize) {
+    let mut start = at;
+    while start > 0 && part(b[start - 1]) {
+        start -= 1;
+    }
+    let mut end = at;
+    while end < b.len() && part(b[end]) {
+        end += 1;
+    }
+    (start, end)
+}
+
 fn is_v4_run_byte(c: u8) -> bool {
     c.is_ascii_digit() || c == b'.'
 }
@@ -118,14 +131,7 @@ fn scan_v4(s: &str, v6_spans: &[(usize, usize)], out: &mut Vec<Token>) {
         if dot < covered {
             continue;
         }
-        let mut i = dot;
-        while i > 0 && is_v4_run_byte(b[i - 1]) {
-            i -= 1;
-        }
-        let mut run_end = dot;
-        while run_end < b.len() && is_v4_run_byte(b[run_end]) {
-            run_end += 1;
-        }
+        let (i, run_end) = run_around(b, dot, is_v4_run_byte);
         covered = run_end;
         if !b[i].is_ascii_digit() {
             continue;
@@ -172,14 +178,7 @@ fn scan_v6(s: &str, out: &mut Vec<Token>) -> Vec<(usize, usize)> {
         if colon < covered {
             continue;
         }
-        let mut i = colon;
-        while i > 0 && is_v6_run_byte(b[i - 1]) {
-            i -= 1;
-        }
-        let mut run_end = colon;
-        while run_end < b.len() && is_v6_run_byte(b[run_end]) {
-            run_end += 1;
-        }
+        let (i, run_end) = run_around(b, colon, is_v6_run_byte);
         covered = run_end;
         let mut end = run_end;
         while end > i && b[end - 1] == b'.' {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixDatagram;
 use tokio::sync::Notify;
-use wazuh_misp::config::{Config, Secret, StartPosition};
+use wazuh_misp::config::Config;
 use wazuh_misp::output::frame;
 use wazuh_misp::sim::{MispSim, SimData};
 
@@ -183,17 +183,13 @@ impl Harness {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().unwrap();
-        let alerts = dir.path().join("alerts.json");
-        std::fs::write(&alerts, b"").unwrap();
-        let socket = dir.path().join("queue");
         let sim = MispSim::start(data, KEY).await.unwrap();
-        let mut cfg = Config::default();
-        cfg.input.alerts_file = alerts.clone();
-        cfg.input.state_dir = dir.path().join("state");
-        cfg.input.start_position = StartPosition::Beginning;
-        cfg.output.queue_socket = socket.clone();
-        cfg.misp.url = sim.url();
-        cfg.misp.api_key = Some(Secret::new(KEY));
+        let mut cfg = Config::in_dir(dir.path(), &sim.url(), KEY);
+        let (alerts, socket) = (
+            cfg.input.alerts_file.clone(),
+            cfg.output.queue_socket.clone(),
+        );
+        std::fs::write(&alerts, b"").unwrap();
         cfg.misp.batch_window_ms = 2;
         cfg.pipeline.workers = 2;
         cfg.pipeline.channel_capacity = 64;
