@@ -146,7 +146,16 @@ impl Tailer {
             if self.open.is_none() {
                 let (path, offset) = next.take().unwrap_or_else(|| (alerts.clone(), 0));
                 if let Err(e) = self.open_file(&path, offset) {
-                    tracing::debug!(path = %path.display(), error = %e, "alerts file not readable yet; waiting");
+                    if e.kind() == io::ErrorKind::NotFound {
+                        tracing::debug!(path = %path.display(), "alerts file not there yet; waiting");
+                    } else {
+                        // Permissions, most likely: say so, the operator must act.
+                        let shown = path.display().to_string();
+                        self.skips.log("open_failed", |suppressed| {
+                            tracing::warn!(path = shown, error = %e, suppressed,
+                                "cannot open the alerts file (the daemon must be in group wazuh: alerts.json is wazuh:wazuh 0640); retrying");
+                        });
+                    }
                     // Wait for alerts.json itself (a file that appears later is
                     // read from its start), except at first start, where the
                     // requested position still applies.
