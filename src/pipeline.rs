@@ -116,7 +116,12 @@ impl Engine {
         let rules = self.rules.load();
         if let Err(reason) = rules.filter.check(&alert) {
             self.stats.skip(reason.as_str());
-            tracing::trace!(reason = reason.as_str(), offset, "alert filtered out");
+            tracing::trace!(
+                reason = reason.as_str(),
+                offset,
+                alert_id = alert.get("id").and_then(Value::as_str),
+                "alert filtered out"
+            );
             return Ok(Produced::default());
         }
         self.stats.alerts_processed.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +184,7 @@ impl Engine {
                     limit,
                     &mut payload,
                 ) {
+                    log_enriched(&alert, &ctx, &hit);
                     produced.payloads.push(payload);
                     produced.dedup_keys.push(key);
                     continue;
@@ -191,6 +197,7 @@ impl Engine {
             };
             match enrich::serialize_within(&mut ev, limit) {
                 Some(payload) => {
+                    log_enriched(&alert, &ctx, &hit);
                     if ev.misp_data.summary.truncated {
                         tracing::info!(ip = %hit.ip, omitted = ev.misp_data.summary.omitted_attributes, "event shrunk to fit one datagram");
                     }
@@ -213,6 +220,18 @@ impl Engine {
             }
         }
     }
+}
+
+/// One debug line per event, with the fields journald users filter on.
+fn log_enriched(alert: &Value, ctx: &AlertContext, hit: &IpHit) {
+    tracing::debug!(
+        alert_id = alert.get("id").and_then(Value::as_str),
+        rule_id = %ctx.rule.id,
+        ip = %hit.ip,
+        direction = hit.direction.as_str(),
+        field_path = %hit.field_path,
+        "enriched"
+    );
 }
 
 async fn worker(

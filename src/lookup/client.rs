@@ -32,6 +32,15 @@ pub enum MispError {
 }
 
 impl MispError {
+    /// MISP's HTTP status, when it answered at all.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            MispError::Auth { status, .. } | MispError::Server { status } => Some(*status),
+            MispError::RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+
     /// The coarser class the integration's error events report.
     pub fn event_kind(&self) -> &'static str {
         match self {

@@ -389,6 +389,7 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
         shared.log.log(kind, |suppressed| {
             tracing::warn!(
                 kind,
+                status = err.status(),
                 error = %err,
                 attempt = attempt + 1,
                 values = values.len(),
