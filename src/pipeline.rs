@@ -119,7 +119,7 @@ impl Engine {
             tracing::trace!(
                 reason = reason.as_str(),
                 offset,
-                alert_id = alert.get("id").and_then(Value::as_str),
+                alert_id = alert.get("id").and_then(serde_json::Value::as_str),
                 "alert filtered out"
             );
             return Ok(Produced::default());
@@ -225,7 +225,7 @@ impl Engine {
 /// One debug line per event, with the fields journald users filter on.
 fn log_enriched(alert: &Value, ctx: &AlertContext, hit: &IpHit) {
     tracing::debug!(
-        alert_id = alert.get("id").and_then(Value::as_str),
+        alert_id = alert.get("id").and_then(serde_json::Value::as_str),
         rule_id = %ctx.rule.id,
         ip = %hit.ip,
         direction = hit.direction.as_str(),
