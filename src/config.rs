@@ -329,6 +329,16 @@ const LIST_KEYS: &[&str] = &[
 
 /// Reads the file at `path` (it must exist) and the environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let cfg = load_unvalidated(path)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Reads the file and the environment without the cross-key checks, for
+/// callers that supply some keys themselves (integratord passes the MISP url
+/// and key as arguments) and validate afterwards. Unknown keys and wrong
+/// types are still refused.
+pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
     if !path.exists() {
         return Err(ConfigError::key(
             "",
@@ -337,11 +347,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::key("", format!("cannot read {}: {e}", path.display())))?;
-    load_str(&text, std::env::vars())
+    parse(&text, std::env::vars())
 }
 
 /// Parses TOML text plus environment overrides, then validates.
 pub fn load_str(
+    toml_text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let cfg = parse(toml_text, env)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn parse(
     toml_text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
@@ -363,9 +382,7 @@ pub fn load_str(
         .add_source(env_source)
         .build()
         .map_err(from_config_error)?;
-    let cfg: Config = raw.try_deserialize().map_err(from_config_error)?;
-    cfg.validate()?;
-    Ok(cfg)
+    raw.try_deserialize().map_err(from_config_error)
 }
 
 /// Turns the `config` crate's message into one that leads with the key.

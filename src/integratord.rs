@@ -25,17 +25,10 @@ pub fn effective_config(
     api_key: Option<&str>,
     hook_url: Option<&str>,
 ) -> anyhow::Result<Config> {
+    // The arguments may supply the url and key the file lacks: validate
+    // only after applying them.
     let mut cfg = if path.exists() {
-        config::load(path).or_else(|e| {
-            // The file may lack url/key that the arguments supply: parse
-            // without validating, validate after the overrides.
-            if e.key.starts_with("misp.url") || e.key.starts_with("misp.api_key") {
-                let text = std::fs::read_to_string(path)?;
-                toml_lenient(&text)
-            } else {
-                Err(anyhow::Error::new(e))
-            }
-        })?
+        config::load_unvalidated(path)?
     } else {
         Config::default()
     };
@@ -48,13 +41,6 @@ pub fn effective_config(
     }
     cfg.validate()?;
     Ok(cfg)
-}
-
-fn toml_lenient(text: &str) -> anyhow::Result<Config> {
-    let raw = ::config::Config::builder()
-        .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
-        .build()?;
-    Ok(raw.try_deserialize()?)
 }
 
 pub async fn run(
