@@ -545,6 +545,26 @@ pub fn recommendations(max_score: u32) -> Option<Recommendations> {
     })
 }
 
+/// What MISP's answer contributes to an event: `misp_data` and the
+/// recommendations; `None` when MISP knows nothing.
+fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendations>)> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let aggregated = aggregate(attributes);
+    let events = events_of(attributes);
+    let summary = summarise(&aggregated, &events);
+    let recommendations = recommendations(summary.max_threat_score);
+    Some((
+        MispData {
+            attributes: aggregated,
+            events,
+            summary,
+        },
+        recommendations,
+    ))
+}
+
 /// Builds the event for `hit`, or `None` when MISP knows nothing about it.
 pub fn enrich(
     ctx: &AlertContext,
@@ -553,13 +573,8 @@ pub fn enrich(
     attributes: &[Attribute],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<EnrichedEvent> {
-    if attributes.is_empty() {
-        return None;
-    }
+    let (misp_data, recommendations) = misp_part(attributes)?;
     let value = hit.ip.to_string();
-    let aggregated = aggregate(attributes);
-    let events = events_of(attributes);
-    let summary = summarise(&aggregated, &events);
     Some(EnrichedEvent {
         integration: "misp",
         event_id: event_id(&value, alert),
@@ -570,12 +585,8 @@ pub fn enrich(
             field_path: hit.field_path.clone(),
             raw_context: hit.raw_context.clone(),
         },
-        recommendations: recommendations(summary.max_threat_score),
-        misp_data: MispData {
-            attributes: aggregated,
-            events,
-            summary,
-        },
+        recommendations,
+        misp_data,
         rule: ctx.rule.clone(),
         agent: ctx.agent.clone(),
         manager: ctx.manager.clone(),
@@ -598,18 +609,7 @@ pub struct Prepared {
 
 /// `None` when MISP knows nothing (no event is sent then).
 pub fn prepare(attributes: &[Attribute]) -> Option<Prepared> {
-    if attributes.is_empty() {
-        return None;
-    }
-    let aggregated = aggregate(attributes);
-    let events = events_of(attributes);
-    let summary = summarise(&aggregated, &events);
-    let recommendations = recommendations(summary.max_threat_score);
-    let misp_data = MispData {
-        attributes: aggregated,
-        events,
-        summary,
-    };
+    let (misp_data, recommendations) = misp_part(attributes)?;
     let raw = |v: String| {
         serde_json::value::RawValue::from_string(v).expect("serde_json output is valid JSON")
     };
