@@ -551,7 +551,7 @@ async fn report_errors(
             continue;
         }
         let payload = enrich::error_event(error.kind, &error.message, since.into());
-        let Some(datagram) = output::frame("1:misp:", &payload) else {
+        let Some(datagram) = output::frame(output::MANAGER_HEADER, &payload) else {
             continue;
         };
         tracing::warn!(

@@ -100,17 +100,29 @@ fn dotted_quad(b: &[u8], start: usize) -> Option<(Ipv4Addr, usize)> {
     Some((Ipv4Addr::from(parts), i))
 }
 
-/// The run of bytes satisfying `part` around position `at`: `[start, end)`.
-fn run_around(b: &[u8], at: usize, part: impl Fn(u8) -> bool) -> (usize, usize) {
-    let mut start = at;
-    while start > 0 && part(b[start - 1]) {
-        start -= 1;
-    }
-    let mut end = at;
-    while end < b.len() && part(b[end]) {
-        end += 1;
-    }
-    (start, end)
+/// The runs of bytes satisfying `part` that contain a `sep` byte, each once,
+/// as `[start, end)`, found by hopping between separators (SIMD `memchr`).
+fn runs_around<'b>(
+    b: &'b [u8],
+    sep: u8,
+    part: impl Fn(u8) -> bool + 'b,
+) -> impl Iterator<Item = (usize, usize)> + 'b {
+    let mut covered = 0;
+    memchr::memchr_iter(sep, b).filter_map(move |at| {
+        if at < covered {
+            return None;
+        }
+        let mut start = at;
+        while start > 0 && part(b[start - 1]) {
+            start -= 1;
+        }
+        let mut end = at;
+        while end < b.len() && part(b[end]) {
+            end += 1;
+        }
+        covered = end;
+        Some((start, end))
+    })
 }
 
 fn is_v4_run_byte(c: u8) -> bool {
@@ -126,13 +138,7 @@ fn scan_v4(s: &str, v6_spans: &[(usize, usize)], out: &mut Vec<Token>) {
     if memchr::memchr_iter(b'.', b).nth(2).is_none() {
         return;
     }
-    let mut covered = 0;
-    for dot in memchr::memchr_iter(b'.', b) {
-        if dot < covered {
-            continue;
-        }
-        let (i, run_end) = run_around(b, dot, is_v4_run_byte);
-        covered = run_end;
+    for (i, _) in runs_around(b, b'.', is_v4_run_byte) {
         if !b[i].is_ascii_digit() {
             continue;
         }
@@ -173,13 +179,7 @@ fn is_v6_run_byte(c: u8) -> bool {
 fn scan_v6(s: &str, out: &mut Vec<Token>) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
     let mut spans = Vec::new();
-    let mut covered = 0;
-    for colon in memchr::memchr_iter(b':', b) {
-        if colon < covered {
-            continue;
-        }
-        let (i, run_end) = run_around(b, colon, is_v6_run_byte);
-        covered = run_end;
+    for (i, run_end) in runs_around(b, b':', is_v6_run_byte) {
         let mut end = run_end;
         while end > i && b[end - 1] == b'.' {
             end -= 1;

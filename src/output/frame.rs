@@ -16,10 +16,14 @@ pub const MAX_DATAGRAM: usize = 65535;
 /// `1` is LOCALFILE_MQ, the queue integrations write to.
 const QUEUE_ID: &str = "1";
 
+/// The prefix of events about the manager itself (agent `000`, no agent,
+/// and the integration's own error events).
+pub const MANAGER_HEADER: &str = "1:misp:";
+
 /// The `1:<location>:` prefix for events about this agent.
 pub fn header(agent: &AgentContext) -> String {
     if agent.id.is_empty() || agent.id == "000" {
-        return format!("{QUEUE_ID}:misp:");
+        return MANAGER_HEADER.to_owned();
     }
     let ip = agent
         .ip
@@ -98,6 +102,7 @@ mod tests {
 
     #[test]
     fn manager_and_agents() {
+        assert!(MANAGER_HEADER.starts_with(QUEUE_ID));
         assert_eq!(header(&agent("000", "wazuh-manager", None)), "1:misp:");
         assert_eq!(header(&agent("", "", None)), "1:misp:");
         assert_eq!(
