@@ -27,16 +27,45 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub fn key(rule_id: &str, ip: &str, direction: &str) -> String {
-    format!("{rule_id}:{ip}:{direction}")
+/// A dedup key: the first 8 bytes of the MD5 of the original's
+/// `rule_id:ip:direction` text. Stable across versions and platforms, so
+/// saved tables stay valid after an upgrade; a collision between two live
+/// keys needs about 4 billion of them. Computed once per IP hit and carried
+/// to the writer, so claiming, releasing and marking never hash again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(u64);
+
+impl Key {
+    /// The key of `rule_id:ip:direction`, hashed in pieces (no string built).
+    pub fn new(rule_id: &str, ip: &str, direction: &str) -> Key {
+        let mut h = Md5::new();
+        for (i, part) in [rule_id, ip, direction].into_iter().enumerate() {
+            if i > 0 {
+                h.update(b":");
+            }
+            h.update(part.as_bytes());
+        }
+        Key::from_digest(&h.finalize())
+    }
+
+    fn from_digest(d: &[u8]) -> Key {
+        Key(u64::from_le_bytes(
+            d[..8].try_into().expect("md5 has 16 bytes"),
+        ))
+    }
 }
 
-/// The first 8 bytes of the key's MD5: stable across versions and
-/// platforms, so saved tables stay valid after an upgrade. A collision
-/// between two live keys needs about 4 billion of them.
-fn digest(key: &str) -> u64 {
-    let d = Md5::digest(key.as_bytes());
-    u64::from_le_bytes(d[..8].try_into().expect("md5 has 16 bytes"))
+/// Any text as a key; `Key::new(r, i, d)` is `Key::from("r:i:d")`.
+impl From<&str> for Key {
+    fn from(text: &str) -> Key {
+        Key::from_digest(&Md5::digest(text.as_bytes()))
+    }
+}
+
+impl From<&String> for Key {
+    fn from(text: &String) -> Key {
+        Key::from(text.as_str())
+    }
 }
 
 const SHARDS: usize = 16;
@@ -118,8 +147,8 @@ impl Dedup {
     }
 
     /// True if the key was free and is now ours; false if it is a duplicate.
-    pub fn try_claim(&self, key: &str) -> bool {
-        let d = digest(key);
+    pub fn try_claim(&self, key: impl Into<Key>) -> bool {
+        let Key(d) = key.into();
         let now = now_ms();
         let deadline = now + self.window_ms.load(Ordering::Relaxed);
         let mut shard = self.shard(d);
@@ -140,13 +169,13 @@ impl Dedup {
         true
     }
 
-    pub fn release(&self, key: &str) {
-        let d = digest(key);
+    pub fn release(&self, key: impl Into<Key>) {
+        let Key(d) = key.into();
         self.shard(d).deadlines.remove(&d);
     }
 
-    pub fn mark_sent(&self, key: &str) {
-        self.put(digest(key), now_ms());
+    pub fn mark_sent(&self, key: impl Into<Key>) {
+        self.put(key.into().0, now_ms());
     }
 
     /// Sent keys still live, as (key digest in hex, expiry in Unix ms), for
@@ -205,14 +234,19 @@ mod tests {
     #[test]
     fn claim_release_mark() {
         let d = Dedup::new(Duration::from_secs(60), 100);
-        let k = key("5712", "1.2.3.4", "source");
-        assert!(d.try_claim(&k));
-        assert!(!d.try_claim(&k));
-        d.release(&k);
-        assert!(d.try_claim(&k));
-        d.mark_sent(&k);
-        assert!(!d.try_claim(&k));
-        assert!(d.try_claim(&key("5712", "1.2.3.4", "destination")));
+        let k = Key::new("5712", "1.2.3.4", "source");
+        assert_eq!(
+            k,
+            Key::from("5712:1.2.3.4:source"),
+            "the original's key text"
+        );
+        assert!(d.try_claim(k));
+        assert!(!d.try_claim(k));
+        d.release(k);
+        assert!(d.try_claim(k));
+        d.mark_sent(k);
+        assert!(!d.try_claim(k));
+        assert!(d.try_claim(Key::new("5712", "1.2.3.4", "destination")));
     }
 
     #[test]
@@ -222,7 +256,10 @@ mod tests {
         assert!(d.try_claim("sent"));
         d.mark_sent("sent");
         let snap = d.snapshot();
-        assert_eq!(snap, vec![(format!("{:016x}", digest("sent")), snap[0].1)]);
+        assert_eq!(
+            snap,
+            vec![(format!("{:016x}", Key::from("sent").0), snap[0].1)]
+        );
         let e = Dedup::new(Duration::from_secs(60), 100);
         e.restore(snap);
         assert!(
@@ -246,7 +283,7 @@ mod tests {
         let snap = d.snapshot();
         assert_eq!(snap.len(), 1);
         let e = Dedup::new(Duration::from_secs(60), 100);
-        let old = (format!("{:016x}", digest("old")), 1);
+        let old = (format!("{:016x}", Key::from("old").0), 1);
         assert_eq!(
             e.restore(snap.into_iter().chain([old, ("junk".into(), u64::MAX)])),
             1

@@ -10,7 +10,6 @@
 use crate::config::{self, Config, Secret};
 use crate::dedup::Dedup;
 use crate::lookup::{Lookup, MispClient};
-use crate::output;
 use crate::pipeline::{self, Engine, Rules};
 use crate::stats::Stats;
 use anyhow::Context;
@@ -86,13 +85,11 @@ pub async fn run(
             Ok(Ok(p)) => p,
             Ok(Err(_)) | Err(_) => anyhow::bail!("MISP did not answer in time; alert not enriched"),
         };
-        for payload in &produced.payloads {
-            let datagram = output::frame(&produced.header, payload)
-                .context("event does not fit one datagram")?;
-            send(&cfg.output.queue_socket, &datagram)?;
+        for datagram in produced.datagrams.iter() {
+            send(&cfg.output.queue_socket, datagram)?;
             sent += 1;
         }
-        for k in &produced.dedup_keys {
+        for &k in &produced.dedup_keys {
             dedup.mark_sent(k);
         }
     }

@@ -304,8 +304,8 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
             continue;
         }
         if let Ok(p) = engine.process(&line, Some(at)).await {
-            for payload in p.payloads {
-                let _ = out.write_all(&payload);
+            for payload in p.datagrams.payloads() {
+                let _ = out.write_all(payload);
                 let _ = out.write_all(b"\n");
             }
         }

@@ -41,7 +41,7 @@ pub struct Sources {
     pub stats: Arc<Stats>,
     pub checkpoints: Arc<Checkpointer>,
     pub alerts_file: PathBuf,
-    pub line_queue: async_channel::Receiver<crate::input::Line>,
+    pub line_queue: async_channel::Receiver<crate::input::Batch>,
     pub dedup: crate::dedup::Dedup,
 }
 
@@ -75,8 +75,8 @@ fn publish_once(src: &Sources) {
     for (reason, v) in s.skipped() {
         metrics::counter!("wazuh_misp_alerts_skipped_total", "reason" => reason).absolute(v);
     }
-    metrics::gauge!("wazuh_misp_channel_depth").set(src.line_queue.len() as f64);
-    metrics::gauge!("wazuh_misp_in_flight_alerts").set(src.checkpoints.in_flight() as f64);
+    metrics::gauge!("wazuh_misp_queued_batches").set(src.line_queue.len() as f64);
+    metrics::gauge!("wazuh_misp_in_flight_batches").set(src.checkpoints.in_flight() as f64);
     metrics::gauge!("wazuh_misp_dedup_entries").set(src.dedup.len() as f64);
     if let Some(lag) = lag_bytes(&src.checkpoints, &src.alerts_file) {
         metrics::gauge!("wazuh_misp_lag_bytes").set(lag as f64);

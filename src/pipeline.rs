@@ -1,7 +1,7 @@
 //! The one place where the stages are wired together.
 //!
 //! ```text
-//! tailer thread ──Line──▶ [bounded channel] ──▶ workers (N tasks) ──Outgoing──▶ [bounded] ──▶ writer task
+//! tailer thread ──Batch──▶ [bounded channel] ──▶ workers (N tasks) ──Outgoing──▶ [bounded] ──▶ writer task
 //!  (input)                                      filter → extract → dedup →                     (output)
 //!                                               lookup → enrich → frame                          │
 //!        ▲                                                                                       │ ack
@@ -17,9 +17,9 @@ use crate::dedup::{self, Dedup};
 use crate::enrich::{self, AlertContext};
 use crate::extract::{Extractor, IpHit, Scratch};
 use crate::filter::{self, AlertFilter};
-use crate::input::tail::{self, Waker};
-use crate::input::{bookmark, Checkpointer, Line, TailOptions, Tailer};
-use crate::lookup::{self, Abandoned, Lookup, MispClient};
+use crate::input::tail::{self, Waker, BATCH_LINES};
+use crate::input::{bookmark, Ack, Batch, Checkpointer, TailOptions, Tailer};
+use crate::lookup::{self, Abandoned, Hits, Lookup, MispClient};
 use crate::output::{self, Outgoing, Writer};
 use crate::ratelog::RateLimitedLog;
 use crate::state::{read_state, write_atomic};
@@ -61,17 +61,22 @@ impl Rules {
     }
 }
 
-/// What one alert produced: event payloads (JSON, without framing), the
-/// location header they go out under, and the dedup keys to mark once sent.
-#[derive(Debug, Default)]
-pub struct Produced {
-    pub header: String,
-    pub payloads: Vec<Vec<u8>>,
-    pub dedup_keys: Vec<String>,
+/// A line whose IPs are not all cached: what [`Engine::begin`] found, for
+/// [`Engine::finish`] to complete once MISP has answered.
+pub struct Waiting {
+    alert: Value,
+    rules: Arc<Rules>,
+    claimed: Vec<(IpHit, dedup::Key)>,
+    /// Per claimed hit, the cached answer if there was one.
+    found: Vec<Option<Hits>>,
 }
 
-/// Stages 2–6 for one alert line. Shared by the daemon's workers and the
-/// `enrich` command.
+/// Stages 2–6 for alert lines. Shared by the daemon's workers and the
+/// `enrich` and `integratord` commands.
+///
+/// [`Engine::begin`] is synchronous and does everything when every IP is
+/// cached (the common case on a busy manager); only lines that must wait
+/// on MISP go on to the async [`Engine::finish`].
 pub struct Engine {
     pub rules: ArcSwap<Rules>,
     pub lookup: Lookup,
@@ -102,15 +107,15 @@ impl Engine {
         });
     }
 
-    /// Parses, filters, extracts, dedups, looks up and enriches one line.
-    /// `Err(Abandoned)` only when shutting down mid-lookup: the line is then
-    /// not done and will be read again after the restart.
-    pub async fn process(&self, bytes: &[u8], offset: Option<u64>) -> Result<Produced, Abandoned> {
+    /// Parses, filters, extracts and dedups one line, then enriches it into
+    /// `out` if MISP's answer for every IP is cached. Returns what is left
+    /// to do when some answer is not.
+    pub fn begin(&self, bytes: &[u8], offset: Option<u64>, out: &mut Outgoing) -> Option<Waiting> {
         let alert: Value = match serde_json::from_slice(bytes) {
             Ok(v) => v,
             Err(e) => {
                 self.skip_line("invalid_json", offset, &e);
-                return Ok(Produced::default());
+                return None;
             }
         };
         let rules = self.rules.load();
@@ -122,7 +127,7 @@ impl Engine {
                 alert_id = alert.get("id").and_then(serde_json::Value::as_str),
                 "alert filtered out"
             );
-            return Ok(Produced::default());
+            return None;
         }
         self.stats.alerts_processed.fetch_add(1, Ordering::Relaxed);
         let mut hits: Vec<IpHit> = Vec::new();
@@ -132,88 +137,127 @@ impl Engine {
                 .extract(&alert, &mut s.borrow_mut(), &mut hits)
         });
         if hits.is_empty() {
-            return Ok(Produced::default());
+            return None;
         }
         self.stats
             .ips_extracted
             .fetch_add(hits.len() as u64, Ordering::Relaxed);
-        let rule_id = filter::rule_id(&alert).unwrap_or_default().into_owned();
-        let mut claimed: Vec<(IpHit, String)> = Vec::with_capacity(hits.len());
+        let rule_id = filter::rule_id(&alert).unwrap_or_default();
+        let mut claimed: Vec<(IpHit, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
-            let key = dedup::key(&rule_id, &hit.ip.to_string(), hit.direction.as_str());
+            let key = dedup::Key::new(&rule_id, &hit.ip.to_string(), hit.direction.as_str());
             match &self.dedup {
-                Some(d) if !d.try_claim(&key) => {
+                Some(d) if !d.try_claim(key) => {
                     self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => claimed.push((hit, key)),
             }
         }
         if claimed.is_empty() {
-            return Ok(Produced::default());
+            return None;
         }
-        let looked_up =
-            futures::future::join_all(claimed.iter().map(|(h, _)| self.lookup.get(h.ip))).await;
-        if looked_up.iter().any(Result::is_err) {
-            self.release(claimed.iter().map(|(_, k)| k));
+        let found: Vec<Option<Hits>> = claimed
+            .iter()
+            .map(|(h, _)| self.lookup.cached(h.ip))
+            .collect();
+        if found.iter().all(Option::is_some) {
+            let answers = found.into_iter().flatten().collect();
+            self.produce(&rules, &alert, claimed, answers, out);
+            return None;
+        }
+        Some(Waiting {
+            alert,
+            rules: arc_swap::Guard::into_inner(rules),
+            claimed,
+            found,
+        })
+    }
+
+    /// Asks MISP what the cache did not know, then enriches into `out`.
+    /// `Err(Abandoned)` only when shutting down mid-lookup: the line is then
+    /// not done and will be read again after the restart.
+    pub async fn finish(&self, w: Waiting, out: &mut Outgoing) -> Result<(), Abandoned> {
+        let looked_up = futures::future::join_all(w.claimed.iter().zip(&w.found).map(
+            |((hit, _), found)| async move {
+                match found {
+                    Some(hits) => Ok(hits.clone()),
+                    None => self.lookup.get(hit.ip).await,
+                }
+            },
+        ))
+        .await;
+        let Ok(answers) = looked_up.into_iter().collect::<Result<Vec<Hits>, _>>() else {
+            self.release(w.claimed.iter().map(|(_, k)| *k));
             return Err(Abandoned);
+        };
+        self.produce(&w.rules, &w.alert, w.claimed, answers, out);
+        Ok(())
+    }
+
+    /// [`Engine::begin`] and [`Engine::finish`] in one: everything one line
+    /// produced.
+    pub async fn process(&self, bytes: &[u8], offset: Option<u64>) -> Result<Outgoing, Abandoned> {
+        let mut out = Outgoing::default();
+        if let Some(waiting) = self.begin(bytes, offset, &mut out) {
+            self.finish(waiting, &mut out).await?;
         }
-        let ctx = AlertContext::from_alert(&alert);
+        Ok(out)
+    }
+
+    /// Stage 6 and framing: one event per claimed IP that MISP knows,
+    /// appended to `out` with its dedup key. Claims that produce nothing
+    /// are released.
+    fn produce(
+        &self,
+        rules: &Rules,
+        alert: &Value,
+        claimed: Vec<(IpHit, dedup::Key)>,
+        answers: Vec<Hits>,
+        out: &mut Outgoing,
+    ) {
+        let ctx = AlertContext::from_alert(alert);
         let header = output::header(&ctx.agent);
         let limit = output::MAX_DATAGRAM - header.len();
         let now = chrono::Utc::now();
-        let mut produced = Produced {
-            header,
-            ..Produced::default()
-        };
         let timestamp = enrich::wazuh_time(now);
-        for ((hit, key), hits) in claimed.into_iter().zip(looked_up) {
-            let hits = hits.expect("checked above");
+        for ((hit, key), hits) in claimed.into_iter().zip(answers) {
             // Fast path: every match kept, so the MISP part is the cached one.
             if rules.match_types == MatchTypes::All {
                 let Some(prepared) = hits.prepared() else {
-                    self.release([&key]);
+                    self.release([key]);
                     continue;
                 };
-                let mut payload = Vec::with_capacity(prepared.misp_data.get().len() + 1024);
-                if enrich::write_spliced(
-                    &ctx,
-                    &alert,
-                    &hit,
-                    prepared,
-                    &timestamp,
-                    limit,
-                    &mut payload,
-                ) {
-                    log_enriched(&alert, &ctx, &hit);
-                    produced.payloads.push(payload);
-                    produced.dedup_keys.push(key);
+                let spliced = out.datagrams.push_with(&header, |buf| {
+                    enrich::write_spliced(&ctx, alert, &hit, prepared, &timestamp, limit, buf)
+                });
+                if spliced {
+                    log_enriched(alert, &ctx, &hit);
+                    out.dedup_keys.push(key);
                     continue;
                 }
             }
             let selected = lookup::select(&hits, rules.match_types, hit.direction);
-            let Some(mut ev) = enrich::enrich(&ctx, &alert, &hit, &selected, now) else {
-                self.release([&key]);
+            let Some(mut ev) = enrich::enrich(&ctx, alert, &hit, &selected, now) else {
+                self.release([key]);
                 continue;
             };
             match enrich::serialize_within(&mut ev, limit) {
-                Some(payload) => {
-                    log_enriched(&alert, &ctx, &hit);
+                Some(payload) if out.datagrams.push(&header, &payload) => {
+                    log_enriched(alert, &ctx, &hit);
                     if ev.misp_data.summary.truncated {
                         tracing::info!(ip = %hit.ip, omitted = ev.misp_data.summary.omitted_attributes, "event shrunk to fit one datagram");
                     }
-                    produced.payloads.push(payload);
-                    produced.dedup_keys.push(key);
+                    out.dedup_keys.push(key);
                 }
-                None => {
+                _ => {
                     tracing::error!(ip = %hit.ip, "enriched event cannot fit one datagram even with one attribute; not sent");
-                    self.release([&key]);
+                    self.release([key]);
                 }
             }
         }
-        Ok(produced)
     }
 
-    fn release<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
+    fn release(&self, keys: impl IntoIterator<Item = dedup::Key>) {
         if let Some(d) = &self.dedup {
             for k in keys {
                 d.release(k);
@@ -234,52 +278,61 @@ fn log_enriched(alert: &Value, ctx: &AlertContext, hit: &IpHit) {
     );
 }
 
+/// Takes batches of lines and runs them through the engine. Lines whose IPs
+/// are all cached are finished on the spot and their events go to the
+/// writer as one message per batch; lines that wait on MISP run
+/// concurrently (up to `max_waiting`), so the batcher can fill its
+/// requests while CPU work stays on few threads.
 async fn worker(
     engine: Arc<Engine>,
-    lines: async_channel::Receiver<Line>,
+    batches: async_channel::Receiver<Batch>,
     out: mpsc::Sender<Outgoing>,
-    checkpoints: Arc<Checkpointer>,
-    max_in_flight: usize,
+    max_waiting: usize,
 ) {
-    let handle = |line: Line| {
+    let finish = |waiting: Waiting, ack: Ack| {
         let engine = engine.clone();
         let out = out.clone();
-        let checkpoints = checkpoints.clone();
         async move {
-            match engine.process(&line.bytes, Some(line.pos.start)).await {
-                Ok(p) if p.payloads.is_empty() => checkpoints.done(line.pos),
-                Ok(p) => {
-                    let datagrams = p
-                        .payloads
-                        .iter()
-                        .filter_map(|payload| output::frame(&p.header, payload))
-                        .collect();
-                    let msg = Outgoing {
-                        line: Some(line.pos),
-                        datagrams,
-                        dedup_keys: p.dedup_keys,
-                    };
-                    // Fails only when the writer is gone at shutdown; the
-                    // line then stays in flight and is replayed on restart.
-                    let _ = out.send(msg).await;
-                }
-                Err(Abandoned) => {}
+            let mut produced = Outgoing::default();
+            if engine.finish(waiting, &mut produced).await.is_ok() {
+                send(&out, produced, ack).await;
             }
+            // Abandoned: the ack is dropped unfinished, so the line is
+            // read again after the restart.
         }
     };
-    // Lookups wait on MISP; keeping many lines in flight per worker lets the
-    // batcher fill its requests while CPU work stays on few threads.
-    let mut running = FuturesUnordered::new();
+    let mut waiting = FuturesUnordered::new();
     let mut open = true;
-    while open || !running.is_empty() {
+    while open || !waiting.is_empty() {
         tokio::select! {
-            next = lines.recv(), if open && running.len() < max_in_flight => match next {
-                Ok(line) => running.push(handle(line)),
+            next = batches.recv(), if open && waiting.len() < max_waiting => match next {
+                Ok(batch) => {
+                    let mut ready = Outgoing::default();
+                    for (offset, line) in batch.lines() {
+                        if let Some(w) = engine.begin(line, Some(offset), &mut ready) {
+                            waiting.push(finish(w, batch.ack.share()));
+                        }
+                    }
+                    send(&out, ready, batch.ack).await;
+                }
                 Err(_) => open = false,
             },
-            Some(()) = running.next(), if !running.is_empty() => {}
+            Some(()) = waiting.next(), if !waiting.is_empty() => {}
         }
     }
+}
+
+/// Hands events to the writer, which finishes `ack` once they are sent;
+/// with no events the part is done at once.
+async fn send(out: &mpsc::Sender<Outgoing>, mut produced: Outgoing, ack: Ack) {
+    if produced.datagrams.is_empty() {
+        ack.finish();
+        return;
+    }
+    produced.ack = Some(ack);
+    // Fails only when the writer is gone at shutdown; the ack is then
+    // dropped unfinished and the lines are replayed on restart.
+    let _ = out.send(produced).await;
 }
 
 /// A running daemon.
@@ -358,17 +411,19 @@ impl Daemon {
 
         let capacity = cfg.pipeline.channel_capacity;
         let workers_n = cfg.pipeline.worker_count();
-        let (line_tx, line_rx) = async_channel::bounded(capacity);
-        let (out_tx, out_rx) = mpsc::channel(capacity);
+        // Both channels carry batches of up to BATCH_LINES lines' worth, so
+        // together they hold about `channel_capacity` lines.
+        let batches = capacity.div_ceil(BATCH_LINES).max(2);
+        let (line_tx, line_rx) = async_channel::bounded(batches);
+        let (out_tx, out_rx) = mpsc::channel(batches);
 
         let writer = Writer::new(
             cfg.output.queue_socket.clone(),
             stats.clone(),
             Some(dedup.clone()),
-            checkpoints.clone(),
         );
         let writer = tokio::spawn(writer.run(out_rx));
-        let max_in_flight = (capacity / workers_n).max(16);
+        let max_waiting = (capacity / workers_n).max(16);
         let reporter = tokio::spawn(report_errors(
             engine.lookup.clone(),
             out_tx.clone(),
@@ -381,8 +436,7 @@ impl Daemon {
                     engine.clone(),
                     line_rx.clone(),
                     out_tx.clone(),
-                    checkpoints.clone(),
-                    max_in_flight,
+                    max_waiting,
                 ))
             })
             .collect();
@@ -486,7 +540,7 @@ impl Daemon {
         .is_ok();
         if !finished {
             tracing::warn!(
-                in_flight = checkpoints.in_flight(),
+                in_flight_batches = checkpoints.in_flight(),
                 "shutdown grace period over; unfinished alerts will be read again at the next start"
             );
         }
@@ -551,19 +605,15 @@ async fn report_errors(
             continue;
         }
         let payload = enrich::error_event(error.kind, &error.message, since.into());
-        let Some(datagram) = output::frame(output::MANAGER_HEADER, &payload) else {
+        let mut msg = Outgoing::default();
+        if !msg.datagrams.push(output::MANAGER_HEADER, &payload) {
             continue;
-        };
+        }
         tracing::warn!(
             kind = error.kind,
             failing_secs = failing_for.as_secs(),
             "sending an integration error event to Wazuh"
         );
-        let msg = Outgoing {
-            line: None,
-            datagrams: vec![datagram],
-            dedup_keys: Vec::new(),
-        };
         if out.send(msg).await.is_err() {
             return;
         }

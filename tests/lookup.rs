@@ -205,7 +205,7 @@ async fn a_thousand_alerts_over_fifty_ips_ask_misp_about_fifty_values() {
         futures::future::join_all(lines.iter().map(|l| engine.process(l.as_bytes(), None))).await;
     let events: usize = produced
         .iter()
-        .map(|p| p.as_ref().unwrap().payloads.len())
+        .map(|p| p.as_ref().unwrap().datagrams.len())
         .sum();
     assert_eq!(events, 50, "one event per IP within the dedup window");
     assert!(

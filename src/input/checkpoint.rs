@@ -10,7 +10,8 @@
 use super::fingerprint::FileId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Where a line sits: which opened file (a generation number that grows at
 /// each rotation) and its byte range.
@@ -97,6 +98,56 @@ impl Checkpointer {
     }
 }
 
+/// The acknowledgement of one dispatched batch of lines, shared by everyone
+/// still working on part of it: the writer for the events ready at once,
+/// and one holder per line that waits on MISP. The batch is done when every
+/// holder has called [`Ack::finish`]. A holder dropped without finishing
+/// (shutdown mid-lookup, a task gone) leaves the batch in flight, so it is
+/// read again after a restart: forgetting is safe, finishing early is not.
+pub struct Ack(Arc<AckInner>);
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Ack").field(&self.0.pos).finish()
+    }
+}
+
+struct AckInner {
+    pos: LinePos,
+    checkpoints: Arc<Checkpointer>,
+    holders: AtomicUsize,
+}
+
+impl Ack {
+    /// Records `pos` as dispatched; the returned ack is its one holder.
+    pub fn dispatch(checkpoints: &Arc<Checkpointer>, pos: LinePos) -> Ack {
+        checkpoints.dispatched(pos);
+        Ack(Arc::new(AckInner {
+            pos,
+            checkpoints: checkpoints.clone(),
+            holders: AtomicUsize::new(1),
+        }))
+    }
+
+    /// One more holder, who must finish too.
+    pub fn share(&self) -> Ack {
+        self.0.holders.fetch_add(1, Ordering::Relaxed);
+        Ack(self.0.clone())
+    }
+
+    /// This holder's part is done; the last one marks the batch done.
+    pub fn finish(self) {
+        // AcqRel: the last holder sees every other holder's work as done.
+        if self.0.holders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.checkpoints.done(self.0.pos);
+        }
+    }
+
+    pub fn pos(&self) -> LinePos {
+        self.0.pos
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +181,34 @@ mod tests {
         assert_eq!(c.committed().unwrap().offset, 20);
         c.done(l(20, 30));
         assert_eq!(c.committed().unwrap().offset, 30);
+    }
+
+    #[test]
+    fn a_batch_is_done_when_its_last_holder_finishes() {
+        let c = Arc::new(Checkpointer::new());
+        c.opened(0, id(10), 0);
+        let batch = Ack::dispatch(
+            &c,
+            LinePos {
+                generation: 0,
+                start: 0,
+                end: 300,
+            },
+        );
+        c.read_up_to(0, 300);
+        let waiting = batch.share();
+        let forgotten = batch.share();
+        batch.finish();
+        assert_eq!(c.committed().unwrap().offset, 0);
+        waiting.finish();
+        assert_eq!(c.committed().unwrap().offset, 0);
+        drop(forgotten);
+        assert_eq!(
+            c.committed().unwrap().offset,
+            0,
+            "a holder dropped without finishing keeps the batch in flight"
+        );
+        assert_eq!(c.in_flight(), 1);
     }
 
     #[test]

@@ -12,5 +12,5 @@ pub mod fingerprint;
 pub mod rotated;
 pub mod tail;
 
-pub use checkpoint::{Bookmark, Checkpointer, LinePos};
-pub use tail::{Line, Start, TailOptions, Tailer};
+pub use checkpoint::{Ack, Bookmark, Checkpointer, LinePos};
+pub use tail::{Batch, Start, TailOptions, Tailer};

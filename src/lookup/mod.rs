@@ -208,6 +208,17 @@ impl Lookup {
         &self.shared.breaker
     }
 
+    /// The cached answer for `ip`, without waiting: the hot path, where
+    /// nearly every IP is cached, stays synchronous. `None` (not cached, or
+    /// the cache would have to wait on its own housekeeping) sends the
+    /// caller to [`Lookup::get`].
+    pub fn cached(&self, ip: IpAddr) -> Option<Hits> {
+        use futures::FutureExt;
+        let hits = self.cache.get(&ip).now_or_never().flatten()?;
+        self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(hits)
+    }
+
     /// Every IP attribute MISP holds for `ip`.
     pub async fn get(&self, ip: IpAddr) -> Result<Hits, Abandoned> {
         let asks = self.asks.clone();

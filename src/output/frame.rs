@@ -59,6 +59,74 @@ pub fn frame(header: &str, payload: &[u8]) -> Option<Vec<u8>> {
     Some(d)
 }
 
+/// Framed datagrams back to back in one buffer: a batch of events costs one
+/// growing allocation instead of one per event.
+#[derive(Debug, Default)]
+pub struct Datagrams {
+    bytes: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    payload: usize,
+    end: usize,
+}
+
+impl Datagrams {
+    /// Appends `header` and what `write_payload` writes after it. The
+    /// datagram is kept only if `write_payload` returns true and the whole
+    /// fits [`MAX_DATAGRAM`]; otherwise nothing is left behind.
+    pub fn push_with(
+        &mut self,
+        header: &str,
+        write_payload: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> bool {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(header.as_bytes());
+        let payload = self.bytes.len();
+        if write_payload(&mut self.bytes) && self.bytes.len() - start <= MAX_DATAGRAM {
+            let end = self.bytes.len();
+            self.spans.push(Span {
+                start,
+                payload,
+                end,
+            });
+            true
+        } else {
+            self.bytes.truncate(start);
+            false
+        }
+    }
+
+    /// [`frame`] into the buffer; false when too long.
+    pub fn push(&mut self, header: &str, payload: &[u8]) -> bool {
+        self.push_with(header, |out| {
+            out.extend_from_slice(payload);
+            true
+        })
+    }
+
+    /// Whole datagrams, header included, in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|s| &self.bytes[s.start..s.end])
+    }
+
+    /// The events alone, without their `1:<location>:` header.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|s| &self.bytes[s.payload..s.end])
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
 /// Splits a datagram the way analysisd does, undoing the location escapes.
 /// Returns `(queue, location, message)`. Used by tests, the demo and fuzzing
 /// to check that what we send parses back.
@@ -128,5 +196,23 @@ mod tests {
         assert_eq!(frame(&h, &big).unwrap().len(), MAX_DATAGRAM);
         let too_big = vec![b'x'; MAX_DATAGRAM - h.len() + 1];
         assert!(frame(&h, &too_big).is_none());
+
+        // The batched form frames the same bytes and refuses the same sizes.
+        let mut many = Datagrams::default();
+        assert!(many.push(&h, br#"{"integration":"misp"}"#));
+        assert!(!many.push(&h, &too_big));
+        assert!(!many.push_with(MANAGER_HEADER, |out| {
+            out.extend_from_slice(b"half written");
+            false
+        }));
+        assert!(many.push(MANAGER_HEADER, &big[..10]));
+        assert!(many.push(&h, &big));
+        assert_eq!(many.len(), 3);
+        let all: Vec<&[u8]> = many.iter().collect();
+        assert_eq!(all[0], &d[..]);
+        assert_eq!(all[1], [MANAGER_HEADER.as_bytes(), &big[..10]].concat());
+        assert_eq!(all[2].len(), MAX_DATAGRAM);
+        let payloads: Vec<&[u8]> = many.payloads().collect();
+        assert_eq!(payloads[1], &big[..10]);
     }
 }

@@ -6,5 +6,5 @@
 pub mod frame;
 pub mod writer;
 
-pub use frame::{frame, header, MANAGER_HEADER, MAX_DATAGRAM};
+pub use frame::{frame, header, Datagrams, MANAGER_HEADER, MAX_DATAGRAM};
 pub use writer::{Outgoing, Writer};

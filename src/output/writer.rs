@@ -1,14 +1,14 @@
 //! The writer: the one task that owns the analysisd queue socket.
 //!
 //! Events for one alert line arrive together. They are sent in order; only
-//! then are their dedup keys marked and the line acknowledged to the
-//! checkpointer. When the socket is missing or refuses (analysisd
+//! then are their dedup keys marked and their lines acknowledged. When the socket is missing or refuses (analysisd
 //! restarting), the writer retries with backoff and never drops an event;
 //! meanwhile its bounded inbox fills, workers wait, and the tailer stops
 //! reading.
 
-use crate::dedup::Dedup;
-use crate::input::{Checkpointer, LinePos};
+use super::Datagrams;
+use crate::dedup::{Dedup, Key};
+use crate::input::Ack;
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
 use std::io;
@@ -19,12 +19,13 @@ use std::time::Duration;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
 
-/// What one alert line produced.
-#[derive(Debug)]
+/// Events ready to send: framed datagrams, the dedup keys to mark once
+/// they are out, and the acknowledgement of the lines they came from.
+#[derive(Debug, Default)]
 pub struct Outgoing {
-    pub line: Option<LinePos>,
-    pub datagrams: Vec<Vec<u8>>,
-    pub dedup_keys: Vec<String>,
+    pub datagrams: Datagrams,
+    pub dedup_keys: Vec<Key>,
+    pub ack: Option<Ack>,
 }
 
 pub struct Writer {
@@ -32,25 +33,18 @@ pub struct Writer {
     socket: Option<UnixDatagram>,
     stats: Arc<Stats>,
     dedup: Option<Dedup>,
-    checkpoints: Arc<Checkpointer>,
     log: RateLimitedLog,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
-    pub fn new(
-        path: PathBuf,
-        stats: Arc<Stats>,
-        dedup: Option<Dedup>,
-        checkpoints: Arc<Checkpointer>,
-    ) -> Self {
+    pub fn new(path: PathBuf, stats: Arc<Stats>, dedup: Option<Dedup>) -> Self {
         Writer {
             path,
             socket: None,
             stats,
             dedup,
-            checkpoints,
             log: RateLimitedLog::new(Duration::from_secs(60), 1),
         }
     }
@@ -58,16 +52,16 @@ impl Writer {
     /// Runs until every sender is dropped and the inbox is empty.
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Outgoing>) {
         while let Some(out) = inbox.recv().await {
-            for d in &out.datagrams {
+            for d in out.datagrams.iter() {
                 self.send(d).await;
             }
             if let Some(dedup) = &self.dedup {
-                for k in &out.dedup_keys {
+                for &k in &out.dedup_keys {
                     dedup.mark_sent(k);
                 }
             }
-            if let Some(line) = out.line {
-                self.checkpoints.done(line);
+            if let Some(ack) = out.ack {
+                ack.finish();
             }
         }
     }
