@@ -6,6 +6,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::{json, Value};
 use std::hint::black_box;
+use wazuh_misp::alert::{self, Node};
 use wazuh_misp::enrich::{enrich, serialize_within, AlertContext};
 use wazuh_misp::extract::{Direction, Extractor, IpHit, Scratch};
 use wazuh_misp::filter::AlertFilter;
@@ -50,9 +51,9 @@ fn attributes(n: usize) -> Vec<Attribute> {
 
 fn benches(c: &mut Criterion) {
     let lines = alert_lines();
-    let alerts: Vec<Value> = lines
+    let alerts: Vec<Node> = lines
         .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| alert::parse(l.as_bytes()).ok())
         .collect();
 
     let mut g = c.benchmark_group("per_alert");
@@ -78,7 +79,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut kept = 0;
             for l in &lines {
-                if let Ok(v) = serde_json::from_str::<Value>(black_box(l)) {
+                if let Ok(v) = alert::parse(black_box(l.as_bytes())) {
                     kept += usize::from(filter.check(&v).is_ok());
                 }
             }
@@ -87,8 +88,8 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let alert: Value =
-        serde_json::from_str(wazuh_misp::demo::DEMO_ALERTS.lines().next().unwrap()).unwrap();
+    let first = wazuh_misp::demo::DEMO_ALERTS.lines().next().unwrap();
+    let alert = alert::parse(first.as_bytes()).unwrap();
     let ctx = AlertContext::from_alert(&alert);
     let hit = IpHit {
         ip: "185.220.101.42".parse().unwrap(),

@@ -6,9 +6,9 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "../shared/corpus/alerts/dashboard-sample.jsonl".into());
     let text = std::fs::read_to_string(path).expect("alerts file");
-    let alerts: Vec<serde_json::Value> = text
+    let alerts: Vec<wazuh_misp::alert::Node> = text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| wazuh_misp::alert::parse(l.as_bytes()).ok())
         .collect();
     let ex = Extractor::with_defaults();
     let mut scratch = Scratch::default();

@@ -3,7 +3,7 @@
 //! Pure and synchronous. Every rejection has a reason, which the pipeline
 //! counts and logs.
 
-use serde_json::Value;
+use crate::alert::{self, Node};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,36 +37,32 @@ pub struct AlertFilter {
 
 /// `rule.id` as a string. Wazuh writes it as a string; a number is accepted
 /// too, because hand-written or third-party alerts do that.
-pub fn rule_id(alert: &Value) -> Option<Cow<'_, str>> {
-    match alert.get("rule")?.get("id")? {
-        Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+pub fn rule_id<'v>(alert: &'v Node<'_>) -> Option<Cow<'v, str>> {
+    match alert::at(alert, &["rule", "id"])? {
+        Node::Str(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        Node::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
 
 /// `rule.level` as a number, accepting a numeric string.
-pub fn rule_level(alert: &Value) -> Option<u64> {
-    match alert.get("rule")?.get("level")? {
-        Value::Number(n) => n
+pub fn rule_level(alert: &Node<'_>) -> Option<u64> {
+    match alert::at(alert, &["rule", "level"])? {
+        Node::Number(n) => n
             .as_u64()
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.trim().parse().ok(),
+        Node::Str(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
 impl AlertFilter {
-    pub fn check(&self, alert: &Value) -> Result<(), SkipReason> {
+    pub fn check(&self, alert: &Node<'_>) -> Result<(), SkipReason> {
         if !alert.is_object() {
             return Err(SkipReason::NotAnObject);
         }
-        if alert.get("location").and_then(Value::as_str) == Some("misp")
-            || alert
-                .get("data")
-                .and_then(|d| d.get("integration"))
-                .and_then(Value::as_str)
-                == Some("misp")
+        if alert::str_at(alert, &["location"]) == Some("misp")
+            || alert::str_at(alert, &["data", "integration"]) == Some("misp")
         {
             return Err(SkipReason::OwnEvent);
         }
@@ -134,7 +130,7 @@ mod tests {
             (json!([1, 2]), Err(SkipReason::NotAnObject)),
         ];
         for (alert, want) in cases {
-            assert_eq!(f().check(&alert), want, "{alert}");
+            assert_eq!(f().check(&Node::from(&alert)), want, "{alert}");
         }
     }
 }

@@ -10,8 +10,10 @@
 //! 6. [`enrich`]: the enriched event, scored, aggregated, size-guarded;
 //! 7. [`output`]: framing for analysisd and the queue socket writer.
 //!
-//! [`pipeline`] wires them together; ARCHITECTURE.md draws the map.
+//! Stages 2–6 share one parsed form of the alert, [`alert`]. [`pipeline`]
+//! wires the stages together; ARCHITECTURE.md draws the map.
 
+pub mod alert;
 pub mod check;
 pub mod config;
 pub mod dedup;

@@ -12,6 +12,7 @@
 //! bounded channels, the tailer blocks on its send, and alerts.json is the
 //! buffer. Nothing is dropped to keep up.
 
+use crate::alert::{self, Node};
 use crate::config::{Config, MatchTypes};
 use crate::dedup::{self, Dedup};
 use crate::enrich::{self, AlertContext};
@@ -27,7 +28,6 @@ use crate::stats::Stats;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde_json::Value;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +64,10 @@ impl Rules {
 /// A line whose IPs are not all cached: what [`Engine::begin`] found, for
 /// [`Engine::finish`] to complete once MISP has answered.
 pub struct Waiting {
-    alert: Value,
+    /// The line, parsed again once MISP has answered: its tree borrows from
+    /// the batch's buffer, and a copy of one line is smaller to hold than
+    /// the tree. Only lines whose IPs were not cached pay the second parse.
+    line: Box<[u8]>,
     rules: Arc<Rules>,
     claimed: Vec<(IpHit, dedup::Key)>,
     /// Per claimed hit, the cached answer if there was one.
@@ -111,7 +114,7 @@ impl Engine {
     /// `out` if MISP's answer for every IP is cached. Returns what is left
     /// to do when some answer is not.
     pub fn begin(&self, bytes: &[u8], offset: Option<u64>, out: &mut Outgoing) -> Option<Waiting> {
-        let alert: Value = match serde_json::from_slice(bytes) {
+        let alert = match alert::parse(bytes) {
             Ok(v) => v,
             Err(e) => {
                 self.skip_line("invalid_json", offset, &e);
@@ -124,7 +127,7 @@ impl Engine {
             tracing::trace!(
                 reason = reason.as_str(),
                 offset,
-                alert_id = alert.get("id").and_then(serde_json::Value::as_str),
+                alert_id = alert::str_at(&alert, &["id"]),
                 "alert filtered out"
             );
             return None;
@@ -166,7 +169,7 @@ impl Engine {
             return None;
         }
         Some(Waiting {
-            alert,
+            line: bytes.into(),
             rules: arc_swap::Guard::into_inner(rules),
             claimed,
             found,
@@ -190,7 +193,13 @@ impl Engine {
             self.release(w.claimed.iter().map(|(_, k)| *k));
             return Err(Abandoned);
         };
-        self.produce(&w.rules, &w.alert, w.claimed, answers, out);
+        let Ok(alert) = alert::parse(&w.line) else {
+            // It parsed in `begin`; parsing is deterministic. Should that
+            // ever change, the claims must not stay pending.
+            self.release(w.claimed.iter().map(|(_, k)| *k));
+            return Ok(());
+        };
+        self.produce(&w.rules, &alert, w.claimed, answers, out);
         Ok(())
     }
 
@@ -210,7 +219,7 @@ impl Engine {
     fn produce(
         &self,
         rules: &Rules,
-        alert: &Value,
+        alert: &Node<'_>,
         claimed: Vec<(IpHit, dedup::Key)>,
         answers: Vec<Hits>,
         out: &mut Outgoing,
@@ -267,9 +276,9 @@ impl Engine {
 }
 
 /// One debug line per event, with the fields journald users filter on.
-fn log_enriched(alert: &Value, ctx: &AlertContext, hit: &IpHit) {
+fn log_enriched(alert: &Node<'_>, ctx: &AlertContext, hit: &IpHit) {
     tracing::debug!(
-        alert_id = alert.get("id").and_then(serde_json::Value::as_str),
+        alert_id = alert::str_at(alert, &["id"]),
         rule_id = %ctx.rule.id,
         ip = %hit.ip,
         direction = hit.direction.as_str(),

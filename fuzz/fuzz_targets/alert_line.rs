@@ -6,7 +6,7 @@ use wazuh_misp::extract::{is_public, Extractor, Scratch};
 use wazuh_misp::filter::AlertFilter;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(alert) = serde_json::from_slice::<serde_json::Value>(data) else {
+    let Ok(alert) = wazuh_misp::alert::parse(data) else {
         return;
     };
     let filter = AlertFilter { min_level: 0, exclude_rule_ids: vec![] };

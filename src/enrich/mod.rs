@@ -8,6 +8,7 @@ mod score;
 
 pub use score::threat_score;
 
+use crate::alert::{self, str_at, text_at, Node, Object};
 use crate::extract::IpHit;
 use crate::lookup::model::{Attribute, Related, Tag};
 use md5::{Digest, Md5};
@@ -180,52 +181,40 @@ pub fn wazuh_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3f%z").to_string()
 }
 
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
-}
-
-fn string_at(v: &Value, path: &[&str]) -> String {
-    match path.iter().try_fold(v, |v, k| v.get(k)) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    }
-}
-
 /// `md5(ip|rule.id|alert.timestamp|alert.id)`, lowercase hex. Deterministic,
 /// so a replay after a crash carries the same id.
-pub fn event_id(ip: &str, alert: &Value) -> String {
+pub fn event_id(ip: &str, alert: &Node<'_>) -> String {
     let mut h = Md5::new();
     h.update(ip.as_bytes());
     h.update(b"|");
-    h.update(string_at(alert, &["rule", "id"]).as_bytes());
+    h.update(text_at(alert, &["rule", "id"]).as_bytes());
     h.update(b"|");
-    h.update(string_at(alert, &["timestamp"]).as_bytes());
+    h.update(text_at(alert, &["timestamp"]).as_bytes());
     h.update(b"|");
-    h.update(string_at(alert, &["id"]).as_bytes());
+    h.update(text_at(alert, &["id"]).as_bytes());
     format!("{:x}", h.finalize())
 }
 
 /// The alert's `data` keys that go to the top level of an event: all but
 /// those whose names the event already uses. Serialises straight from the
 /// parsed alert, without copying it.
-pub struct TopLevelData<'a>(pub Option<&'a Map<String, Value>>);
+pub struct TopLevelData<'a>(pub Option<&'a Object<'a>>);
 
 impl<'a> TopLevelData<'a> {
-    pub fn of(alert: &'a Value) -> Self {
-        TopLevelData(alert.get("data").and_then(Value::as_object))
+    pub fn of(alert: &'a Node<'_>) -> Self {
+        TopLevelData(alert::at(alert, &["data"]).and_then(Node::as_object))
     }
 
-    fn entries(&self) -> impl Iterator<Item = (&'a String, &'a Value)> {
+    fn entries(&self) -> impl Iterator<Item = (&'a str, &'a Node<'a>)> {
         self.0
             .into_iter()
-            .flatten()
-            .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
+            .flat_map(Object::iter)
+            .filter(|(k, _)| !OWN_KEYS.contains(k))
     }
 
     pub fn to_map(&self) -> Map<String, Value> {
         self.entries()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_owned(), alert::to_json(v)))
             .collect()
     }
 }
@@ -248,33 +237,28 @@ pub struct AlertContext {
 }
 
 impl AlertContext {
-    pub fn from_alert(alert: &Value) -> Self {
+    pub fn from_alert(alert: &Node<'_>) -> Self {
+        let string_at = |path: &[&str]| text_at(alert, path).into_owned();
         AlertContext {
             rule: RuleContext {
-                id: string_at(alert, &["rule", "id"]),
-                description: string_at(alert, &["rule", "description"]),
-                level: alert
-                    .get("rule")
-                    .and_then(|r| r.get("level"))
-                    .cloned()
-                    .unwrap_or(Value::Null),
-                groups: alert
-                    .get("rule")
-                    .and_then(|r| r.get("groups"))
-                    .and_then(Value::as_array)
-                    .cloned()
+                id: string_at(&["rule", "id"]),
+                description: string_at(&["rule", "description"]),
+                level: alert::at(alert, &["rule", "level"]).map_or(Value::Null, alert::to_json),
+                groups: alert::at(alert, &["rule", "groups"])
+                    .and_then(Node::as_array)
+                    .map(|groups| groups.iter().map(alert::to_json).collect())
                     .unwrap_or_default(),
             },
             agent: AgentContext {
                 id: str_at(alert, &["agent", "id"]).unwrap_or("000").to_owned(),
-                name: string_at(alert, &["agent", "name"]),
+                name: string_at(&["agent", "name"]),
                 ip: str_at(alert, &["agent", "ip"]).map(str::to_owned),
             },
             manager: ManagerContext {
-                name: string_at(alert, &["manager", "name"]),
+                name: string_at(&["manager", "name"]),
             },
-            location: string_at(alert, &["location"]),
-            timestamp: string_at(alert, &["timestamp"]),
+            location: string_at(&["location"]),
+            timestamp: string_at(&["timestamp"]),
             decoder: DecoderContext {
                 name: str_at(alert, &["decoder", "name"]).map(str::to_owned),
             },
@@ -568,7 +552,7 @@ fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendatio
 /// Builds the event for `hit`, or `None` when MISP knows nothing about it.
 pub fn enrich(
     ctx: &AlertContext,
-    alert: &Value,
+    alert: &Node<'_>,
     hit: &IpHit,
     attributes: &[Attribute],
     now: chrono::DateTime<chrono::Utc>,
@@ -653,7 +637,7 @@ struct DetectedIpRef<'a> {
 /// bytes: the caller then takes the full path, whose size guard shrinks it.
 pub fn write_spliced(
     ctx: &AlertContext,
-    alert: &Value,
+    alert: &Node<'_>,
     hit: &IpHit,
     prepared: &Prepared,
     timestamp: &str,

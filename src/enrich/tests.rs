@@ -13,10 +13,14 @@ fn hit(ip: &str) -> IpHit {
     }
 }
 
-fn alert() -> Value {
-    json!({"timestamp":"2026-11-22T09:58:02.114+0000","rule":{"level":10,"description":"sshd: brute force","id":"5712","groups":["sshd"]},
+/// The alert as the pipeline parses it (from a line, not a `Value`).
+fn alert() -> Node<'static> {
+    let line = json!({"timestamp":"2026-11-22T09:58:02.114+0000","rule":{"level":10,"description":"sshd: brute force","id":"5712","groups":["sshd"]},
            "agent":{"id":"001","name":"web-01","ip":"10.0.1.50"},"manager":{"name":"wazuh-manager"},"id":"1763805482.104312",
            "decoder":{"name":"sshd"},"data":{"srcip":"49.88.112.73","srcuser":"test","rule":"x"},"location":"/var/log/auth.log"})
+        .to_string();
+    // Leaked so the borrowed tree can outlive this call; a few hundred bytes per test.
+    alert::parse(Box::leak(line.into_boxed_str()).as_bytes()).unwrap()
 }
 
 fn event(id: &str, info: &str, date: &str, tags: Value, attrs: Value) -> Value {

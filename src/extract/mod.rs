@@ -15,8 +15,8 @@ pub use direction::Direction;
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
+use crate::alert::Node;
 use ipnet::IpNet;
-use serde_json::Value;
 use std::net::IpAddr;
 
 /// Longest `raw_context` we copy out of the alert, in characters.
@@ -120,7 +120,7 @@ impl Extractor {
     }
 
     /// Appends the alert's public IPs to `out`, in order of first occurrence.
-    pub fn extract(&self, alert: &Value, scratch: &mut Scratch, out: &mut Vec<IpHit>) {
+    pub fn extract(&self, alert: &Node<'_>, scratch: &mut Scratch, out: &mut Vec<IpHit>) {
         scratch.path.clear();
         let mut keys: Vec<&str> = Vec::with_capacity(8);
         let mut walk = Walk {
@@ -145,7 +145,7 @@ struct Walk<'e, 's, 'o> {
 impl Walk<'_, '_, '_> {
     fn value<'v>(
         &mut self,
-        v: &'v Value,
+        v: &'v Node<'_>,
         keys: &mut Vec<&'v str>,
         key: Option<&'v str>,
         parent: Option<&'v str>,
@@ -153,9 +153,9 @@ impl Walk<'_, '_, '_> {
         rules_below: bool,
     ) {
         match v {
-            Value::String(s) if status == Status::Scan => self.string(s, key, parent),
-            Value::Object(map) => {
-                for (k, child) in map {
+            Node::Str(s) if status == Status::Scan => self.string(s, key, parent),
+            Node::Object(map) => {
+                for (k, child) in map.iter() {
                     keys.push(k);
                     let (child_status, reachable, deeper) = if rules_below {
                         self.ex.status(keys)
@@ -174,7 +174,7 @@ impl Walk<'_, '_, '_> {
                     keys.pop();
                 }
             }
-            Value::Array(items) => {
+            Node::Array(items) => {
                 for (i, child) in items.iter().enumerate() {
                     let mark = self.scratch.path.len();
                     push_index(&mut self.scratch.path, i);
