@@ -1,7 +1,7 @@
 //! The one place where the stages are wired together.
 //!
 //! ```text
-//! tailer thread ──Batch──▶ [bounded channel] ──▶ workers (N tasks) ──Outgoing──▶ [bounded] ──▶ writer task
+//! tailer thread ──Batch──▶ [bounded channel] ──▶ workers (N tasks) ──Outgoing──▶ [bounded] ──▶ writer thread
 //!  (input)                                      filter → extract → dedup →                     (output)
 //!                                               lookup → enrich → frame                          │
 //!        ▲                                                                                       │ ack
@@ -354,7 +354,8 @@ pub struct Daemon {
     waker: Waker,
     tail_done: oneshot::Receiver<()>,
     workers: Vec<JoinHandle<()>>,
-    writer: JoinHandle<()>,
+    writer_done: oneshot::Receiver<()>,
+    abandon: Arc<AtomicBool>,
     saver: JoinHandle<()>,
     reporter: JoinHandle<()>,
     publisher: JoinHandle<()>,
@@ -426,12 +427,21 @@ impl Daemon {
         let (line_tx, line_rx) = async_channel::bounded(batches);
         let (out_tx, out_rx) = mpsc::channel(batches);
 
+        let abandon = Arc::new(AtomicBool::new(false));
         let writer = Writer::new(
             cfg.output.queue_socket.clone(),
             stats.clone(),
             Some(dedup.clone()),
+            abandon.clone(),
         );
-        let writer = tokio::spawn(writer.run(out_rx));
+        let (writer_done_tx, writer_done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || {
+                writer.run(out_rx);
+                let _ = writer_done_tx.send(());
+            })
+            .context("cannot start the writer thread")?;
         let max_waiting = (capacity / workers_n).max(16);
         let reporter = tokio::spawn(report_errors(
             engine.lookup.clone(),
@@ -502,7 +512,8 @@ impl Daemon {
             waker,
             tail_done,
             workers,
-            writer,
+            writer_done,
+            abandon,
             saver,
             reporter,
             publisher,
@@ -530,7 +541,8 @@ impl Daemon {
             cfg,
             tail_done,
             workers,
-            writer,
+            writer_done,
+            abandon,
             saver,
             ..
         } = self;
@@ -543,11 +555,12 @@ impl Daemon {
         let finished = tokio::time::timeout(grace, async {
             drain.await;
             // The writer ends once every worker (the last sender) is gone.
-            let _ = writer.await;
+            let _ = writer_done.await;
         })
         .await
         .is_ok();
         if !finished {
+            abandon.store(true, Ordering::Relaxed);
             tracing::warn!(
                 in_flight_batches = checkpoints.in_flight(),
                 "shutdown grace period over; unfinished alerts will be read again at the next start"
