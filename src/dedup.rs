@@ -75,10 +75,32 @@ const SHARDS: usize = 16;
 const PENDING: u64 = 1 << 63;
 const SWEEP_EVERY_MS: u64 = 60_000;
 
+/// Keys are already MD5 digests, uniformly spread: hashing them again (std's
+/// SipHash) would only cost time on every claim and mark.
+#[derive(Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; any other input still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type DigestMap = HashMap<u64, u64, std::hash::BuildHasherDefault<DigestHasher>>;
+
 #[derive(Default)]
 struct Shard {
     /// Digest → deadline (Unix ms).
-    deadlines: HashMap<u64, u64>,
+    deadlines: DigestMap,
     next_sweep_ms: u64,
 }
 
@@ -123,7 +145,9 @@ impl Dedup {
     }
 
     fn shard(&self, digest: u64) -> MutexGuard<'_, Shard> {
-        self.shards[(digest >> 60) as usize % SHARDS]
+        // Middle bits: the table itself uses the low bits for the bucket
+        // and the top seven as tags, so those must vary within a shard.
+        self.shards[(digest >> 32) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }

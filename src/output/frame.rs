@@ -108,6 +108,16 @@ impl Datagrams {
         })
     }
 
+    /// Room for `bytes` more bytes of datagrams.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.bytes.reserve(bytes);
+    }
+
+    /// Bytes held, all datagrams together.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Whole datagrams, header included, in the order pushed.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.spans.iter().map(|s| &self.bytes[s.start..s.end])
