@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wazuh_misp::config::Config;
 use wazuh_misp::lookup::MispClient;
@@ -117,17 +117,22 @@ async fn run(s: Scenario) -> Value {
             .collect(),
     );
     let clock = Instant::now();
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(s.expected_events)));
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Cleared when the clock starts, so warm-up events are not counted.
+    let measuring = Arc::new(AtomicBool::new(false));
     let recv_thread = {
-        let (appended, latencies, received, stop) = (
+        let (appended, received, stop, measuring) = (
             appended.clone(),
-            latencies.clone(),
             received.clone(),
             stop.clone(),
+            measuring.clone(),
         );
+        let expected = s.expected_events;
         std::thread::spawn(move || {
+            // A local list (no lock per datagram): the receiver stands in
+            // for analysisd and should cost the machine as little as it can.
+            let mut latencies = Vec::with_capacity(expected);
             let mut buf = vec![0u8; 70_000];
             let finder = memchr::memmem::Finder::new(b"\"bench_seq\":");
             while !stop.load(Ordering::Relaxed) {
@@ -136,23 +141,21 @@ async fn run(s: Scenario) -> Value {
                 };
                 let now = clock.elapsed().as_nanos() as u64;
                 received.fetch_add(1, Ordering::Relaxed);
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if let Some(at) = finder.find(&buf[..n]) {
-                    let digits: Vec<u8> = buf[at + 12..n]
+                    let seq = buf[at + 12..n]
                         .iter()
-                        .copied()
-                        .take_while(u8::is_ascii_digit)
-                        .collect();
-                    if let Ok(seq) = std::str::from_utf8(&digits).unwrap_or("").parse::<usize>() {
-                        let t0 = appended[seq].load(Ordering::Relaxed);
-                        if t0 > 0 {
-                            latencies
-                                .lock()
-                                .unwrap()
-                                .push((now.saturating_sub(t0)) as f64 / 1e6);
-                        }
+                        .take_while(|b| b.is_ascii_digit())
+                        .fold(0usize, |acc, b| acc * 10 + usize::from(b - b'0'));
+                    let t0 = appended[seq].load(Ordering::Relaxed);
+                    if t0 > 0 {
+                        latencies.push((now.saturating_sub(t0)) as f64 / 1e6);
                     }
                 }
             }
+            latencies
         })
     };
 
@@ -176,7 +179,7 @@ async fn run(s: Scenario) -> Value {
     let received_before = received.load(Ordering::Relaxed);
     let sent_before = Stats::get(&daemon.stats.events_sent);
     let (req0, val0) = (sim.requests(), sim.values_asked());
-    latencies.lock().unwrap().clear();
+    measuring.store(true, Ordering::Relaxed);
     reset_peak_rss();
 
     let started = Instant::now();
@@ -228,8 +231,7 @@ async fn run(s: Scenario) -> Value {
     let (misp_requests, misp_values) = (sim.requests() - req0, sim.values_asked() - val0);
     daemon.shutdown(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
-    recv_thread.join().unwrap();
-    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    let mut lat = recv_thread.join().unwrap();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     json!({
@@ -237,12 +239,15 @@ async fn run(s: Scenario) -> Value {
         "alerts": s.alerts,
         "secs": round(secs),
         "alerts_per_sec": (s.alerts as f64 / secs).round(),
+        "offered_per_sec": s.rate,
         "misp_requests": misp_requests,
         "misp_values": misp_values,
         "misp_values_per_sec": (misp_values as f64 / secs).round(),
         "events_sent": events_sent,
         "p50_ms": round(percentile(&lat, 0.50)),
         "p99_ms": round(percentile(&lat, 0.99)),
+        "p999_ms": round(percentile(&lat, 0.999)),
+        "max_ms": round(lat.last().copied().unwrap_or(0.0)),
         "peak_rss_mb": round(peak),
     })
 }
@@ -261,6 +266,12 @@ fn scenarios() -> Vec<Scenario> {
     let cold_ips: Vec<String> = (0..20_000).map(pool_ip).collect();
     let mut out = Vec::new();
     // Every IP cached; (rule, ip) pairs unique so every alert makes an event.
+    // Offered at a set rate above the target: latency means something only
+    // below saturation (flat out, every alert waits behind the backlog).
+    let hot_rate = std::env::var("BENCH_HOT_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(105_000);
     let ips = hot_ips.clone();
     out.push(Scenario {
         name: "hot",
@@ -271,20 +282,21 @@ fn scenarios() -> Vec<Scenario> {
         misp_latency: Duration::ZERO,
         warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
         burst: false,
-        rate: 0,
+        rate: hot_rate,
     });
-    // The hot mix at a steady 20 000 alerts/s: latency when not saturated.
+    // The same mix appended as fast as the writer can: the ceiling. Its
+    // latency is the backlog's, not the pipeline's.
     let ips = hot_ips.clone();
     out.push(Scenario {
-        name: "steady",
-        alerts: scaled(100_000),
+        name: "hot_max",
+        alerts: scaled(200_000),
         lines: Box::new(move |i| alert(1000 + i, 201 + (i / 1000) % 200, &ips[i % 1000], 10)),
-        expected_events: scaled(100_000),
+        expected_events: scaled(200_000),
         misp_ips: hot_ips.clone(),
         misp_latency: Duration::ZERO,
         warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
         burst: false,
-        rate: 20_000,
+        rate: 0,
     });
     // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
     let ips = cold_ips.clone();

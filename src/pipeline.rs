@@ -683,18 +683,31 @@ async fn save_periodically(
     loop {
         tick.tick().await;
         let current = checkpoints.committed();
-        if current.is_some() && current != last {
-            if let Some(b) = &current {
-                if let Err(e) = bookmark::save(&state_dir, b) {
+        since_dedup += BOOKMARK_EVERY;
+        let save_dedup_now = since_dedup >= dedup_every;
+        if save_dedup_now {
+            since_dedup = Duration::ZERO;
+        }
+        let bookmark = current.clone().filter(|_| current != last);
+        if bookmark.is_none() && !save_dedup_now {
+            continue;
+        }
+        // fsync (and a million-entry dedup table) would stall a runtime
+        // thread and every alert queued behind it.
+        let (dir, dedup) = (state_dir.clone(), dedup.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(b) = bookmark {
+                if let Err(e) = bookmark::save(&dir, &b) {
                     tracing::error!(error = %e, "cannot save bookmark");
                 }
             }
+            if save_dedup_now {
+                save_dedup(&dir, &dedup);
+            }
+        })
+        .await;
+        if current.is_some() {
             last = current;
-        }
-        since_dedup += BOOKMARK_EVERY;
-        if since_dedup >= dedup_every {
-            since_dedup = Duration::ZERO;
-            save_dedup(&state_dir, &dedup);
         }
     }
 }
