@@ -51,10 +51,7 @@ fn attributes(n: usize) -> Vec<Attribute> {
 
 fn benches(c: &mut Criterion) {
     let lines = alert_lines();
-    let alerts: Vec<Node> = lines
-        .iter()
-        .filter_map(|l| alert::parse(l.as_bytes()).ok())
-        .collect();
+    let alerts: Vec<Node> = lines.iter().filter_map(|l| alert::parse(l).ok()).collect();
 
     let mut g = c.benchmark_group("per_alert");
     g.throughput(Throughput::Elements(alerts.len() as u64));
@@ -79,7 +76,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut kept = 0;
             for l in &lines {
-                if let Ok(v) = alert::parse(black_box(l.as_bytes())) {
+                if let Ok(v) = alert::parse(black_box(l)) {
                     kept += usize::from(filter.check(&v).is_ok());
                 }
             }
@@ -89,7 +86,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let first = wazuh_misp::demo::DEMO_ALERTS.lines().next().unwrap();
-    let alert = alert::parse(first.as_bytes()).unwrap();
+    let alert = alert::parse(first).unwrap();
     let ctx = AlertContext::from_alert(&alert);
     let hit = IpHit {
         ip: "185.220.101.42".parse().unwrap(),

@@ -227,6 +227,12 @@ async fn run(s: Scenario) -> Value {
 
     let mut cfg = Config::in_dir(dir.path(), &sim.url(), KEY);
     cfg.misp.max_concurrent_requests = 16;
+    if let Some(w) = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        cfg.pipeline.workers = w;
+    }
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
     let daemon = Daemon::start(cfg, client).unwrap();
 

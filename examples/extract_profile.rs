@@ -8,7 +8,7 @@ fn main() {
     let text = std::fs::read_to_string(path).expect("alerts file");
     let alerts: Vec<wazuh_misp::alert::Node> = text
         .lines()
-        .filter_map(|l| wazuh_misp::alert::parse(l.as_bytes()).ok())
+        .filter_map(|l| wazuh_misp::alert::parse(l).ok())
         .collect();
     let ex = Extractor::with_defaults();
     let mut scratch = Scratch::default();

@@ -68,7 +68,7 @@ pub struct Waiting {
     /// The line, parsed again once MISP has answered: its tree borrows from
     /// the batch's buffer, and a copy of one line is smaller to hold than
     /// the tree. Only lines whose IPs were not cached pay the second parse.
-    line: Box<[u8]>,
+    line: Box<str>,
     rules: Arc<Rules>,
     claimed: Vec<(IpHit, dedup::Key)>,
     /// Per claimed hit, the cached answer if there was one.
@@ -131,8 +131,8 @@ impl Engine {
     /// Parses, filters, extracts and dedups one line, then enriches it into
     /// `out` if MISP's answer for every IP is cached. Returns what is left
     /// to do when some answer is not.
-    pub fn begin(&self, bytes: &[u8], offset: Option<u64>, out: &mut Outgoing) -> Option<Waiting> {
-        let alert = match alert::parse(bytes) {
+    pub fn begin(&self, line: &str, offset: Option<u64>, out: &mut Outgoing) -> Option<Waiting> {
+        let alert = match alert::parse(line) {
             Ok(v) => v,
             Err(e) => {
                 self.skip_line("invalid_json", offset, &e);
@@ -187,7 +187,7 @@ impl Engine {
             return None;
         }
         Some(Waiting {
-            line: bytes.into(),
+            line: line.into(),
             rules: arc_swap::Guard::into_inner(rules),
             claimed,
             found,
@@ -225,7 +225,11 @@ impl Engine {
     /// produced.
     pub async fn process(&self, bytes: &[u8], offset: Option<u64>) -> Result<Outgoing, Abandoned> {
         let mut out = Outgoing::default();
-        if let Some(waiting) = self.begin(bytes, offset, &mut out) {
+        let Ok(line) = std::str::from_utf8(bytes) else {
+            self.skip_line("not_utf8", offset, &"the line is not UTF-8");
+            return Ok(out);
+        };
+        if let Some(waiting) = self.begin(line, offset, &mut out) {
             self.finish(waiting, &mut out).await?;
         }
         Ok(out)

@@ -6,7 +6,11 @@ use wazuh_misp::extract::{is_public, Extractor, Scratch};
 use wazuh_misp::filter::AlertFilter;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(alert) = wazuh_misp::alert::parse(data) else {
+    // As the tailer does: only UTF-8 lines reach the parser.
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(alert) = wazuh_misp::alert::parse(line) else {
         return;
     };
     let filter = AlertFilter { min_level: 0, exclude_rule_ids: vec![] };

@@ -20,7 +20,7 @@ fn alert() -> Node<'static> {
            "decoder":{"name":"sshd"},"data":{"srcip":"49.88.112.73","srcuser":"test","rule":"x"},"location":"/var/log/auth.log"})
         .to_string();
     // Leaked so the borrowed tree can outlive this call; a few hundred bytes per test.
-    alert::parse(Box::leak(line.into_boxed_str()).as_bytes()).unwrap()
+    alert::parse(Box::leak(line.into_boxed_str())).unwrap()
 }
 
 fn event(id: &str, info: &str, date: &str, tags: Value, attrs: Value) -> Value {

@@ -35,7 +35,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Batch {
     pub ack: Ack,
-    data: Vec<u8>,
+    /// Checked as UTF-8 once, here, so the parser need not check again.
+    data: String,
     /// Per line: where it ends in `data`, and where it starts in the file.
     lines: Vec<(usize, u64)>,
 }
@@ -47,7 +48,7 @@ pub const BATCH_LINES: usize = 64;
 
 impl Batch {
     /// `(offset in the file, line)` for each line, in file order.
-    pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
+    pub fn lines(&self) -> impl Iterator<Item = (u64, &str)> {
         let mut start = 0;
         self.lines.iter().map(move |&(end, offset)| {
             let line = &self.data[start..end];
@@ -68,7 +69,7 @@ impl Batch {
 /// The batch being filled.
 #[derive(Default)]
 struct Filling {
-    data: Vec<u8>,
+    data: String,
     lines: Vec<(usize, u64)>,
     start: u64,
     end: u64,
@@ -376,16 +377,16 @@ impl Tailer {
             self.stats.skip("empty_line");
             return Ok(());
         }
-        if std::str::from_utf8(line).is_err() {
+        let Ok(line) = std::str::from_utf8(line) else {
             self.skip("not_utf8", start, end - start);
             return Ok(());
-        }
+        };
         let f = &mut self.filling;
         if f.lines.is_empty() {
             f.start = start;
         }
         f.end = end;
-        f.data.extend_from_slice(line);
+        f.data.push_str(line);
         f.lines.push((f.data.len(), start));
         if f.lines.len() >= BATCH_LINES {
             self.hand_over(generation)?;
