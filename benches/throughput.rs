@@ -2,9 +2,17 @@
 //! simulator over HTTP with a set latency, and a real receiving socket.
 //!
 //! `cargo bench --bench throughput [-- SCENARIO...]` prints one JSON line per
-//! scenario: `{scenario, alerts, secs, alerts_per_sec, misp_requests,
-//! misp_values, events_sent, p50_ms, p99_ms, peak_rss_mb}`. Latency is per
-//! alert, from its line being appended to its datagram being received.
+//! scenario: `{scenario, alerts, secs, alerts_per_sec, offered_per_sec,
+//! misp_requests, misp_values, misp_values_per_sec, events_sent, p50_ms,
+//! p99_ms, p999_ms, max_ms, peak_rss_mb}`. Latency is per alert, from its
+//! line's append returning to its datagram being received.
+//!
+//! Scenarios: `hot` (offered at `BENCH_HOT_RATE`, default 105 000 alerts/s:
+//! latency below saturation), `hot_max` (the same mix as fast as it can be
+//! appended: the ceiling), `cold`, `noip`, `burst`. `BENCH_SCALE=0.1` runs a
+//! tenth of the alerts (for profiling); `BENCH_TIMELINE=1` prints the worst
+//! latency per 20 ms of append time (where a stall happened);
+//! `BENCH_WORKERS=N` sets `pipeline.workers`.
 
 use serde_json::{json, Value};
 use std::io::Write;
