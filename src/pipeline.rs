@@ -448,9 +448,10 @@ impl Daemon {
 
         let capacity = cfg.pipeline.channel_capacity;
         let workers_n = cfg.pipeline.worker_count();
-        // Both channels carry batches of up to BATCH_LINES lines' worth, so
-        // together they hold about `channel_capacity` lines.
-        let batches = capacity.div_ceil(BATCH_LINES).max(2);
+        // Both channels carry batches of up to BATCH_LINES lines' worth;
+        // each gets half of `channel_capacity`, so together they hold about
+        // that many lines (what a crash can make us read again).
+        let batches = (capacity / 2).div_ceil(BATCH_LINES).max(1);
         let (line_tx, line_rx) = async_channel::bounded(batches);
         let (out_tx, out_rx) = mpsc::channel(batches);
 

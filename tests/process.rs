@@ -133,10 +133,12 @@ async fn kill_9_twice_mid_stream_loses_nothing() {
     let counts = count_by_id(&q);
     assert_eq!(counts.len(), N, "nothing lost");
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    // In flight at a kill: both channels (2 x 64) and the lines the workers
-    // hold, plus what was sent since the last bookmark save (200 ms).
+    // In flight at a kill: both channels (64 lines together, in batches)
+    // and the batches the workers hold (~200 lines), plus what was sent
+    // since the last bookmark save: 200 ms, up to ~600 alerts at the rate
+    // this test reaches on a fast machine.
     assert!(
-        duplicates <= 2 * 400,
+        duplicates <= 2 * 800,
         "{duplicates} duplicates after two kills"
     );
     eprintln!("duplicates after two kill -9: {duplicates}");
