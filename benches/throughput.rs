@@ -378,32 +378,25 @@ fn scenarios() -> Vec<Scenario> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(105_000);
-    let ips = hot_ips.clone();
-    out.push(Scenario {
-        name: "hot",
-        alerts: scaled(200_000),
-        lines: Box::new(move |i| alert(1000 + i, 1 + (i / 1000) % 200, &ips[i % 1000], 10)),
-        expected_events: scaled(200_000),
-        misp_ips: hot_ips.clone(),
-        misp_latency: Duration::ZERO,
-        warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
-        burst: false,
-        rate: hot_rate,
-    });
-    // The same mix appended as fast as the writer can: the ceiling. Its
-    // latency is the backlog's, not the pipeline's.
-    let ips = hot_ips.clone();
-    out.push(Scenario {
-        name: "hot_max",
-        alerts: scaled(200_000),
-        lines: Box::new(move |i| alert(1000 + i, 201 + (i / 1000) % 200, &ips[i % 1000], 10)),
-        expected_events: scaled(200_000),
-        misp_ips: hot_ips.clone(),
-        misp_latency: Duration::ZERO,
-        warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
-        burst: false,
-        rate: 0,
-    });
+    // The same mix appended as fast as the writer can (`hot_max`) is the
+    // ceiling; its latency is the backlog's, not the pipeline's. Rule ids
+    // differ between the two, so hot_max's keys are not hot's duplicates.
+    for (name, first_rule, rate) in [("hot", 1, hot_rate), ("hot_max", 201, 0)] {
+        let ips = hot_ips.clone();
+        out.push(Scenario {
+            name,
+            alerts: scaled(200_000),
+            lines: Box::new(move |i| {
+                alert(1000 + i, first_rule + (i / 1000) % 200, &ips[i % 1000], 10)
+            }),
+            expected_events: scaled(200_000),
+            misp_ips: hot_ips.clone(),
+            misp_latency: Duration::ZERO,
+            warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
+            burst: false,
+            rate,
+        });
+    }
     // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
     let ips = cold_ips.clone();
     out.push(Scenario {

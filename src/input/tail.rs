@@ -71,7 +71,8 @@ impl Batch {
 struct Filling {
     data: String,
     lines: Vec<(usize, u64)>,
-    start: u64,
+    /// Where the last line ends in the file (where the first starts is
+    /// in `lines`).
     end: u64,
 }
 
@@ -382,9 +383,6 @@ impl Tailer {
             return Ok(());
         };
         let f = &mut self.filling;
-        if f.lines.is_empty() {
-            f.start = start;
-        }
         f.end = end;
         f.data.push_str(line);
         f.lines.push((f.data.len(), start));
@@ -407,7 +405,7 @@ impl Tailer {
             .fetch_add(f.lines.len() as u64, Ordering::Relaxed);
         let pos = LinePos {
             generation,
-            start: f.start,
+            start: f.lines[0].1,
             end: f.end,
         };
         let batch = Batch {

@@ -48,15 +48,10 @@ pub fn header(agent: &AgentContext) -> String {
 }
 
 /// Header plus payload; `None` when the result would exceed [`MAX_DATAGRAM`].
+/// One datagram of [`Datagrams`], which holds the size rule.
 pub fn frame(header: &str, payload: &[u8]) -> Option<Vec<u8>> {
-    let len = header.len() + payload.len();
-    if len > MAX_DATAGRAM {
-        return None;
-    }
-    let mut d = Vec::with_capacity(len);
-    d.extend_from_slice(header.as_bytes());
-    d.extend_from_slice(payload);
-    Some(d)
+    let mut one = Datagrams::default();
+    one.push(header, payload).then_some(one.bytes)
 }
 
 /// Framed datagrams back to back in one buffer: a batch of events costs one
