@@ -1,7 +1,10 @@
 //! Microbenchmarks of the pure stages: where the time goes per alert.
 //!
 //! Uses `../shared/corpus/alerts` when present, else the demo alerts that
-//! ship in the repo.
+//! ship in the repo. `hot_path` runs the engine's synchronous step on
+//! alerts whose IPs are all cached: a worker's whole cost per alert.
+
+mod common;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::{json, Value};
@@ -126,9 +129,62 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// [`Engine::begin`] on sshd alerts whose IPs MISP knows and the cache
+/// holds: parse, filter, extract, cache lookup, enrichment and framing,
+/// without the channels and threads around them.
+fn hot_path(c: &mut Criterion) {
+    use wazuh_misp::config::Config;
+    use wazuh_misp::lookup::{Lookup, MispClient};
+    use wazuh_misp::output::Outgoing;
+    use wazuh_misp::pipeline::{Engine, Rules};
+
+    let ips: Vec<String> = (0..1000).map(common::pool_ip).collect();
+    let lines: Vec<String> = (0..1000)
+        .map(|i| common::alert(i, 1, &ips[i], 10))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(async {
+        let sim = MispSim::start(&SimData::from_events([common::event(&ips)]), common::KEY)
+            .await
+            .unwrap();
+        let cfg = Config::in_dir(dir.path(), &sim.url(), common::KEY);
+        let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
+        let stats = std::sync::Arc::new(wazuh_misp::stats::Stats::default());
+        let lookup = Lookup::start(client, &cfg.misp, stats.clone());
+        // No dedup: every pass makes every event again.
+        let engine = Engine::new(Rules::from_config(&cfg).unwrap(), lookup, None, stats);
+        for l in &lines {
+            let out = engine.process(l.as_bytes(), None).await.unwrap();
+            assert_eq!(
+                out.datagrams.len(),
+                1,
+                "warm-up must cache a hit for every IP"
+            );
+        }
+        std::mem::forget(sim);
+        engine
+    });
+    let mut g = c.benchmark_group("hot_path");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("engine_begin_cached", |b| {
+        let _rt = rt.enter();
+        let mut out = Outgoing::default();
+        b.iter(|| {
+            out.datagrams.clear();
+            out.dedup_keys.clear();
+            for l in &lines {
+                assert!(engine.begin(black_box(l), None, &mut out).is_none());
+            }
+            out.datagrams.len()
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = benches
+    targets = benches, hot_path
 }
 criterion_main!(micro);

@@ -103,6 +103,12 @@ impl Datagrams {
         })
     }
 
+    /// Empties the buffer, keeping its allocation for the next batch.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
     /// Room for `bytes` more bytes of datagrams.
     pub fn reserve(&mut self, bytes: usize) {
         self.bytes.reserve(bytes);
