@@ -170,11 +170,14 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("engine_begin_cached", |b| {
         let _rt = rt.enter();
         let mut out = Outgoing::default();
+        let mut recent = wazuh_misp::lookup::Recent::default();
         b.iter(|| {
             out.datagrams.clear();
             out.dedup_keys.clear();
             for l in &lines {
-                assert!(engine.begin(black_box(l), None, &mut out).is_none());
+                assert!(engine
+                    .begin(black_box(l), None, &mut recent, &mut out)
+                    .is_none());
             }
             out.datagrams.len()
         })

@@ -20,7 +20,7 @@ use crate::extract::{Extractor, IpHit, Scratch};
 use crate::filter::{self, AlertFilter};
 use crate::input::tail::{self, Waker, BATCH_LINES};
 use crate::input::{bookmark, Ack, Batch, Checkpointer, TailOptions, Tailer};
-use crate::lookup::{self, Abandoned, Hits, Lookup, MispClient};
+use crate::lookup::{self, Abandoned, Hits, Lookup, MispClient, Recent};
 use crate::output::{self, Outgoing, Writer};
 use crate::ratelog::RateLimitedLog;
 use crate::state::{read_state, write_atomic};
@@ -131,7 +131,13 @@ impl Engine {
     /// Parses, filters, extracts and dedups one line, then enriches it into
     /// `out` if MISP's answer for every IP is cached. Returns what is left
     /// to do when some answer is not.
-    pub fn begin(&self, line: &str, offset: Option<u64>, out: &mut Outgoing) -> Option<Waiting> {
+    pub fn begin(
+        &self,
+        line: &str,
+        offset: Option<u64>,
+        recent: &mut Recent,
+        out: &mut Outgoing,
+    ) -> Option<Waiting> {
         let alert = match alert::parse(line) {
             Ok(v) => v,
             Err(e) => {
@@ -179,7 +185,7 @@ impl Engine {
         }
         let found: Vec<Option<Hits>> = claimed
             .iter()
-            .map(|(h, _)| self.lookup.cached(h.ip))
+            .map(|(h, _)| self.lookup.cached_recent(h.ip, recent))
             .collect();
         if found.iter().all(Option::is_some) {
             let answers = found.into_iter().flatten().collect();
@@ -229,7 +235,7 @@ impl Engine {
             self.skip_line("not_utf8", offset, &"the line is not UTF-8");
             return Ok(out);
         };
-        if let Some(waiting) = self.begin(line, offset, &mut out) {
+        if let Some(waiting) = self.begin(line, offset, &mut Recent::default(), &mut out) {
             self.finish(waiting, &mut out).await?;
         }
         Ok(out)
@@ -297,7 +303,7 @@ impl Engine {
 }
 
 /// One debug line per event, with the fields journald users filter on.
-fn log_enriched(alert: &Node<'_>, ctx: &AlertContext, hit: &IpHit) {
+fn log_enriched(alert: &Node<'_>, ctx: &AlertContext<'_>, hit: &IpHit) {
     tracing::debug!(
         alert_id = alert::str_at(alert, &["id"]),
         rule_id = %ctx.rule.id,
@@ -332,6 +338,7 @@ async fn worker(
         }
     };
     let mut waiting = FuturesUnordered::new();
+    let mut recent = Recent::default();
     let mut out_per_line = 0;
     let mut open = true;
     while open || !waiting.is_empty() {
@@ -343,7 +350,7 @@ async fn worker(
                     // regrown (and copied) several times per batch.
                     ready.datagrams.reserve((out_per_line * batch.len()).min(1 << 20));
                     for (offset, line) in batch.lines() {
-                        if let Some(w) = engine.begin(line, Some(offset), &mut ready) {
+                        if let Some(w) = engine.begin(line, Some(offset), &mut recent, &mut ready) {
                             waiting.push(finish(w, batch.ack.share()));
                         }
                     }

@@ -6,7 +6,7 @@ use common::*;
 use std::sync::Arc;
 use std::time::Duration;
 use wazuh_misp::config::{MispConfig, Secret};
-use wazuh_misp::lookup::{Lookup, MispClient, MispError};
+use wazuh_misp::lookup::{Lookup, MispClient, MispError, Recent};
 use wazuh_misp::pipeline::{Engine, Rules};
 use wazuh_misp::sim::{Fault, MispSim, SimData};
 use wazuh_misp::stats::Stats;
@@ -80,6 +80,40 @@ async fn clean_ips_are_cached_too() {
     assert!(lookup.get(clean).await.unwrap().is_empty());
     assert_eq!(sim.requests(), 1);
     assert_eq!(Stats::get(&stats.cache_hits), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_memo_serves_hits_and_forgets_them_when_misp_is_reconfigured() {
+    let (sim, ips) = sim_with(3).await;
+    let c = cfg(&sim);
+    let lookup = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
+    let ip = ips[0].parse().unwrap();
+    let mut recent = Recent::default();
+    assert!(
+        lookup.cached_recent(ip, &mut recent).is_none(),
+        "nothing cached yet"
+    );
+    lookup.get(ip).await.unwrap();
+    let hits = lookup.cached_recent(ip, &mut recent).unwrap();
+    assert_eq!(hits[0].value, ips[0]);
+    assert_eq!(recent.len(), 1, "remembered");
+    assert!(Arc::ptr_eq(
+        &hits,
+        &lookup.cached_recent(ip, &mut recent).unwrap()
+    ));
+
+    // A new server (here: the same one with another key) empties the cache,
+    // and with it every memo, even one that is not stale yet.
+    lookup.reconfigure(client(&c), &c);
+    assert!(lookup.cached_recent(ip, &mut recent).is_none());
+    assert!(recent.is_empty());
+
+    // A memo used with another lookup service starts over.
+    let other = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
+    lookup.get(ip).await.unwrap();
+    lookup.cached_recent(ip, &mut recent).unwrap();
+    assert!(other.cached_recent(ip, &mut recent).is_none());
+    assert!(recent.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

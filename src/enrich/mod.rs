@@ -14,6 +14,7 @@ use crate::lookup::model::{Attribute, Related, Tag};
 use md5::{Digest, Md5};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 /// Top-level names of the enriched event; a key of the alert's `data` with
@@ -35,7 +36,7 @@ const OWN_KEYS: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Serialize)]
-pub struct EnrichedEvent {
+pub struct EnrichedEvent<'a> {
     pub integration: &'static str,
     pub event_id: String,
     pub timestamp: String,
@@ -43,12 +44,12 @@ pub struct EnrichedEvent {
     pub misp_data: MispData,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recommendations: Option<Recommendations>,
-    pub rule: RuleContext,
-    pub agent: AgentContext,
-    pub manager: ManagerContext,
-    pub location: String,
-    pub wazuh_alert_timestamp: String,
-    pub decoder: DecoderContext,
+    pub rule: RuleContext<'a>,
+    pub agent: AgentContext<'a>,
+    pub manager: ManagerContext<'a>,
+    pub location: Cow<'a, str>,
+    pub wazuh_alert_timestamp: Cow<'a, str>,
+    pub decoder: DecoderContext<'a>,
     /// The alert's `data` keys, copied to the top level so that `srcip` and
     /// friends become Wazuh static fields an active response can use.
     #[serde(flatten)]
@@ -149,31 +150,35 @@ pub struct Recommendations {
     pub actions: Vec<&'static str>,
 }
 
+/// The alert's rule, borrowed from the parsed alert: copying it into
+/// every event would cost an allocation per field per alert.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct RuleContext {
-    pub id: String,
-    pub description: String,
-    pub level: Value,
-    pub groups: Vec<Value>,
+pub struct RuleContext<'a> {
+    pub id: Cow<'a, str>,
+    pub description: Cow<'a, str>,
+    /// `rule.level` as the alert has it; null when missing.
+    pub level: Option<&'a Node<'a>>,
+    /// `rule.groups` when it is an array; empty otherwise.
+    pub groups: &'a [Node<'a>],
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct AgentContext {
-    pub id: String,
-    pub name: String,
+pub struct AgentContext<'a> {
+    pub id: Cow<'a, str>,
+    pub name: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
+    pub ip: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct ManagerContext {
-    pub name: String,
+pub struct ManagerContext<'a> {
+    pub name: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct DecoderContext {
+pub struct DecoderContext<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<&'a str>,
 }
 
 /// Wazuh's time format: `2026-11-22T10:00:00.123+0000`.
@@ -192,7 +197,15 @@ pub fn event_id(ip: &str, alert: &Node<'_>) -> String {
     h.update(text_at(alert, &["timestamp"]).as_bytes());
     h.update(b"|");
     h.update(text_at(alert, &["id"]).as_bytes());
-    format!("{:x}", h.finalize())
+    // By hand rather than `format!("{:x}")`, which goes through the
+    // formatter once per byte: this runs for every event.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for b in h.finalize() {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    id
 }
 
 /// The alert's `data` keys that go to the top level of an event: all but
@@ -227,40 +240,38 @@ impl Serialize for TopLevelData<'_> {
 
 /// The alert's context, copied into every event made from it.
 #[derive(Debug, Clone)]
-pub struct AlertContext {
-    pub rule: RuleContext,
-    pub agent: AgentContext,
-    pub manager: ManagerContext,
-    pub location: String,
-    pub timestamp: String,
-    pub decoder: DecoderContext,
+pub struct AlertContext<'a> {
+    pub rule: RuleContext<'a>,
+    pub agent: AgentContext<'a>,
+    pub manager: ManagerContext<'a>,
+    pub location: Cow<'a, str>,
+    pub timestamp: Cow<'a, str>,
+    pub decoder: DecoderContext<'a>,
 }
 
-impl AlertContext {
-    pub fn from_alert(alert: &Node<'_>) -> Self {
-        let string_at = |path: &[&str]| text_at(alert, path).into_owned();
+impl<'a> AlertContext<'a> {
+    pub fn from_alert(alert: &'a Node<'a>) -> Self {
         AlertContext {
             rule: RuleContext {
-                id: string_at(&["rule", "id"]),
-                description: string_at(&["rule", "description"]),
-                level: alert::at(alert, &["rule", "level"]).map_or(Value::Null, alert::to_json),
+                id: text_at(alert, &["rule", "id"]),
+                description: text_at(alert, &["rule", "description"]),
+                level: alert::at(alert, &["rule", "level"]),
                 groups: alert::at(alert, &["rule", "groups"])
                     .and_then(Node::as_array)
-                    .map(|groups| groups.iter().map(alert::to_json).collect())
                     .unwrap_or_default(),
             },
             agent: AgentContext {
-                id: str_at(alert, &["agent", "id"]).unwrap_or("000").to_owned(),
-                name: string_at(&["agent", "name"]),
-                ip: str_at(alert, &["agent", "ip"]).map(str::to_owned),
+                id: Cow::Borrowed(str_at(alert, &["agent", "id"]).unwrap_or("000")),
+                name: text_at(alert, &["agent", "name"]),
+                ip: str_at(alert, &["agent", "ip"]).map(Cow::Borrowed),
             },
             manager: ManagerContext {
-                name: string_at(&["manager", "name"]),
+                name: text_at(alert, &["manager", "name"]),
             },
-            location: string_at(&["location"]),
-            timestamp: string_at(&["timestamp"]),
+            location: text_at(alert, &["location"]),
+            timestamp: text_at(alert, &["timestamp"]),
             decoder: DecoderContext {
-                name: str_at(alert, &["decoder", "name"]).map(str::to_owned),
+                name: str_at(alert, &["decoder", "name"]),
             },
         }
     }
@@ -550,13 +561,13 @@ fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendatio
 }
 
 /// Builds the event for `hit`, or `None` when MISP knows nothing about it.
-pub fn enrich(
-    ctx: &AlertContext,
+pub fn enrich<'a>(
+    ctx: &AlertContext<'a>,
     alert: &Node<'_>,
     hit: &IpHit,
     attributes: &[Attribute],
     now: chrono::DateTime<chrono::Utc>,
-) -> Option<EnrichedEvent> {
+) -> Option<EnrichedEvent<'a>> {
     let (misp_data, recommendations) = misp_part(attributes)?;
     let value = hit.ip.to_string();
     Some(EnrichedEvent {
@@ -614,12 +625,12 @@ struct SplicedEvent<'a> {
     misp_data: &'a serde_json::value::RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     recommendations: Option<&'a serde_json::value::RawValue>,
-    rule: &'a RuleContext,
-    agent: &'a AgentContext,
-    manager: &'a ManagerContext,
+    rule: &'a RuleContext<'a>,
+    agent: &'a AgentContext<'a>,
+    manager: &'a ManagerContext<'a>,
     location: &'a str,
     wazuh_alert_timestamp: &'a str,
-    decoder: &'a DecoderContext,
+    decoder: &'a DecoderContext<'a>,
     #[serde(flatten)]
     data: TopLevelData<'a>,
 }
@@ -636,7 +647,7 @@ struct DetectedIpRef<'a> {
 /// Returns false (and leaves `out` as it was) when it would exceed `limit`
 /// bytes: the caller then takes the full path, whose size guard shrinks it.
 pub fn write_spliced(
-    ctx: &AlertContext,
+    ctx: &AlertContext<'_>,
     alert: &Node<'_>,
     hit: &IpHit,
     prepared: &Prepared,

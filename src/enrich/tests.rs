@@ -75,7 +75,8 @@ fn same_ip_in_several_events_aggregates_into_one_entry() {
     ]);
     let attrs = lookup(&data, "185.1.1.1");
     assert_eq!(attrs.len(), 3);
-    let ctx = AlertContext::from_alert(&alert());
+    let parsed = alert();
+    let ctx = AlertContext::from_alert(&parsed);
     let now = chrono::DateTime::from_timestamp(1_795_341_600, 123_000_000).unwrap();
     let ev = enrich(&ctx, &alert(), &hit("185.1.1.1"), &attrs, now).unwrap();
     let agg = &ev.misp_data.attributes;
@@ -153,7 +154,8 @@ fn tag_levels_prefer_attribute_and_dedupe() {
 
 #[test]
 fn no_attributes_no_event_and_recommendation_bands() {
-    let ctx = AlertContext::from_alert(&alert());
+    let parsed = alert();
+    let ctx = AlertContext::from_alert(&parsed);
     assert!(enrich(&ctx, &alert(), &hit("185.3.3.3"), &[], chrono::Utc::now()).is_none());
     assert_eq!(recommendations(0), None);
     assert_eq!(recommendations(1).unwrap().priority, "low");
@@ -230,7 +232,8 @@ fn size_guard_keeps_highest_scores_within_one_datagram() {
             })
             .collect();
     }
-    let ctx = AlertContext::from_alert(&alert());
+    let parsed = alert();
+    let ctx = AlertContext::from_alert(&parsed);
     let mut ev = enrich(
         &ctx,
         &alert(),
@@ -332,7 +335,8 @@ fn spliced_event_equals_full_event() {
         ),
     ]);
     let attrs = lookup(&data, "185.6.6.6");
-    let ctx = AlertContext::from_alert(&alert());
+    let parsed = alert();
+    let ctx = AlertContext::from_alert(&parsed);
     let now = chrono::Utc::now();
     let mut full = enrich(&ctx, &alert(), &hit("185.6.6.6"), &attrs, now).unwrap();
     let full_bytes = serialize_within(&mut full, 65_000).unwrap();

@@ -15,13 +15,16 @@
 //! - [`client`]: one HTTP request and its error classes.
 //! - [`model`]: the response, parsed tolerantly.
 //! - [`breaker`]: the circuit breaker and 429 hold.
+//! - [`recent`]: a worker's memo in front of the cache.
 
 pub mod breaker;
 pub mod client;
 pub mod model;
+pub mod recent;
 
 pub use client::{MispClient, MispError};
 pub use model::Attribute;
+pub use recent::Recent;
 
 use crate::config::{MatchTypes, MispConfig};
 use crate::extract::{canonical, Direction};
@@ -124,6 +127,9 @@ struct Shared {
     breaker: Breaker,
     stats: Arc<Stats>,
     log: RateLimitedLog,
+    /// Times the cache was emptied: a worker's [`Recent`] memo filled
+    /// before the last of them is stale.
+    invalidations: AtomicU64,
 }
 
 /// The lookup service. Cheap to clone; clones share cache and batcher.
@@ -164,6 +170,7 @@ impl Lookup {
             breaker: Breaker::new(cfg.breaker_failures, probe),
             stats,
             log: RateLimitedLog::new(Duration::from_secs(60), 1),
+            invalidations: AtomicU64::new(0),
         });
         // Bounded: when MISP is slow, asks queue here and workers wait.
         let (asks, rx) =
@@ -202,6 +209,7 @@ impl Lookup {
             .store(cfg.negative_cache_ttl_secs, Ordering::Relaxed);
         // The new server or key may know different things.
         self.cache.invalidate_all();
+        self.shared.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -216,6 +224,23 @@ impl Lookup {
         use futures::FutureExt;
         let hits = self.cache.get(&ip).now_or_never().flatten()?;
         self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(hits)
+    }
+
+    /// [`Lookup::cached`] through a worker's memo of what it read lately
+    /// (see [`recent`]).
+    pub fn cached_recent(&self, ip: IpAddr, recent: &mut Recent) -> Option<Hits> {
+        let owner = (
+            Arc::as_ptr(&self.shared) as usize,
+            self.shared.invalidations.load(Ordering::Relaxed),
+        );
+        let recent = recent.current(owner, Instant::now());
+        if let Some(hits) = recent.get(&ip) {
+            self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(hits.clone());
+        }
+        let hits = self.cached(ip)?;
+        recent.remember(ip, &hits);
         Some(hits)
     }
 

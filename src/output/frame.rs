@@ -21,7 +21,7 @@ const QUEUE_ID: &str = "1";
 pub const MANAGER_HEADER: &str = "1:misp:";
 
 /// The `1:<location>:` prefix for events about this agent.
-pub fn header(agent: &AgentContext) -> String {
+pub fn header(agent: &AgentContext<'_>) -> String {
     if agent.id.is_empty() || agent.id == "000" {
         return MANAGER_HEADER.to_owned();
     }
@@ -171,7 +171,7 @@ pub fn parse(datagram: &[u8]) -> Option<(char, String, &[u8])> {
 mod tests {
     use super::*;
 
-    fn agent(id: &str, name: &str, ip: Option<&str>) -> AgentContext {
+    fn agent<'a>(id: &'a str, name: &'a str, ip: Option<&'a str>) -> AgentContext<'a> {
         AgentContext {
             id: id.into(),
             name: name.into(),
