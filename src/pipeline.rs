@@ -89,9 +89,15 @@ pub struct Engine {
     skips: RateLimitedLog,
 }
 
+/// An agent's (id, name, ip) and its datagram header.
+type RememberedHeader = (String, String, Option<String>, Rc<str>);
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     static CLOCK: RefCell<(i64, Rc<str>)> = RefCell::new((i64::MIN, Rc::from("")));
+    /// The last agent's (id, name, ip) and its header; see [`header_for`].
+    static HEADER: RefCell<Option<RememberedHeader>> =
+        const { RefCell::new(None) };
 }
 
 /// Now, and now in Wazuh's format. Formatting a time is slow next to the
@@ -108,6 +114,34 @@ fn clock() -> (chrono::DateTime<chrono::Utc>, Rc<str>) {
         c.1.clone()
     });
     (now, text)
+}
+
+/// The datagram header for `agent`, remembered for the last agent seen:
+/// consecutive alerts mostly come from one agent (a burst is one host's),
+/// and building the header is a format and an escape pass.
+fn header_for(agent: &enrich::AgentContext<'_>) -> Rc<str> {
+    HEADER.with(|h| {
+        let mut h = h.borrow_mut();
+        match &*h {
+            Some((id, name, ip, header))
+                if id == &agent.id
+                    && name == &agent.name
+                    && ip.as_deref() == agent.ip.as_deref() =>
+            {
+                header.clone()
+            }
+            _ => {
+                let header: Rc<str> = Rc::from(output::header(agent));
+                *h = Some((
+                    agent.id.to_string(),
+                    agent.name.to_string(),
+                    agent.ip.as_deref().map(str::to_owned),
+                    header.clone(),
+                ));
+                header
+            }
+        }
+    })
 }
 
 impl Engine {
@@ -253,7 +287,7 @@ impl Engine {
         out: &mut Outgoing,
     ) {
         let ctx = AlertContext::from_alert(alert);
-        let header = output::header(&ctx.agent);
+        let header = header_for(&ctx.agent);
         let limit = output::MAX_DATAGRAM - header.len();
         let (now, timestamp) = clock();
         for ((hit, key), hits) in claimed.into_iter().zip(answers) {
@@ -721,5 +755,35 @@ async fn save_periodically(
         if current.is_some() {
             last = current;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enrich::AgentContext;
+
+    #[test]
+    fn the_remembered_header_follows_the_agent() {
+        let agent = |id: &'static str, ip: Option<&'static str>| AgentContext {
+            id: id.into(),
+            name: "web-01".into(),
+            ip: ip.map(Into::into),
+        };
+        let with_ip = agent("001", Some("10.0.1.50"));
+        let without_ip = agent("001", None);
+        let manager = agent("", None);
+        let other = agent("002", Some("10.0.1.50"));
+        for a in [
+            &with_ip,
+            &without_ip,
+            &with_ip,
+            &manager,
+            &other,
+            &without_ip,
+        ] {
+            assert_eq!(*header_for(a), output::header(a));
+        }
+        assert_ne!(output::header(&with_ip), output::header(&without_ip));
     }
 }
