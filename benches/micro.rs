@@ -138,13 +138,13 @@ fn hot_path(c: &mut Criterion) {
     use wazuh_misp::output::Outgoing;
     use wazuh_misp::pipeline::{Engine, Rules};
 
-    let ips: Vec<String> = (0..1000).map(common::pool_ip).collect();
+    let ips: Vec<String> = (0..1000).map(wazuh_misp::sim::pool_ip).collect();
     let lines: Vec<String> = (0..1000)
         .map(|i| common::alert(i, 1, &ips[i], 10))
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let engine = rt.block_on(async {
+    let (engine, _sim) = rt.block_on(async {
         let sim = MispSim::start(&SimData::from_events([common::event(&ips)]), common::KEY)
             .await
             .unwrap();
@@ -162,8 +162,7 @@ fn hot_path(c: &mut Criterion) {
                 "warm-up must cache a hit for every IP"
             );
         }
-        std::mem::forget(sim);
-        engine
+        (engine, sim)
     });
     let mut g = c.benchmark_group("hot_path");
     g.throughput(Throughput::Elements(lines.len() as u64));

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use wazuh_misp::config::Config;
 use wazuh_misp::lookup::MispClient;
 use wazuh_misp::pipeline::Daemon;
-use wazuh_misp::sim::{MispSim, SimData};
+use wazuh_misp::sim::{pool_ip, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 
 mod common;
-use common::{alert, event, pool_ip, KEY};
+use common::{alert, event, KEY};
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

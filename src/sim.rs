@@ -31,6 +31,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The `i`-th of a pool of public IPs (185.100.0.1 on), distinct for
+/// i < 9 750 000: alerts and MISP data for tests and benchmarks.
+pub fn pool_ip(i: usize) -> String {
+    format!(
+        "185.{}.{}.{}",
+        100 + i / 62500,
+        (i / 250) % 250,
+        i % 250 + 1
+    )
+}
+
 /// One injected misbehaviour, applied to the next `times` requests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {

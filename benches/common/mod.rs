@@ -5,15 +5,6 @@ use serde_json::{json, Value};
 
 pub const KEY: &str = "benchkey000000000000000000000000000000000";
 
-pub fn pool_ip(i: usize) -> String {
-    format!(
-        "185.{}.{}.{}",
-        100 + i / 62500,
-        (i / 250) % 250,
-        i % 250 + 1
-    )
-}
-
 /// A corpus-shaped sshd alert; `bench_seq` rides along in `data` and comes
 /// back at the top level of the enriched event. Built by formatting rather
 /// than through `serde_json::Value`, so the writer thread stays cheap and

@@ -232,12 +232,6 @@ impl<'a> TopLevelData<'a> {
     }
 }
 
-impl Serialize for TopLevelData<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.entries())
-    }
-}
-
 /// The alert's context, copied into every event made from it.
 #[derive(Debug, Clone)]
 pub struct AlertContext<'a> {

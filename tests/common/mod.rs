@@ -13,21 +13,12 @@ use tokio::net::UnixDatagram;
 use tokio::sync::Notify;
 use wazuh_misp::config::Config;
 use wazuh_misp::output::frame;
+pub use wazuh_misp::sim::pool_ip;
 use wazuh_misp::sim::{MispSim, SimData};
 
 pub const KEY: &str = "testkey0000000000000000000000000000000000";
 /// Message the test sends itself to mark "everything before has been read".
 const SENTINEL: &[u8] = b"--sentinel--";
-
-/// A public IP from a pool: distinct for i < 62500.
-pub fn pool_ip(i: usize) -> String {
-    format!(
-        "185.{}.{}.{}",
-        100 + i / 62500,
-        (i / 250) % 250,
-        i % 250 + 1
-    )
-}
 
 /// A MISP event (real export shape) listing `ips` as ip-src attributes.
 pub fn event_with_ips(id: usize, ips: &[String]) -> Value {
