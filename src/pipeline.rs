@@ -206,7 +206,7 @@ impl Engine {
         let rule_id = filter::rule_id(&alert).unwrap_or_default();
         let mut claimed: Vec<(IpHit, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
-            let key = dedup::Key::new(&rule_id, &hit.ip.to_string(), hit.direction.as_str());
+            let key = dedup::Key::new(&rule_id, hit.ip_text().as_str(), hit.direction.as_str());
             match &self.dedup {
                 Some(d) if !d.try_claim(key) => {
                     self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@ mod common;
 
 use proptest::prelude::*;
 use std::net::IpAddr;
-use wazuh_misp::extract::{is_public, scan, Extractor, Scratch};
+use wazuh_misp::extract::{is_public, scan, Extractor, IpText, Scratch};
 use wazuh_misp::filter::AlertFilter;
 
 #[test]
@@ -185,6 +185,20 @@ proptest! {
         let left_ok = !(left.is_alphanumeric() || left == '_');
         let right_ok = !(right.is_alphanumeric() || right == '_');
         prop_assert_eq!(found, left_ok && right_ok, "text {:?}", text);
+    }
+
+    /// `IpText` writes exactly what `Display` writes, for both families
+    /// (IPv4-mapped and compressed IPv6 forms included).
+    #[test]
+    fn ip_text_is_display(v4 in any::<[u8; 4]>(), v6 in any::<[u16; 8]>(), zeros in 0usize..8) {
+        let v4 = IpAddr::from(v4);
+        let text = IpText::new(v4);
+        prop_assert_eq!(text.as_str(), v4.to_string());
+        let mut groups = v6;
+        groups[zeros..].iter_mut().take(3).for_each(|g| *g = 0);
+        let v6 = IpAddr::from(groups);
+        let text = IpText::new(v6);
+        prop_assert_eq!(text.as_str(), v6.to_string());
     }
 
     /// Nothing panics, whatever the text.

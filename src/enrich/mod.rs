@@ -628,13 +628,14 @@ pub fn write_spliced(
     out: &mut Vec<u8>,
 ) -> bool {
     let start = out.len();
-    let value = hit.ip.to_string();
+    let text = hit.ip_text();
+    let value = text.as_str();
     out.extend_from_slice(br#"{"integration":"misp","event_id":"#);
-    push_str(out, &event_id(&value, alert));
+    push_str(out, &event_id(value, alert));
     out.extend_from_slice(br#","timestamp":"#);
     push_str(out, timestamp);
     out.extend_from_slice(br#","detected_ip":{"value":"#);
-    push_str(out, &value);
+    push_str(out, value);
     out.extend_from_slice(br#","direction":"#);
     push_str(out, hit.direction.as_str());
     out.extend_from_slice(br#","field_path":"#);
@@ -700,13 +701,28 @@ pub fn write_spliced(
 /// holds a quote, a backslash or a control character (most alert text
 /// holds none, and checking is cheaper than escaping).
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
         serde_json::to_writer(&mut *out, s).expect("a string serialises");
     }
+}
+
+/// Whether `s` holds a byte JSON must escape. Checked 16 bytes at a time
+/// without an early exit inside a block, which the compiler turns into
+/// vector compares; a byte-at-a-time `all` cannot be vectorised and was
+/// about a twentieth of a worker's time.
+fn needs_escape(s: &[u8]) -> bool {
+    let escapes = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let mut blocks = s.chunks_exact(16);
+    for block in &mut blocks {
+        if block.iter().fold(false, |any, &b| any | escapes(b)) {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&b| escapes(b))
 }
 
 /// An alert value as serde_json writes it; `None` is null.

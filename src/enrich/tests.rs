@@ -387,3 +387,25 @@ fn spliced_event_equals_full_event() {
     ));
     assert_eq!(out, before, "a declined write leaves the buffer as it was");
 }
+
+#[test]
+fn needs_escape_finds_every_escaped_byte_at_every_position() {
+    // Lengths around the 16-byte blocks: in a block, in the tail, both.
+    for len in 0..40 {
+        let plain = vec![b'a'; len];
+        assert!(!super::needs_escape(&plain), "plain text of {len} bytes");
+        for at in 0..len {
+            for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                let mut s = plain.clone();
+                s[at] = special;
+                assert!(super::needs_escape(&s), "{special:#x} at {at} of {len}");
+            }
+            // Bytes just outside the escaped set, including UTF-8 bytes.
+            for fine in [0x20, b'!', b'#', b'[', b']', 0x7f, 0xc3, 0xff] {
+                let mut s = plain.clone();
+                s[at] = fine;
+                assert!(!super::needs_escape(&s), "{fine:#x} at {at} of {len}");
+            }
+        }
+    }
+}

@@ -35,7 +35,10 @@ pub struct Recent {
     owner: Option<(usize, u64)>,
     /// When everything in it goes stale.
     until: Option<Instant>,
-    map: HashMap<IpAddr, Hits>,
+    /// foldhash rather than std's SipHash: the keys are addresses from
+    /// alerts, and this is read once per IP hit; a HashDoS on a map that
+    /// holds at most RECENT_MAX entries for a second costs little.
+    map: HashMap<IpAddr, Hits, foldhash::fast::RandomState>,
 }
 
 impl Recent {
