@@ -418,7 +418,9 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    // Sized as the daemon sizes its own.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(wazuh_misp::config::runtime_threads())
         .enable_all()
         .build()
         .unwrap();

@@ -109,6 +109,7 @@ fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(wazuh_misp::config::runtime_threads())
         .enable_all()
         .build()
     {
