@@ -44,12 +44,10 @@ pub struct EnrichedEvent<'a> {
     pub misp_data: MispData,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recommendations: Option<Recommendations>,
-    pub rule: RuleContext<'a>,
-    pub agent: AgentContext<'a>,
-    pub manager: ManagerContext<'a>,
-    pub location: Cow<'a, str>,
-    pub wazuh_alert_timestamp: Cow<'a, str>,
-    pub decoder: DecoderContext<'a>,
+    /// `rule`, `agent`, `manager`, `location`, `wazuh_alert_timestamp` and
+    /// `decoder`, at the top level of the event.
+    #[serde(flatten)]
+    pub context: AlertContext<'a>,
     /// The alert's `data` keys, copied to the top level so that `srcip` and
     /// friends become Wazuh static fields an active response can use.
     #[serde(flatten)]
@@ -233,12 +231,14 @@ impl<'a> TopLevelData<'a> {
 }
 
 /// The alert's context, copied into every event made from it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AlertContext<'a> {
     pub rule: RuleContext<'a>,
     pub agent: AgentContext<'a>,
     pub manager: ManagerContext<'a>,
     pub location: Cow<'a, str>,
+    /// The alert's own `timestamp`; the event has one of its own.
+    #[serde(rename = "wazuh_alert_timestamp")]
     pub timestamp: Cow<'a, str>,
     pub decoder: DecoderContext<'a>,
 }
@@ -576,12 +576,7 @@ pub fn enrich<'a>(
         },
         recommendations,
         misp_data,
-        rule: ctx.rule.clone(),
-        agent: ctx.agent.clone(),
-        manager: ctx.manager.clone(),
-        location: ctx.location.clone(),
-        wazuh_alert_timestamp: ctx.timestamp.clone(),
-        decoder: ctx.decoder.clone(),
+        context: ctx.clone(),
         data: TopLevelData::of(alert).to_map(),
     })
 }
