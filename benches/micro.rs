@@ -54,7 +54,14 @@ fn attributes(n: usize) -> Vec<Attribute> {
 
 fn benches(c: &mut Criterion) {
     let lines = alert_lines();
-    let alerts: Vec<Node> = lines.iter().filter_map(|l| alert::parse(l).ok()).collect();
+    // A parser per line: each tape borrows its parser's copy of the line.
+    let mut parsers: Vec<alert::Parser> = lines.iter().map(|_| Default::default()).collect();
+    let tapes: Vec<alert::Tape> = parsers
+        .iter_mut()
+        .zip(&lines)
+        .filter_map(|(p, l)| p.parse(l).ok())
+        .collect();
+    let alerts: Vec<Node> = tapes.iter().map(|t| t.as_value()).collect();
 
     let mut g = c.benchmark_group("per_alert");
     g.throughput(Throughput::Elements(alerts.len() as u64));
@@ -65,7 +72,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for a in &alerts {
                 hits.clear();
-                ex.extract(black_box(a), &mut scratch, &mut hits);
+                ex.extract(black_box(*a), &mut scratch, &mut hits);
             }
             black_box(hits.len())
         })
@@ -76,11 +83,12 @@ fn benches(c: &mut Criterion) {
     };
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.bench_function("parse_and_filter", |b| {
+        let mut parser = alert::Parser::default();
         b.iter(|| {
             let mut kept = 0;
             for l in &lines {
-                if let Ok(v) = alert::parse(black_box(l)) {
-                    kept += usize::from(filter.check(&v).is_ok());
+                if let Ok(ok) = parser.with(black_box(l), |v| filter.check(v).is_ok()) {
+                    kept += usize::from(ok);
                 }
             }
             kept
@@ -89,8 +97,10 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let first = wazuh_misp::demo::DEMO_ALERTS.lines().next().unwrap();
-    let alert = alert::parse(first).unwrap();
-    let ctx = AlertContext::from_alert(&alert);
+    let mut first_parser = alert::Parser::default();
+    let tape = first_parser.parse(first).unwrap();
+    let alert = tape.as_value();
+    let ctx = AlertContext::from_alert(alert);
     let hit = IpHit {
         ip: "185.220.101.42".parse().unwrap(),
         direction: Direction::Source,
@@ -103,7 +113,7 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("{n}_attributes"), |b| {
             b.iter(|| {
                 let mut ev =
-                    enrich(&ctx, &alert, &hit, black_box(&attrs), chrono::Utc::now()).unwrap();
+                    enrich(&ctx, alert, &hit, black_box(&attrs), chrono::Utc::now()).unwrap();
                 serialize_within(&mut ev, MAX_DATAGRAM - 40).unwrap().len()
             })
         });
@@ -121,7 +131,7 @@ fn benches(c: &mut Criterion) {
     let big = attributes(3000);
     g.bench_function("size_guard_3000_attributes", |b| {
         b.iter_batched(
-            || enrich(&ctx, &alert, &hit, &big, chrono::Utc::now()).unwrap(),
+            || enrich(&ctx, alert, &hit, &big, chrono::Utc::now()).unwrap(),
             |mut ev| serialize_within(&mut ev, MAX_DATAGRAM - 40).unwrap().len(),
             BatchSize::LargeInput,
         )

@@ -420,7 +420,12 @@ fn main() {
         .collect();
     // Sized as the daemon sizes its own.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(wazuh_misp::config::runtime_threads())
+        .worker_threads(
+            std::env::var("BENCH_THREADS")
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(wazuh_misp::config::runtime_threads),
+        )
         .enable_all()
         .build()
         .unwrap();

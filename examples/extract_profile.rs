@@ -6,10 +6,16 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "../shared/corpus/alerts/dashboard-sample.jsonl".into());
     let text = std::fs::read_to_string(path).expect("alerts file");
-    let alerts: Vec<wazuh_misp::alert::Node> = text
-        .lines()
-        .filter_map(|l| wazuh_misp::alert::parse(l).ok())
+    let lines: Vec<&str> = text.lines().collect();
+    // A parser per line: each tape borrows its parser's copy of the line.
+    let mut parsers: Vec<wazuh_misp::alert::Parser> =
+        lines.iter().map(|_| Default::default()).collect();
+    let tapes: Vec<wazuh_misp::alert::Tape> = parsers
+        .iter_mut()
+        .zip(&lines)
+        .filter_map(|(p, l)| p.parse(l).ok())
         .collect();
+    let alerts: Vec<wazuh_misp::alert::Node> = tapes.iter().map(|t| t.as_value()).collect();
     let ex = Extractor::with_defaults();
     let mut scratch = Scratch::default();
     let mut hits = Vec::new();
@@ -17,7 +23,7 @@ fn main() {
     for _ in 0..20 {
         for a in &alerts {
             hits.clear();
-            ex.extract(a, &mut scratch, &mut hits);
+            ex.extract(*a, &mut scratch, &mut hits);
             n += hits.len();
         }
     }

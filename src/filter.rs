@@ -3,7 +3,7 @@
 //! Pure and synchronous. Every rejection has a reason, which the pipeline
 //! counts and logs.
 
-use crate::alert::{self, Node};
+use crate::alert::{self, Kind, Node};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,27 +37,27 @@ pub struct AlertFilter {
 
 /// `rule.id` as a string. Wazuh writes it as a string; a number is accepted
 /// too, because hand-written or third-party alerts do that.
-pub fn rule_id<'v>(alert: &'v Node<'_>) -> Option<Cow<'v, str>> {
-    match alert::at(alert, &["rule", "id"])? {
-        Node::Str(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
-        Node::Number(n) => Some(Cow::Owned(n.to_string())),
+pub fn rule_id<'a>(alert: Node<'a>) -> Option<Cow<'a, str>> {
+    match alert::kind(alert::at(alert, &["rule", "id"])?) {
+        Kind::Str(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        Kind::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
 
 /// `rule.level` as a number, accepting a numeric string.
-pub fn rule_level(alert: &Node<'_>) -> Option<u64> {
-    match alert::at(alert, &["rule", "level"])? {
-        Node::Number(n) => n
+pub fn rule_level(alert: Node<'_>) -> Option<u64> {
+    match alert::kind(alert::at(alert, &["rule", "level"])?) {
+        Kind::Number(n) => n
             .as_u64()
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Node::Str(s) => s.trim().parse().ok(),
+        Kind::Str(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
 impl AlertFilter {
-    pub fn check(&self, alert: &Node<'_>) -> Result<(), SkipReason> {
+    pub fn check(&self, alert: Node<'_>) -> Result<(), SkipReason> {
         if !alert.is_object() {
             return Err(SkipReason::NotAnObject);
         }
@@ -129,8 +129,10 @@ mod tests {
             (json!({"rule":{"id":"1","level":12},"data":[1,2]}), Ok(())),
             (json!([1, 2]), Err(SkipReason::NotAnObject)),
         ];
+        let mut parser = alert::Parser::default();
         for (alert, want) in cases {
-            assert_eq!(f().check(&Node::from(&alert)), want, "{alert}");
+            let tape = parser.parse(&alert.to_string()).unwrap();
+            assert_eq!(f().check(tape.as_value()), want, "{alert}");
         }
     }
 }

@@ -94,6 +94,7 @@ type RememberedHeader = (String, String, Option<String>, Rc<str>);
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static PARSER: RefCell<alert::Parser> = RefCell::new(alert::Parser::default());
     static CLOCK: RefCell<(i64, Rc<str>)> = RefCell::new((i64::MIN, Rc::from("")));
     /// The last agent's (id, name, ip) and its header; see [`header_for`].
     static HEADER: RefCell<Option<RememberedHeader>> =
@@ -172,20 +173,32 @@ impl Engine {
         recent: &mut Recent,
         out: &mut Outgoing,
     ) -> Option<Waiting> {
-        let alert = match alert::parse(line) {
-            Ok(v) => v,
-            Err(e) => {
-                self.skip_line("invalid_json", offset, &e);
-                return None;
-            }
-        };
+        let parsed = PARSER.with(|p| {
+            p.borrow_mut().with(line, |alert| {
+                self.begin_parsed(line, alert, offset, recent, out)
+            })
+        });
+        parsed.unwrap_or_else(|e| {
+            self.skip_line("invalid_json", offset, &e);
+            None
+        })
+    }
+
+    fn begin_parsed(
+        &self,
+        line: &str,
+        alert: Node<'_>,
+        offset: Option<u64>,
+        recent: &mut Recent,
+        out: &mut Outgoing,
+    ) -> Option<Waiting> {
         let rules = self.rules.load();
-        if let Err(reason) = rules.filter.check(&alert) {
+        if let Err(reason) = rules.filter.check(alert) {
             self.stats.skip(reason.as_str());
             tracing::trace!(
                 reason = reason.as_str(),
                 offset,
-                alert_id = alert::str_at(&alert, &["id"]),
+                alert_id = alert::str_at(alert, &["id"]),
                 "alert filtered out"
             );
             return None;
@@ -195,7 +208,7 @@ impl Engine {
         SCRATCH.with(|s| {
             rules
                 .extractor
-                .extract(&alert, &mut s.borrow_mut(), &mut hits)
+                .extract(alert, &mut s.borrow_mut(), &mut hits)
         });
         if hits.is_empty() {
             return None;
@@ -203,7 +216,7 @@ impl Engine {
         self.stats
             .ips_extracted
             .fetch_add(hits.len() as u64, Ordering::Relaxed);
-        let rule_id = filter::rule_id(&alert).unwrap_or_default();
+        let rule_id = filter::rule_id(alert).unwrap_or_default();
         let mut claimed: Vec<(IpHit, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
             let key = dedup::Key::new(&rule_id, hit.ip_text().as_str(), hit.direction.as_str());
@@ -223,7 +236,7 @@ impl Engine {
             .collect();
         if found.iter().all(Option::is_some) {
             let answers = found.into_iter().flatten().collect();
-            self.produce(&rules, &alert, claimed, answers, out);
+            self.produce(&rules, alert, claimed, answers, out);
             return None;
         }
         Some(Waiting {
@@ -251,13 +264,23 @@ impl Engine {
             self.release(w.claimed.iter().map(|(_, k)| *k));
             return Err(Abandoned);
         };
-        let Ok(alert) = alert::parse(&w.line) else {
+        let Waiting {
+            line,
+            rules,
+            claimed,
+            ..
+        } = w;
+        let claimed_keys: Vec<dedup::Key> = claimed.iter().map(|(_, k)| *k).collect();
+        let produced = PARSER.with(|p| {
+            p.borrow_mut().with(&line, |alert| {
+                self.produce(&rules, alert, claimed, answers, out)
+            })
+        });
+        if produced.is_err() {
             // It parsed in `begin`; parsing is deterministic. Should that
             // ever change, the claims must not stay pending.
-            self.release(w.claimed.iter().map(|(_, k)| *k));
-            return Ok(());
-        };
-        self.produce(&w.rules, &alert, w.claimed, answers, out);
+            self.release(claimed_keys);
+        }
         Ok(())
     }
 
@@ -281,7 +304,7 @@ impl Engine {
     fn produce(
         &self,
         rules: &Rules,
-        alert: &Node<'_>,
+        alert: Node<'_>,
         claimed: Vec<(IpHit, dedup::Key)>,
         answers: Vec<Hits>,
         out: &mut Outgoing,
@@ -337,7 +360,7 @@ impl Engine {
 }
 
 /// One debug line per event, with the fields journald users filter on.
-fn log_enriched(alert: &Node<'_>, ctx: &AlertContext<'_>, hit: &IpHit) {
+fn log_enriched(alert: Node<'_>, ctx: &AlertContext<'_>, hit: &IpHit) {
     tracing::debug!(
         alert_id = alert::str_at(alert, &["id"]),
         rule_id = %ctx.rule.id,

@@ -19,19 +19,21 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
         exclude_rule_ids: vec![],
     };
     let mut scratch = Scratch::default();
+    let mut parser = wazuh_misp::alert::Parser::default();
     let (mut alerts, mut with_srcip, mut hits_total) = (0, 0, 0);
     for entry in std::fs::read_dir(corpus.join("alerts")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         for line in text.lines() {
             // The invalid sample is not JSON on purpose.
-            let Ok(alert) = wazuh_misp::alert::parse(line) else {
+            let Ok(tape) = parser.parse(line) else {
                 continue;
             };
+            let alert = tape.as_value();
             alerts += 1;
-            let _ = filter.check(&alert);
+            let _ = filter.check(alert);
             let mut hits = Vec::new();
-            ex.extract(&alert, &mut scratch, &mut hits);
+            ex.extract(alert, &mut scratch, &mut hits);
             hits_total += hits.len();
             let mut seen = std::collections::HashSet::new();
             for h in &hits {
@@ -68,7 +70,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
                 }
             }
             // A public data.srcip is always found, as a source.
-            if let Some(src) = wazuh_misp::alert::str_at(&alert, &["data", "srcip"]) {
+            if let Some(src) = wazuh_misp::alert::str_at(alert, &["data", "srcip"]) {
                 if let Ok(ip) = src.parse::<IpAddr>() {
                     if is_public(ip) {
                         with_srcip += 1;
@@ -82,9 +84,9 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
             }
             // The agent's own address is never reported unless the event
             // itself mentions it elsewhere.
-            if let Some(agent_ip) = wazuh_misp::alert::str_at(&alert, &["agent", "ip"]) {
+            if let Some(agent_ip) = wazuh_misp::alert::str_at(alert, &["agent", "ip"]) {
                 let elsewhere = {
-                    let mut a = wazuh_misp::alert::to_json(&alert);
+                    let mut a = wazuh_misp::alert::to_json(alert);
                     a.as_object_mut().unwrap().remove("agent");
                     a.to_string().contains(agent_ip)
                 };
@@ -111,10 +113,12 @@ fn doc_samples_yield_the_attackers_as_sources() {
     let text = std::fs::read_to_string(corpus.join("alerts/wazuh-doc-samples.jsonl")).unwrap();
     let ex = Extractor::with_defaults();
     let mut got = Vec::new();
+    let mut parser = wazuh_misp::alert::Parser::default();
     for line in text.lines() {
-        let alert = wazuh_misp::alert::parse(line).unwrap();
+        let tape = parser.parse(line).unwrap();
+        let alert = tape.as_value();
         let mut hits = Vec::new();
-        ex.extract(&alert, &mut Scratch::default(), &mut hits);
+        ex.extract(alert, &mut Scratch::default(), &mut hits);
         for h in hits {
             got.push((h.ip.to_string(), h.direction.as_str().to_owned()));
         }
@@ -215,13 +219,15 @@ fn fuzz_regressions_stay_fixed() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/alert_line");
     let ex = Extractor::with_defaults();
     let mut n = 0;
+    let mut parser = wazuh_misp::alert::Parser::default();
     for entry in std::fs::read_dir(dir).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         // As the tailer does: only UTF-8 lines reach the parser.
         let text = std::str::from_utf8(&bytes).unwrap_or_default();
-        if let Ok(alert) = wazuh_misp::alert::parse(text) {
+        if let Ok(tape) = parser.parse(text) {
+            let alert = tape.as_value();
             let mut hits = Vec::new();
-            ex.extract(&alert, &mut Scratch::default(), &mut hits);
+            ex.extract(alert, &mut Scratch::default(), &mut hits);
             n += 1;
         }
     }

@@ -10,13 +10,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(alert) = wazuh_misp::alert::parse(line) else {
+    let mut parser = wazuh_misp::alert::Parser::default();
+    let Ok(tape) = parser.parse(line) else {
         return;
     };
+    let alert = tape.as_value();
     let filter = AlertFilter { min_level: 0, exclude_rule_ids: vec![] };
-    let _ = filter.check(&alert);
+    let _ = filter.check(alert);
     let mut hits = Vec::new();
-    Extractor::with_defaults().extract(&alert, &mut Scratch::default(), &mut hits);
+    Extractor::with_defaults().extract(alert, &mut Scratch::default(), &mut hits);
     for (i, h) in hits.iter().enumerate() {
         assert!(is_public(h.ip));
         assert!(hits[..i].iter().all(|o| o.ip != h.ip), "an IP is reported once");

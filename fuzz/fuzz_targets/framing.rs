@@ -9,14 +9,16 @@ use wazuh_misp::enrich::{AgentContext, AlertContext};
 use wazuh_misp::output::frame;
 
 fuzz_target!(|data: &[u8]| {
-    let agent = match serde_json::from_slice::<serde_json::Value>(data) {
-        Ok(alert) => AlertContext::from_alert(&alert).agent,
-        Err(_) => {
+    let mut parser = wazuh_misp::alert::Parser::default();
+    let parsed = std::str::from_utf8(data).ok().and_then(|line| parser.parse(line).ok());
+    let agent = match &parsed {
+        Some(tape) => AlertContext::from_alert(tape.as_value()).agent,
+        None => {
             let mut parts = data.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
             AgentContext {
-                id: parts.next().unwrap_or_default(),
-                name: parts.next().unwrap_or_default(),
-                ip: parts.next(),
+                id: parts.next().unwrap_or_default().into(),
+                name: parts.next().unwrap_or_default().into(),
+                ip: parts.next().map(Into::into),
             }
         }
     };

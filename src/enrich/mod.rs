@@ -8,7 +8,7 @@ mod score;
 
 pub use score::threat_score;
 
-use crate::alert::{self, str_at, text_at, Node, Object};
+use crate::alert::{self, str_at, text_at, Json, Node, Object};
 use crate::extract::IpHit;
 use crate::lookup::model::{Attribute, Related, Tag};
 use md5::{Digest, Md5};
@@ -155,9 +155,11 @@ pub struct RuleContext<'a> {
     pub id: Cow<'a, str>,
     pub description: Cow<'a, str>,
     /// `rule.level` as the alert has it; null when missing.
-    pub level: Option<&'a Node<'a>>,
-    /// `rule.groups` when it is an array; empty otherwise.
-    pub groups: &'a [Node<'a>],
+    #[serde(serialize_with = "node_or_null")]
+    pub level: Option<Node<'a>>,
+    /// `rule.groups`, an array; serialised empty when missing or not one.
+    #[serde(serialize_with = "array_or_empty")]
+    pub groups: Option<Node<'a>>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -186,7 +188,7 @@ pub fn wazuh_time(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// `md5(ip|rule.id|alert.timestamp|alert.id)`, lowercase hex. Deterministic,
 /// so a replay after a crash carries the same id.
-pub fn event_id(ip: &str, alert: &Node<'_>) -> String {
+pub fn event_id(ip: &str, alert: Node<'_>) -> String {
     let mut h = Md5::new();
     h.update(ip.as_bytes());
     h.update(b"|");
@@ -209,17 +211,17 @@ pub fn event_id(ip: &str, alert: &Node<'_>) -> String {
 /// The alert's `data` keys that go to the top level of an event: all but
 /// those whose names the event already uses. Serialises straight from the
 /// parsed alert, without copying it.
-pub struct TopLevelData<'a>(pub Option<&'a Object<'a>>);
+pub struct TopLevelData<'a>(pub Option<Object<'a>>);
 
 impl<'a> TopLevelData<'a> {
-    pub fn of(alert: &'a Node<'_>) -> Self {
-        TopLevelData(alert::at(alert, &["data"]).and_then(Node::as_object))
+    pub fn of(alert: Node<'a>) -> Self {
+        TopLevelData(alert::at(alert, &["data"]).and_then(|d| d.as_object()))
     }
 
-    fn entries(&self) -> impl Iterator<Item = (&'a str, &'a Node<'a>)> {
+    fn entries(&self) -> impl Iterator<Item = (&'a str, Node<'a>)> + '_ {
         self.0
-            .into_iter()
-            .flat_map(Object::iter)
+            .iter()
+            .flat_map(|data| data.iter())
             .filter(|(k, _)| !OWN_KEYS.contains(k))
     }
 
@@ -244,15 +246,13 @@ pub struct AlertContext<'a> {
 }
 
 impl<'a> AlertContext<'a> {
-    pub fn from_alert(alert: &'a Node<'a>) -> Self {
+    pub fn from_alert(alert: Node<'a>) -> Self {
         AlertContext {
             rule: RuleContext {
                 id: text_at(alert, &["rule", "id"]),
                 description: text_at(alert, &["rule", "description"]),
                 level: alert::at(alert, &["rule", "level"]),
-                groups: alert::at(alert, &["rule", "groups"])
-                    .and_then(Node::as_array)
-                    .unwrap_or_default(),
+                groups: alert::at(alert, &["rule", "groups"]).filter(|g| g.is_array()),
             },
             agent: AgentContext {
                 id: Cow::Borrowed(str_at(alert, &["agent", "id"]).unwrap_or("000")),
@@ -557,7 +557,7 @@ fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendatio
 /// Builds the event for `hit`, or `None` when MISP knows nothing about it.
 pub fn enrich<'a>(
     ctx: &AlertContext<'a>,
-    alert: &Node<'_>,
+    alert: Node<'_>,
     hit: &IpHit,
     attributes: &[Attribute],
     now: chrono::DateTime<chrono::Utc>,
@@ -615,7 +615,7 @@ pub fn prepare(attributes: &[Attribute]) -> Option<Prepared> {
 /// [`push_str`], which copies strings that need no escaping as they are.
 pub fn write_spliced(
     ctx: &AlertContext<'_>,
-    alert: &Node<'_>,
+    alert: Node<'_>,
     hit: &IpHit,
     prepared: &Prepared,
     timestamp: &str,
@@ -651,7 +651,8 @@ pub fn write_spliced(
     out.extend_from_slice(br#","level":"#);
     push_node(out, rule.level);
     out.extend_from_slice(br#","groups":["#);
-    for (i, g) in rule.groups.iter().enumerate() {
+    let groups = rule.groups.and_then(|g| g.as_array());
+    for (i, g) in groups.iter().flat_map(|g| g.iter()).enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -721,11 +722,24 @@ fn needs_escape(s: &[u8]) -> bool {
 }
 
 /// An alert value as serde_json writes it; `None` is null.
-fn push_node(out: &mut Vec<u8>, node: Option<&Node<'_>>) {
+fn push_node(out: &mut Vec<u8>, node: Option<Node<'_>>) {
     match node {
-        Some(Node::Str(s)) => push_str(out, s),
-        Some(n) => serde_json::to_writer(&mut *out, n).expect("a parsed value serialises"),
+        Some(n) => match alert::as_str(n) {
+            Some(s) => push_str(out, s),
+            None => serde_json::to_writer(&mut *out, &Json(n)).expect("a parsed value serialises"),
+        },
         None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn node_or_null<S: serde::Serializer>(node: &Option<Node<'_>>, s: S) -> Result<S::Ok, S::Error> {
+    node.map(Json).serialize(s)
+}
+
+fn array_or_empty<S: serde::Serializer>(node: &Option<Node<'_>>, s: S) -> Result<S::Ok, S::Error> {
+    match node.filter(|n| n.is_array()) {
+        Some(n) => Json(n).serialize(s),
+        None => s.collect_seq(std::iter::empty::<()>()),
     }
 }
 

@@ -19,8 +19,8 @@ fn alert() -> Node<'static> {
            "agent":{"id":"001","name":"web-01","ip":"10.0.1.50"},"manager":{"name":"wazuh-manager"},"id":"1763805482.104312",
            "decoder":{"name":"sshd"},"data":{"srcip":"49.88.112.73","srcuser":"test","rule":"x"},"location":"/var/log/auth.log"})
         .to_string();
-    // Leaked so the borrowed tree can outlive this call; a few hundred bytes per test.
-    alert::parse(Box::leak(line.into_boxed_str())).unwrap()
+    // Leaked so the borrowed tape can outlive this call; a few hundred bytes per test.
+    alert::parse_leaked(&line).unwrap()
 }
 
 fn event(id: &str, info: &str, date: &str, tags: Value, attrs: Value) -> Value {
@@ -76,9 +76,9 @@ fn same_ip_in_several_events_aggregates_into_one_entry() {
     let attrs = lookup(&data, "185.1.1.1");
     assert_eq!(attrs.len(), 3);
     let parsed = alert();
-    let ctx = AlertContext::from_alert(&parsed);
+    let ctx = AlertContext::from_alert(parsed);
     let now = chrono::DateTime::from_timestamp(1_795_341_600, 123_000_000).unwrap();
-    let ev = enrich(&ctx, &alert(), &hit("185.1.1.1"), &attrs, now).unwrap();
+    let ev = enrich(&ctx, alert(), &hit("185.1.1.1"), &attrs, now).unwrap();
     let agg = &ev.misp_data.attributes;
     // Each sees the other two as correlations: the same (type, value,
     // category) twice, so the groups' keys are equal.
@@ -155,8 +155,8 @@ fn tag_levels_prefer_attribute_and_dedupe() {
 #[test]
 fn no_attributes_no_event_and_recommendation_bands() {
     let parsed = alert();
-    let ctx = AlertContext::from_alert(&parsed);
-    assert!(enrich(&ctx, &alert(), &hit("185.3.3.3"), &[], chrono::Utc::now()).is_none());
+    let ctx = AlertContext::from_alert(parsed);
+    assert!(enrich(&ctx, alert(), &hit("185.3.3.3"), &[], chrono::Utc::now()).is_none());
     assert_eq!(recommendations(0), None);
     assert_eq!(recommendations(1).unwrap().priority, "low");
     assert_eq!(recommendations(4).unwrap().priority, "low");
@@ -233,15 +233,8 @@ fn size_guard_keeps_highest_scores_within_one_datagram() {
             .collect();
     }
     let parsed = alert();
-    let ctx = AlertContext::from_alert(&parsed);
-    let mut ev = enrich(
-        &ctx,
-        &alert(),
-        &hit("185.5.5.5"),
-        &attrs,
-        chrono::Utc::now(),
-    )
-    .unwrap();
+    let ctx = AlertContext::from_alert(parsed);
+    let mut ev = enrich(&ctx, alert(), &hit("185.5.5.5"), &attrs, chrono::Utc::now()).unwrap();
     let total = ev.misp_data.attributes.len();
     let bytes = serialize_within(&mut ev, 65535 - 40).unwrap();
     assert!(bytes.len() <= 65535 - 40);
@@ -349,15 +342,17 @@ fn spliced_event_equals_full_event() {
         .chain(crate::demo::DEMO_ALERTS.lines().map(str::to_owned))
         .collect();
     let mut shapes = 0;
-    for line in std::iter::once(&serde_json::to_string(&alert()).unwrap()).chain(&lines) {
-        let parsed = crate::alert::parse(line).unwrap();
-        let ctx = AlertContext::from_alert(&parsed);
-        let mut full = enrich(&ctx, &parsed, &hit("185.6.6.6"), &attrs, now).unwrap();
+    for line in
+        std::iter::once(&serde_json::to_string(&alert::Json(alert())).unwrap()).chain(&lines)
+    {
+        let parsed = crate::alert::parse_leaked(line).unwrap();
+        let ctx = AlertContext::from_alert(parsed);
+        let mut full = enrich(&ctx, parsed, &hit("185.6.6.6"), &attrs, now).unwrap();
         let full_bytes = serialize_within(&mut full, 65_000).unwrap();
         let mut out = b"prefix".to_vec();
         assert!(write_spliced(
             &ctx,
-            &parsed,
+            parsed,
             &hit("185.6.6.6"),
             &prepared,
             &wazuh_time(now),
@@ -373,12 +368,12 @@ fn spliced_event_equals_full_event() {
     }
     assert!(shapes >= 3);
     let parsed = alert();
-    let ctx = AlertContext::from_alert(&parsed);
+    let ctx = AlertContext::from_alert(parsed);
     let mut out = b"prefix".to_vec();
     let before = out.clone();
     assert!(!write_spliced(
         &ctx,
-        &alert(),
+        alert(),
         &hit("185.6.6.6"),
         &prepared,
         &wazuh_time(now),

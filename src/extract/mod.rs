@@ -15,7 +15,7 @@ pub use direction::Direction;
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
-use crate::alert::Node;
+use crate::alert::{self, Kind, Node};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -180,7 +180,7 @@ impl Extractor {
     }
 
     /// Appends the alert's public IPs to `out`, in order of first occurrence.
-    pub fn extract(&self, alert: &Node<'_>, scratch: &mut Scratch, out: &mut Vec<IpHit>) {
+    pub fn extract(&self, alert: Node<'_>, scratch: &mut Scratch, out: &mut Vec<IpHit>) {
         scratch.path.clear();
         let mut keys: Vec<&str> = Vec::with_capacity(8);
         let mut walk = Walk {
@@ -205,16 +205,16 @@ struct Walk<'e, 's, 'o> {
 impl Walk<'_, '_, '_> {
     fn value<'v>(
         &mut self,
-        v: &'v Node<'_>,
+        v: Node<'v>,
         keys: &mut Vec<&'v str>,
         key: Option<&'v str>,
         parent: Option<&'v str>,
         status: Status,
         rules_below: bool,
     ) {
-        match v {
-            Node::Str(s) if status == Status::Scan => self.string(s, key, parent),
-            Node::Object(map) => {
+        match alert::kind(v) {
+            Kind::Str(s) if status == Status::Scan => self.string(s, key, parent),
+            Kind::Object(map) => {
                 for (k, child) in map.iter() {
                     keys.push(k);
                     let (child_status, reachable, deeper) = if rules_below {
@@ -234,7 +234,7 @@ impl Walk<'_, '_, '_> {
                     keys.pop();
                 }
             }
-            Node::Array(items) => {
+            Kind::Array(items) => {
                 for (i, child) in items.iter().enumerate() {
                     let mark = self.scratch.path.len();
                     push_index(&mut self.scratch.path, i);
