@@ -87,7 +87,9 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut kept = 0;
             for l in &lines {
-                if let Ok(ok) = parser.with(black_box(l), |v| filter.check(v).is_ok()) {
+                if let Ok(ok) = parser.with(black_box(l), |v| {
+                    filter.check(&alert::Fields::of(v)).is_ok()
+                }) {
                     kept += usize::from(ok);
                 }
             }
@@ -112,8 +114,7 @@ fn benches(c: &mut Criterion) {
         let attrs = attributes(n);
         g.bench_function(format!("{n}_attributes"), |b| {
             b.iter(|| {
-                let mut ev =
-                    enrich(&ctx, alert, &hit, black_box(&attrs), chrono::Utc::now()).unwrap();
+                let mut ev = enrich(&ctx, &hit, black_box(&attrs), chrono::Utc::now()).unwrap();
                 serialize_within(&mut ev, MAX_DATAGRAM - 40).unwrap().len()
             })
         });
@@ -131,7 +132,7 @@ fn benches(c: &mut Criterion) {
     let big = attributes(3000);
     g.bench_function("size_guard_3000_attributes", |b| {
         b.iter_batched(
-            || enrich(&ctx, alert, &hit, &big, chrono::Utc::now()).unwrap(),
+            || enrich(&ctx, &hit, &big, chrono::Utc::now()).unwrap(),
             |mut ev| serialize_within(&mut ev, MAX_DATAGRAM - 40).unwrap().len(),
             BatchSize::LargeInput,
         )

@@ -144,6 +144,62 @@ pub fn as_str(node: Node<'_>) -> Option<&str> {
     node.into_string()
 }
 
+/// The top-level members stages 2–6 read, found in one pass over the
+/// alert. A lookup by key is a scan along the tape, and the stages read
+/// about thirty paths per alert; with these, each is a step into one small
+/// object. As with [`at`], the first occurrence of a key wins.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fields<'a> {
+    pub is_object: bool,
+    pub id: Option<Node<'a>>,
+    pub timestamp: Option<Node<'a>>,
+    pub location: Option<Node<'a>>,
+    pub rule: Option<Node<'a>>,
+    pub agent: Option<Node<'a>>,
+    pub manager: Option<Node<'a>>,
+    pub decoder: Option<Node<'a>>,
+    pub data: Option<Node<'a>>,
+}
+
+impl<'a> Fields<'a> {
+    pub fn of(alert: Node<'a>) -> Self {
+        let mut f = Fields::default();
+        let Some(members) = alert.as_object() else {
+            return f;
+        };
+        f.is_object = true;
+        for (key, value) in members.iter() {
+            let slot = match key {
+                "id" => &mut f.id,
+                "timestamp" => &mut f.timestamp,
+                "location" => &mut f.location,
+                "rule" => &mut f.rule,
+                "agent" => &mut f.agent,
+                "manager" => &mut f.manager,
+                "decoder" => &mut f.decoder,
+                "data" => &mut f.data,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        f
+    }
+}
+
+/// `node[key]`, when `node` is an object that has it.
+pub fn member<'a>(node: Option<Node<'a>>, key: &str) -> Option<Node<'a>> {
+    node?.as_object()?.get(key)
+}
+
+/// A node's string or number as text; empty otherwise (see [`text_at`]).
+pub fn text(node: Option<Node<'_>>) -> Cow<'_, str> {
+    match node.map(kind) {
+        Some(Kind::Str(s)) => Cow::Borrowed(s),
+        Some(Kind::Number(n)) => Cow::Owned(n.to_string()),
+        _ => Cow::Borrowed(""),
+    }
+}
+
 /// The node at `path` (object keys), if every step is there.
 pub fn at<'a>(node: Node<'a>, path: &[&str]) -> Option<Node<'a>> {
     path.iter()
@@ -158,11 +214,7 @@ pub fn str_at<'a>(node: Node<'a>, path: &[&str]) -> Option<&'a str> {
 /// The string or number at `path` as text (`rule.id` is a string from
 /// Wazuh, a number from some hand-written alerts); empty otherwise.
 pub fn text_at<'a>(node: Node<'a>, path: &[&str]) -> Cow<'a, str> {
-    match at(node, path).map(kind) {
-        Some(Kind::Str(s)) => Cow::Borrowed(s),
-        Some(Kind::Number(n)) => Cow::Owned(n.to_string()),
-        _ => Cow::Borrowed(""),
-    }
+    text(at(node, path))
 }
 
 /// An owned serde_json copy, for the parts of an alert an owned event keeps.
@@ -245,6 +297,21 @@ mod tests {
         let mut parser = Parser::default();
         let tape = parser.parse(r#"{"k":1,"k":2}"#).unwrap();
         assert_eq!(text_at(tape.as_value(), &["k"]), "1");
+        let mut other = Parser::default();
+        let nested = other
+            .parse(r#"{"rule":{"id":"1"},"x":{"rule":0},"rule":{"id":"2"},"data":[]}"#)
+            .unwrap();
+        let f = Fields::of(nested.as_value());
+        assert!(f.is_object);
+        assert_eq!(
+            text(member(f.rule, "id")),
+            "1",
+            "the first `rule`, as `at` finds"
+        );
+        assert!(f.data.is_some_and(|d| d.is_array()) && f.agent.is_none());
+        assert!(!Parser::default()
+            .with("[1]", |n| Fields::of(n).is_object)
+            .unwrap());
         assert_eq!(
             serde_json::to_string(&Json(tape.as_value())).unwrap(),
             r#"{"k":1,"k":2}"#

@@ -3,7 +3,7 @@
 //! Pure and synchronous. Every rejection has a reason, which the pipeline
 //! counts and logs.
 
-use crate::alert::{self, Kind, Node};
+use crate::alert::{self, member, Fields, Kind};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,8 +37,8 @@ pub struct AlertFilter {
 
 /// `rule.id` as a string. Wazuh writes it as a string; a number is accepted
 /// too, because hand-written or third-party alerts do that.
-pub fn rule_id<'a>(alert: Node<'a>) -> Option<Cow<'a, str>> {
-    match alert::kind(alert::at(alert, &["rule", "id"])?) {
+pub fn rule_id<'a>(fields: &Fields<'a>) -> Option<Cow<'a, str>> {
+    match alert::kind(member(fields.rule, "id")?) {
         Kind::Str(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
         Kind::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
@@ -46,8 +46,8 @@ pub fn rule_id<'a>(alert: Node<'a>) -> Option<Cow<'a, str>> {
 }
 
 /// `rule.level` as a number, accepting a numeric string.
-pub fn rule_level(alert: Node<'_>) -> Option<u64> {
-    match alert::kind(alert::at(alert, &["rule", "level"])?) {
+pub fn rule_level(fields: &Fields<'_>) -> Option<u64> {
+    match alert::kind(member(fields.rule, "level")?) {
         Kind::Number(n) => n
             .as_u64()
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
@@ -57,19 +57,18 @@ pub fn rule_level(alert: Node<'_>) -> Option<u64> {
 }
 
 impl AlertFilter {
-    pub fn check(&self, alert: Node<'_>) -> Result<(), SkipReason> {
-        if !alert.is_object() {
+    pub fn check(&self, fields: &Fields<'_>) -> Result<(), SkipReason> {
+        if !fields.is_object {
             return Err(SkipReason::NotAnObject);
         }
-        if alert::str_at(alert, &["location"]) == Some("misp")
-            || alert::str_at(alert, &["data", "integration"]) == Some("misp")
-        {
+        let is_misp = |n: Option<alert::Node<'_>>| n.and_then(alert::as_str) == Some("misp");
+        if is_misp(fields.location) || is_misp(member(fields.data, "integration")) {
             return Err(SkipReason::OwnEvent);
         }
-        let id = rule_id(alert).ok_or(SkipReason::NoRuleId)?;
+        let id = rule_id(fields).ok_or(SkipReason::NoRuleId)?;
         // A missing or unreadable level counts as 0, so it is filtered
         // unless min_level is 0.
-        if rule_level(alert).unwrap_or(0) < u64::from(self.min_level) {
+        if rule_level(fields).unwrap_or(0) < u64::from(self.min_level) {
             return Err(SkipReason::LevelBelowMinimum);
         }
         if self.exclude_rule_ids.iter().any(|x| x == id.as_ref()) {
@@ -132,7 +131,7 @@ mod tests {
         let mut parser = alert::Parser::default();
         for (alert, want) in cases {
             let tape = parser.parse(&alert.to_string()).unwrap();
-            assert_eq!(f().check(tape.as_value()), want, "{alert}");
+            assert_eq!(f().check(&Fields::of(tape.as_value())), want, "{alert}");
         }
     }
 }

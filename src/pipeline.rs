@@ -12,7 +12,7 @@
 //! bounded channels, the tailer blocks on its send, and alerts.json is the
 //! buffer. Nothing is dropped to keep up.
 
-use crate::alert::{self, Node};
+use crate::alert::{self, Fields, Node};
 use crate::config::{Config, MatchTypes};
 use crate::dedup::{self, Dedup};
 use crate::enrich::{self, AlertContext};
@@ -193,12 +193,13 @@ impl Engine {
         out: &mut Outgoing,
     ) -> Option<Waiting> {
         let rules = self.rules.load();
-        if let Err(reason) = rules.filter.check(alert) {
+        let fields = Fields::of(alert);
+        if let Err(reason) = rules.filter.check(&fields) {
             self.stats.skip(reason.as_str());
             tracing::trace!(
                 reason = reason.as_str(),
                 offset,
-                alert_id = alert::str_at(alert, &["id"]),
+                alert_id = %alert::text(fields.id),
                 "alert filtered out"
             );
             return None;
@@ -216,7 +217,7 @@ impl Engine {
         self.stats
             .ips_extracted
             .fetch_add(hits.len() as u64, Ordering::Relaxed);
-        let rule_id = filter::rule_id(alert).unwrap_or_default();
+        let rule_id = filter::rule_id(&fields).unwrap_or_default();
         let mut claimed: Vec<(IpHit, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
             let key = dedup::Key::new(&rule_id, hit.ip_text().as_str(), hit.direction.as_str());
@@ -236,7 +237,7 @@ impl Engine {
             .collect();
         if found.iter().all(Option::is_some) {
             let answers = found.into_iter().flatten().collect();
-            self.produce(&rules, alert, claimed, answers, out);
+            self.produce(&rules, &fields, claimed, answers, out);
             return None;
         }
         Some(Waiting {
@@ -273,7 +274,7 @@ impl Engine {
         let claimed_keys: Vec<dedup::Key> = claimed.iter().map(|(_, k)| *k).collect();
         let produced = PARSER.with(|p| {
             p.borrow_mut().with(&line, |alert| {
-                self.produce(&rules, alert, claimed, answers, out)
+                self.produce(&rules, &Fields::of(alert), claimed, answers, out)
             })
         });
         if produced.is_err() {
@@ -304,12 +305,12 @@ impl Engine {
     fn produce(
         &self,
         rules: &Rules,
-        alert: Node<'_>,
+        fields: &Fields<'_>,
         claimed: Vec<(IpHit, dedup::Key)>,
         answers: Vec<Hits>,
         out: &mut Outgoing,
     ) {
-        let ctx = AlertContext::from_alert(alert);
+        let ctx = AlertContext::from_fields(fields);
         let header = header_for(&ctx.agent);
         let limit = output::MAX_DATAGRAM - header.len();
         let (now, timestamp) = clock();
@@ -321,22 +322,22 @@ impl Engine {
                     continue;
                 };
                 let spliced = out.datagrams.push_with(&header, |buf| {
-                    enrich::write_spliced(&ctx, alert, &hit, prepared, &timestamp, limit, buf)
+                    enrich::write_spliced(&ctx, &hit, prepared, &timestamp, limit, buf)
                 });
                 if spliced {
-                    log_enriched(alert, &ctx, &hit);
+                    log_enriched(&ctx, &hit);
                     out.dedup_keys.push(key);
                     continue;
                 }
             }
             let selected = lookup::select(&hits, rules.match_types, hit.direction);
-            let Some(mut ev) = enrich::enrich(&ctx, alert, &hit, &selected, now) else {
+            let Some(mut ev) = enrich::enrich(&ctx, &hit, &selected, now) else {
                 self.release([key]);
                 continue;
             };
             match enrich::serialize_within(&mut ev, limit) {
                 Some(payload) if out.datagrams.push(&header, &payload) => {
-                    log_enriched(alert, &ctx, &hit);
+                    log_enriched(&ctx, &hit);
                     if ev.misp_data.summary.truncated {
                         tracing::info!(ip = %hit.ip, omitted = ev.misp_data.summary.omitted_attributes, "event shrunk to fit one datagram");
                     }
@@ -360,9 +361,9 @@ impl Engine {
 }
 
 /// One debug line per event, with the fields journald users filter on.
-fn log_enriched(alert: Node<'_>, ctx: &AlertContext<'_>, hit: &IpHit) {
+fn log_enriched(ctx: &AlertContext<'_>, hit: &IpHit) {
     tracing::debug!(
-        alert_id = alert::str_at(alert, &["id"]),
+        alert_id = %ctx.alert_id,
         rule_id = %ctx.rule.id,
         ip = %hit.ip,
         direction = hit.direction.as_str(),

@@ -31,7 +31,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
             };
             let alert = tape.as_value();
             alerts += 1;
-            let _ = filter.check(alert);
+            let _ = filter.check(&wazuh_misp::alert::Fields::of(alert));
             let mut hits = Vec::new();
             ex.extract(alert, &mut scratch, &mut hits);
             hits_total += hits.len();

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let alert = tape.as_value();
     let filter = AlertFilter { min_level: 0, exclude_rule_ids: vec![] };
-    let _ = filter.check(alert);
+    let _ = filter.check(&wazuh_misp::alert::Fields::of(alert));
     let mut hits = Vec::new();
     Extractor::with_defaults().extract(alert, &mut Scratch::default(), &mut hits);
     for (i, h) in hits.iter().enumerate() {

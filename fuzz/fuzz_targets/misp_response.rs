@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         raw_context: String::new(),
     };
     let ctx = AlertContext::from_alert(alert);
-    if let Some(mut ev) = enrich(&ctx, alert, &hit, &attributes, chrono::DateTime::UNIX_EPOCH) {
+    if let Some(mut ev) = enrich(&ctx, &hit, &attributes, chrono::DateTime::UNIX_EPOCH) {
         if let Some(bytes) = serialize_within(&mut ev, 65_000) {
             assert!(bytes.len() <= 65_000);
             serde_json::from_slice::<serde_json::Value>(&bytes).expect("we emit valid JSON");

@@ -8,7 +8,7 @@ mod score;
 
 pub use score::threat_score;
 
-use crate::alert::{self, str_at, text_at, Json, Node, Object};
+use crate::alert::{self, member, text, Fields, Json, Node, Object};
 use crate::extract::IpHit;
 use crate::lookup::model::{Attribute, Related, Tag};
 use md5::{Digest, Md5};
@@ -188,15 +188,15 @@ pub fn wazuh_time(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// `md5(ip|rule.id|alert.timestamp|alert.id)`, lowercase hex. Deterministic,
 /// so a replay after a crash carries the same id.
-pub fn event_id(ip: &str, alert: Node<'_>) -> String {
+pub fn event_id(ip: &str, ctx: &AlertContext<'_>) -> String {
     let mut h = Md5::new();
     h.update(ip.as_bytes());
     h.update(b"|");
-    h.update(text_at(alert, &["rule", "id"]).as_bytes());
+    h.update(ctx.rule.id.as_bytes());
     h.update(b"|");
-    h.update(text_at(alert, &["timestamp"]).as_bytes());
+    h.update(ctx.timestamp.as_bytes());
     h.update(b"|");
-    h.update(text_at(alert, &["id"]).as_bytes());
+    h.update(ctx.alert_id.as_bytes());
     // By hand rather than `format!("{:x}")`, which goes through the
     // formatter once per byte: this runs for every event.
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -214,8 +214,8 @@ pub fn event_id(ip: &str, alert: Node<'_>) -> String {
 pub struct TopLevelData<'a>(pub Option<Object<'a>>);
 
 impl<'a> TopLevelData<'a> {
-    pub fn of(alert: Node<'a>) -> Self {
-        TopLevelData(alert::at(alert, &["data"]).and_then(|d| d.as_object()))
+    pub fn of(ctx: &AlertContext<'a>) -> Self {
+        TopLevelData(ctx.data.and_then(|d| d.as_object()))
     }
 
     fn entries(&self) -> impl Iterator<Item = (&'a str, Node<'a>)> + '_ {
@@ -243,30 +243,44 @@ pub struct AlertContext<'a> {
     #[serde(rename = "wazuh_alert_timestamp")]
     pub timestamp: Cow<'a, str>,
     pub decoder: DecoderContext<'a>,
+    /// The alert's `id`, for `event_id`; not a field of the event.
+    #[serde(skip)]
+    pub alert_id: Cow<'a, str>,
+    /// The alert's `data`, whose keys go to the event's top level
+    /// ([`TopLevelData`]).
+    #[serde(skip)]
+    pub data: Option<Node<'a>>,
 }
 
 impl<'a> AlertContext<'a> {
     pub fn from_alert(alert: Node<'a>) -> Self {
+        Self::from_fields(&Fields::of(alert))
+    }
+
+    pub fn from_fields(f: &Fields<'a>) -> Self {
+        let string = |node: Option<Node<'a>>| node.and_then(alert::as_str);
         AlertContext {
             rule: RuleContext {
-                id: text_at(alert, &["rule", "id"]),
-                description: text_at(alert, &["rule", "description"]),
-                level: alert::at(alert, &["rule", "level"]),
-                groups: alert::at(alert, &["rule", "groups"]).filter(|g| g.is_array()),
+                id: text(member(f.rule, "id")),
+                description: text(member(f.rule, "description")),
+                level: member(f.rule, "level"),
+                groups: member(f.rule, "groups").filter(|g| g.is_array()),
             },
             agent: AgentContext {
-                id: Cow::Borrowed(str_at(alert, &["agent", "id"]).unwrap_or("000")),
-                name: text_at(alert, &["agent", "name"]),
-                ip: str_at(alert, &["agent", "ip"]).map(Cow::Borrowed),
+                id: Cow::Borrowed(string(member(f.agent, "id")).unwrap_or("000")),
+                name: text(member(f.agent, "name")),
+                ip: string(member(f.agent, "ip")).map(Cow::Borrowed),
             },
             manager: ManagerContext {
-                name: text_at(alert, &["manager", "name"]),
+                name: text(member(f.manager, "name")),
             },
-            location: text_at(alert, &["location"]),
-            timestamp: text_at(alert, &["timestamp"]),
+            location: text(f.location),
+            timestamp: text(f.timestamp),
             decoder: DecoderContext {
-                name: str_at(alert, &["decoder", "name"]),
+                name: string(member(f.decoder, "name")),
             },
+            alert_id: text(f.id),
+            data: f.data,
         }
     }
 }
@@ -557,7 +571,6 @@ fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendatio
 /// Builds the event for `hit`, or `None` when MISP knows nothing about it.
 pub fn enrich<'a>(
     ctx: &AlertContext<'a>,
-    alert: Node<'_>,
     hit: &IpHit,
     attributes: &[Attribute],
     now: chrono::DateTime<chrono::Utc>,
@@ -566,7 +579,7 @@ pub fn enrich<'a>(
     let value = hit.ip.to_string();
     Some(EnrichedEvent {
         integration: "misp",
-        event_id: event_id(&value, alert),
+        event_id: event_id(&value, ctx),
         timestamp: wazuh_time(now),
         detected_ip: DetectedIp {
             value,
@@ -577,7 +590,7 @@ pub fn enrich<'a>(
         recommendations,
         misp_data,
         context: ctx.clone(),
-        data: TopLevelData::of(alert).to_map(),
+        data: TopLevelData::of(ctx).to_map(),
     })
 }
 
@@ -615,7 +628,6 @@ pub fn prepare(attributes: &[Attribute]) -> Option<Prepared> {
 /// [`push_str`], which copies strings that need no escaping as they are.
 pub fn write_spliced(
     ctx: &AlertContext<'_>,
-    alert: Node<'_>,
     hit: &IpHit,
     prepared: &Prepared,
     timestamp: &str,
@@ -626,7 +638,7 @@ pub fn write_spliced(
     let text = hit.ip_text();
     let value = text.as_str();
     out.extend_from_slice(br#"{"integration":"misp","event_id":"#);
-    push_str(out, &event_id(value, alert));
+    push_str(out, &event_id(value, ctx));
     out.extend_from_slice(br#","timestamp":"#);
     push_str(out, timestamp);
     out.extend_from_slice(br#","detected_ip":{"value":"#);
@@ -679,7 +691,7 @@ pub fn write_spliced(
         push_str(out, name);
     }
     out.push(b'}');
-    for (k, v) in TopLevelData::of(alert).entries() {
+    for (k, v) in TopLevelData::of(ctx).entries() {
         out.push(b',');
         push_str(out, k);
         out.push(b':');

@@ -78,7 +78,7 @@ fn same_ip_in_several_events_aggregates_into_one_entry() {
     let parsed = alert();
     let ctx = AlertContext::from_alert(parsed);
     let now = chrono::DateTime::from_timestamp(1_795_341_600, 123_000_000).unwrap();
-    let ev = enrich(&ctx, alert(), &hit("185.1.1.1"), &attrs, now).unwrap();
+    let ev = enrich(&ctx, &hit("185.1.1.1"), &attrs, now).unwrap();
     let agg = &ev.misp_data.attributes;
     // Each sees the other two as correlations: the same (type, value,
     // category) twice, so the groups' keys are equal.
@@ -156,7 +156,7 @@ fn tag_levels_prefer_attribute_and_dedupe() {
 fn no_attributes_no_event_and_recommendation_bands() {
     let parsed = alert();
     let ctx = AlertContext::from_alert(parsed);
-    assert!(enrich(&ctx, alert(), &hit("185.3.3.3"), &[], chrono::Utc::now()).is_none());
+    assert!(enrich(&ctx, &hit("185.3.3.3"), &[], chrono::Utc::now()).is_none());
     assert_eq!(recommendations(0), None);
     assert_eq!(recommendations(1).unwrap().priority, "low");
     assert_eq!(recommendations(4).unwrap().priority, "low");
@@ -234,7 +234,7 @@ fn size_guard_keeps_highest_scores_within_one_datagram() {
     }
     let parsed = alert();
     let ctx = AlertContext::from_alert(parsed);
-    let mut ev = enrich(&ctx, alert(), &hit("185.5.5.5"), &attrs, chrono::Utc::now()).unwrap();
+    let mut ev = enrich(&ctx, &hit("185.5.5.5"), &attrs, chrono::Utc::now()).unwrap();
     let total = ev.misp_data.attributes.len();
     let bytes = serialize_within(&mut ev, 65535 - 40).unwrap();
     assert!(bytes.len() <= 65535 - 40);
@@ -347,12 +347,11 @@ fn spliced_event_equals_full_event() {
     {
         let parsed = crate::alert::parse_leaked(line).unwrap();
         let ctx = AlertContext::from_alert(parsed);
-        let mut full = enrich(&ctx, parsed, &hit("185.6.6.6"), &attrs, now).unwrap();
+        let mut full = enrich(&ctx, &hit("185.6.6.6"), &attrs, now).unwrap();
         let full_bytes = serialize_within(&mut full, 65_000).unwrap();
         let mut out = b"prefix".to_vec();
         assert!(write_spliced(
             &ctx,
-            parsed,
             &hit("185.6.6.6"),
             &prepared,
             &wazuh_time(now),
@@ -373,7 +372,6 @@ fn spliced_event_equals_full_event() {
     let before = out.clone();
     assert!(!write_spliced(
         &ctx,
-        alert(),
         &hit("185.6.6.6"),
         &prepared,
         &wazuh_time(now),

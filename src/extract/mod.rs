@@ -15,7 +15,7 @@ pub use direction::Direction;
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
-use crate::alert::{self, Kind, Node};
+use crate::alert::{self, Node};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -212,37 +212,38 @@ impl Walk<'_, '_, '_> {
         status: Status,
         rules_below: bool,
     ) {
-        match alert::kind(v) {
-            Kind::Str(s) if status == Status::Scan => self.string(s, key, parent),
-            Kind::Object(map) => {
-                for (k, child) in map.iter() {
-                    keys.push(k);
-                    let (child_status, reachable, deeper) = if rules_below {
-                        self.ex.status(keys)
-                    } else {
-                        (status, status == Status::Scan, false)
-                    };
-                    if reachable {
-                        let mark = self.scratch.path.len();
-                        if !self.scratch.path.is_empty() {
-                            self.scratch.path.push('.');
-                        }
-                        self.scratch.path.push_str(k);
-                        self.value(child, keys, Some(k), key, child_status, deeper);
-                        self.scratch.path.truncate(mark);
-                    }
-                    keys.pop();
-                }
+        // Tested in this order, not through `alert::kind`: only these three
+        // kinds matter here, and most nodes are strings.
+        if let Some(s) = alert::as_str(v) {
+            if status == Status::Scan {
+                self.string(s, key, parent);
             }
-            Kind::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
+        } else if let Some(map) = v.as_object() {
+            for (k, child) in map.iter() {
+                keys.push(k);
+                let (child_status, reachable, deeper) = if rules_below {
+                    self.ex.status(keys)
+                } else {
+                    (status, status == Status::Scan, false)
+                };
+                if reachable {
                     let mark = self.scratch.path.len();
-                    push_index(&mut self.scratch.path, i);
-                    self.value(child, keys, key, parent, status, rules_below);
+                    if !self.scratch.path.is_empty() {
+                        self.scratch.path.push('.');
+                    }
+                    self.scratch.path.push_str(k);
+                    self.value(child, keys, Some(k), key, child_status, deeper);
                     self.scratch.path.truncate(mark);
                 }
+                keys.pop();
             }
-            _ => {}
+        } else if let Some(items) = v.as_array() {
+            for (i, child) in items.iter().enumerate() {
+                let mark = self.scratch.path.len();
+                push_index(&mut self.scratch.path, i);
+                self.value(child, keys, key, parent, status, rules_below);
+                self.scratch.path.truncate(mark);
+            }
         }
     }
 
