@@ -12,7 +12,8 @@
 //! appended: the ceiling), `cold`, `noip`, `burst`. `BENCH_SCALE=0.1` runs a
 //! tenth of the alerts (for profiling); `BENCH_TIMELINE=1` prints the worst
 //! latency per 20 ms of append time (where a stall happened);
-//! `BENCH_WORKERS=N` sets `pipeline.workers`.
+//! `BENCH_WORKERS=N` sets `pipeline.workers`, `BENCH_THREADS=N` the
+//! runtime's threads (default: as the daemon sizes its own).
 
 use serde_json::{json, Value};
 use std::io::Write;
