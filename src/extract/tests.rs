@@ -138,3 +138,73 @@ fn arrays_keep_their_key() {
         ]
     );
 }
+
+/// The rule check before the rule tree: every rule against the whole path.
+/// The tree must decide exactly as it did.
+fn reference_status(skip: &[Vec<&str>], scan: &[Vec<&str>], keys: &[&str]) -> (Status, bool, bool) {
+    let is_prefix =
+        |r: &Vec<&str>| r.len() <= keys.len() && r.iter().zip(keys).all(|(a, b)| a == b);
+    let extends = |r: &Vec<&str>| r.len() > keys.len() && r.iter().zip(keys).all(|(a, b)| a == b);
+    let deeper_scan = scan.iter().any(extends);
+    let deeper = deeper_scan || skip.iter().any(extends);
+    if scan.iter().any(is_prefix) {
+        return (Status::Scan, true, deeper);
+    }
+    if skip.iter().any(is_prefix) {
+        return (Status::Skip, deeper_scan, deeper);
+    }
+    (Status::Scan, true, deeper)
+}
+
+#[test]
+fn rule_tree_decides_as_checking_every_rule() {
+    let alphabet = ["a", "b", "c"];
+    let mut paths: Vec<Vec<&str>> = Vec::new();
+    for len in 1..=3 {
+        for n in 0..3usize.pow(len) {
+            paths.push((0..len).map(|d| alphabet[n / 3usize.pow(d) % 3]).collect());
+        }
+    }
+    // A small LCG: the same rule sets on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |m: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize % m
+    };
+    for _ in 0..300 {
+        let skip: Vec<Vec<&str>> = (0..next(5))
+            .map(|_| paths[next(paths.len())].clone())
+            .collect();
+        let scan: Vec<Vec<&str>> = (0..next(4))
+            .map(|_| paths[next(paths.len())].clone())
+            .collect();
+        let own =
+            |rules: &[Vec<&str>]| -> Vec<String> { rules.iter().map(|r| r.join(".")).collect() };
+        let ex = Extractor::new(&own(&skip), &own(&scan), Vec::new());
+        for path in &paths {
+            // The old walk: the rules are asked only while some rule reaches
+            // deeper; below that, a node inherits its parent's status.
+            let (mut status, mut below) = (Status::Scan, true);
+            let mut cursor = RuleCursor::root(&ex.rules);
+            for depth in 1..=path.len() {
+                let (want_status, want_reachable, deeper) = if below {
+                    reference_status(&skip, &scan, &path[..depth])
+                } else {
+                    (status, status == Status::Scan, false)
+                };
+                let (next_cursor, reachable) = cursor.step(path[depth - 1]);
+                assert!(
+                    next_cursor.status == want_status && reachable == want_reachable,
+                    "skip {skip:?} scan {scan:?} at {:?}",
+                    &path[..depth]
+                );
+                if !reachable {
+                    break;
+                }
+                (status, below, cursor) = (want_status, deeper, next_cursor);
+            }
+        }
+    }
+}
