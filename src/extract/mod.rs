@@ -360,6 +360,11 @@ fn push_index(path: &mut String, i: usize) {
 }
 
 fn cut(s: &str) -> String {
+    // No more bytes than the limit means no more chars: most strings, and
+    // counting their chars one by one is the cost.
+    if s.len() <= RAW_CONTEXT_CHARS {
+        return s.to_owned();
+    }
     match s.char_indices().nth(RAW_CONTEXT_CHARS) {
         Some((end, _)) => s[..end].to_owned(),
         None => s.to_owned(),
