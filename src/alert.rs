@@ -191,7 +191,8 @@ pub fn member<'a>(node: Option<Node<'a>>, key: &str) -> Option<Node<'a>> {
     node?.as_object()?.get(key)
 }
 
-/// A node's string or number as text; empty otherwise (see [`text_at`]).
+/// A node's string or number as text (`rule.id` is a string from Wazuh, a
+/// number from some hand-written alerts); empty otherwise.
 pub fn text(node: Option<Node<'_>>) -> Cow<'_, str> {
     match node.map(kind) {
         Some(Kind::Str(s)) => Cow::Borrowed(s),
@@ -209,12 +210,6 @@ pub fn at<'a>(node: Node<'a>, path: &[&str]) -> Option<Node<'a>> {
 /// The string at `path`.
 pub fn str_at<'a>(node: Node<'a>, path: &[&str]) -> Option<&'a str> {
     as_str(at(node, path)?)
-}
-
-/// The string or number at `path` as text (`rule.id` is a string from
-/// Wazuh, a number from some hand-written alerts); empty otherwise.
-pub fn text_at<'a>(node: Node<'a>, path: &[&str]) -> Cow<'a, str> {
-    text(at(node, path))
 }
 
 /// An owned serde_json copy, for the parts of an alert an owned event keeps.
@@ -264,8 +259,8 @@ mod tests {
         let tape = parser.parse(line).unwrap();
         let alert = tape.as_value();
         assert_eq!(str_at(alert, &["rule", "id"]), Some("5712"));
-        assert_eq!(text_at(alert, &["n"]), "5712");
-        assert_eq!(text_at(alert, &["rule", "missing"]), "");
+        assert_eq!(text(at(alert, &["n"])), "5712");
+        assert_eq!(text(at(alert, &["rule", "missing"])), "");
         assert!(at(alert, &["rule", "id", "deeper"]).is_none());
         let keys: Vec<&str> = at(alert, &["data"])
             .and_then(|d| d.as_object())
@@ -296,7 +291,7 @@ mod tests {
     fn duplicate_keys_kept_and_first_wins() {
         let mut parser = Parser::default();
         let tape = parser.parse(r#"{"k":1,"k":2}"#).unwrap();
-        assert_eq!(text_at(tape.as_value(), &["k"]), "1");
+        assert_eq!(text(at(tape.as_value(), &["k"])), "1");
         let mut other = Parser::default();
         let nested = other
             .parse(r#"{"rule":{"id":"1"},"x":{"rule":0},"rule":{"id":"2"},"data":[]}"#)

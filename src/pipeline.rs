@@ -271,16 +271,18 @@ impl Engine {
             claimed,
             ..
         } = w;
-        let claimed_keys: Vec<dedup::Key> = claimed.iter().map(|(_, k)| *k).collect();
+        // Taken by `produce` only if the line parses.
+        let mut claimed = Some(claimed);
         let produced = PARSER.with(|p| {
             p.borrow_mut().with(&line, |alert| {
+                let claimed = claimed.take().unwrap_or_default();
                 self.produce(&rules, &Fields::of(alert), claimed, answers, out)
             })
         });
-        if produced.is_err() {
+        if let (Err(_), Some(claimed)) = (produced, claimed) {
             // It parsed in `begin`; parsing is deterministic. Should that
             // ever change, the claims must not stay pending.
-            self.release(claimed_keys);
+            self.release(claimed.into_iter().map(|(_, k)| k));
         }
         Ok(())
     }
