@@ -75,6 +75,13 @@ const SHARDS: usize = 16;
 const PENDING: u64 = 1 << 63;
 const SWEEP_EVERY_MS: u64 = 60_000;
 
+/// Whether an entry still holds its key. A pending claim does until it is
+/// marked sent or released, however long MISP takes to answer: its window
+/// only starts when the event is sent.
+fn live(deadline: u64, now: u64) -> bool {
+    deadline & PENDING != 0 || deadline > now
+}
+
 /// Keys are already MD5 digests, uniformly spread: hashing them again (std's
 /// SipHash) would only cost time on every claim and mark.
 #[derive(Default, Clone, Copy)]
@@ -106,12 +113,15 @@ struct Shard {
 
 impl Shard {
     fn sweep(&mut self, now: u64) {
-        self.deadlines.retain(|_, d| (*d & !PENDING) > now);
+        self.deadlines.retain(|_, &mut d| live(d, now));
         self.next_sweep_ms = now + SWEEP_EVERY_MS;
     }
 
     /// Makes room for one more entry: expired ones go first, then, if the
-    /// table is still full, the tenth closest to expiry.
+    /// table is still full, the tenth of the sent keys closest to expiry.
+    /// Pending claims are never evicted: they are bounded by the lines in
+    /// flight, and evicting one would let a second alert with the same key
+    /// produce an event too.
     fn make_room(&mut self, now: u64, cap: usize) {
         if self.deadlines.len() < cap {
             return;
@@ -120,11 +130,20 @@ impl Shard {
         if self.deadlines.len() < cap {
             return;
         }
-        let mut all: Vec<u64> = self.deadlines.values().map(|d| d & !PENDING).collect();
-        let cut = (all.len() / 10).max(1);
-        let (_, threshold, _) = all.select_nth_unstable(cut - 1);
+        let mut sent: Vec<u64> = self
+            .deadlines
+            .values()
+            .copied()
+            .filter(|d| d & PENDING == 0)
+            .collect();
+        if sent.is_empty() {
+            return;
+        }
+        let cut = (sent.len() / 10).max(1);
+        let (_, threshold, _) = sent.select_nth_unstable(cut - 1);
         let threshold = *threshold;
-        self.deadlines.retain(|_, d| (*d & !PENDING) > threshold);
+        self.deadlines
+            .retain(|_, &mut d| d & PENDING != 0 || d > threshold);
     }
 }
 
@@ -176,11 +195,7 @@ impl Dedup {
         let now = now_ms();
         let deadline = now + self.window_ms.load(Ordering::Relaxed);
         let mut shard = self.shard(d);
-        if shard
-            .deadlines
-            .get(&d)
-            .is_some_and(|&until| (until & !PENDING) > now)
-        {
+        if shard.deadlines.get(&d).is_some_and(|&until| live(until, now)) {
             return false;
         }
         if !shard.deadlines.contains_key(&d) {
@@ -297,7 +312,45 @@ mod tests {
     fn expired_keys_can_be_claimed_again() {
         let d = Dedup::new(Duration::from_millis(0), 100);
         assert!(d.try_claim("k"));
+        d.mark_sent("k");
         assert!(d.try_claim("k"), "a zero window expires at once");
+    }
+
+    /// A claim waiting on MISP outlives its window: the outage can last
+    /// longer than the window, and a second alert with the same key must
+    /// still wait for the first one's event.
+    #[test]
+    fn a_pending_claim_never_expires() {
+        let d = Dedup::new(Duration::from_millis(0), 100);
+        assert!(d.try_claim("waiting"));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(!d.try_claim("waiting"), "still pending");
+        // The sweep that a later claim runs keeps it too.
+        for i in 0..200 {
+            d.try_claim(&format!("other{i}"));
+            d.mark_sent(&format!("other{i}"));
+        }
+        assert!(!d.try_claim("waiting"), "still pending after sweeps");
+        d.release("waiting");
+        assert!(d.try_claim("waiting"));
+    }
+
+    /// A full table makes room among the sent keys only.
+    #[test]
+    fn pending_claims_are_never_evicted() {
+        let d = Dedup::new(Duration::from_secs(60), 160);
+        let pending: Vec<String> = (0..100).map(|i| format!("pending{i}")).collect();
+        for k in &pending {
+            assert!(d.try_claim(k));
+        }
+        for i in 0..5_000 {
+            let k = format!("sent{i}");
+            d.try_claim(&k);
+            d.mark_sent(&k);
+        }
+        for k in &pending {
+            assert!(!d.try_claim(k), "{k} was evicted");
+        }
     }
 
     #[test]
