@@ -91,7 +91,7 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
                     .search_with(&["127.0.0.1".to_string()], Some(1))
                     .await;
                 let ok = answer.is_ok();
-                r.item(ok, &format!("MISP at {} answers an authenticated restSearch", cfg.misp.url), || match &answer {
+                r.item(ok, &format!("MISP at {} answers an authenticated restSearch", crate::config::redact_url(&cfg.misp.url)), || match &answer {
                     Err(e) => format!("{e} ({}: check misp.url, the key, and TLS: misp.ca_file for a private CA)", e.kind()),
                     Ok(_) => String::new(),
                 });

@@ -38,6 +38,23 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `url` with any `user:password@` taken out, for logs, errors and
+/// `check-config`. Text that is not a URL is shown up to its `@`, if any.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url.trim()) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.trim().to_owned(),
+        Err(_) => match url.rfind('@') {
+            Some(at) => format!("<redacted>@{}", &url[at + 1..]),
+            None => url.to_owned(),
+        },
+    }
+}
+
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Serialised only for "which keys changed" comparisons; a digest
@@ -148,7 +165,7 @@ pub enum MatchTypes {
     Direction,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MispConfig {
     pub url: String,
@@ -169,6 +186,15 @@ pub struct MispConfig {
     pub retries: u32,
     pub breaker_failures: u32,
     pub max_response_bytes: usize,
+}
+
+impl fmt::Debug for MispConfig {
+    /// The url may carry a password; the key is a [`Secret`] already.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = serde_json::to_value(self).unwrap_or_default();
+        shown["url"] = redact_url(&self.url).into();
+        write!(f, "MispConfig {shown}")
+    }
 }
 
 impl Default for MispConfig {
@@ -453,16 +479,17 @@ impl Config {
                 "is required (e.g. \"https://misp.example.org\")",
             ));
         }
+        let shown = redact_url(url);
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(ConfigError::key(
                 "misp.url",
-                format!("{url:?} must start with https:// or http://"),
+                format!("{shown:?} must start with https:// or http://"),
             ));
         }
         if reqwest::Url::parse(url).is_err() {
             return Err(ConfigError::key(
                 "misp.url",
-                format!("{url:?} is not a valid URL"),
+                format!("{shown:?} is not a valid URL"),
             ));
         }
         if self.misp.api_key.is_some() && self.misp.api_key_file.is_some() {

@@ -195,7 +195,11 @@ impl Dedup {
         let now = now_ms();
         let deadline = now + self.window_ms.load(Ordering::Relaxed);
         let mut shard = self.shard(d);
-        if shard.deadlines.get(&d).is_some_and(|&until| live(until, now)) {
+        if shard
+            .deadlines
+            .get(&d)
+            .is_some_and(|&until| live(until, now))
+        {
             return false;
         }
         if !shard.deadlines.contains_key(&d) {

@@ -72,9 +72,15 @@ fn init_logging(level: &str, format: LogFormat) -> LogHandle {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    // journald and log files store escape codes raw: colour a terminal only.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Json => registry
             .with(
@@ -90,7 +96,11 @@ fn init_logging(level: &str, format: LogFormat) -> LogHandle {
                 .init(),
             Err(e) => {
                 registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(ansi)
+                            .with_writer(std::io::stderr),
+                    )
                     .init();
                 tracing::warn!(error = %e, "journald is not reachable; logging text to stderr instead");
             }
@@ -162,7 +172,7 @@ async fn run(path: &Path) -> ExitCode {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         alerts = %cfg.input.alerts_file.display(),
-        misp = %cfg.misp.url,
+        misp = %config::redact_url(&cfg.misp.url),
         socket = %cfg.output.queue_socket.display(),
         "starting"
     );

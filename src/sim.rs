@@ -55,6 +55,9 @@ pub enum Fault {
     Slow(Duration),
     /// A valid JSON document of the wrong shape.
     WrongShape,
+    /// 403 whose body echoes the request's Authorization header, as some
+    /// proxies and misconfigured servers do.
+    EchoAuth,
 }
 
 #[derive(Default)]
@@ -545,6 +548,11 @@ async fn rest_search(
                 .expect("valid response")
         }
         Some(Fault::WrongShape) => return respond(200, "application/json", r#"{"saved":true,"success":true}"#),
+        Some(Fault::EchoAuth) => {
+            let sent = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let message = format!("Forbidden: Authorization: {sent} is not allowed from this address");
+            return respond(403, "application/json", json!({"name": message, "message": message, "url": "/attributes/restSearch"}).to_string());
+        }
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::Truncated) | None => {}
     }

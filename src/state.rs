@@ -21,7 +21,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let prefix = format!(
         ".{}.",
-        path.file_name().map_or("state".into(), |n| n.to_string_lossy())
+        path.file_name()
+            .map_or("state".into(), |n| n.to_string_lossy())
     );
     let mut tmp = tempfile::Builder::new()
         .prefix(&prefix)
@@ -103,7 +104,10 @@ mod tests {
         });
         let saved: Vec<u32> = read_state(&p).expect("the file parses");
         assert_eq!(saved.len(), 20_000);
-        assert!(saved.iter().all(|&w| w == saved[0]), "one writer's bytes only");
+        assert!(
+            saved.iter().all(|&w| w == saved[0]),
+            "one writer's bytes only"
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

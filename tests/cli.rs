@@ -85,6 +85,93 @@ fn the_api_key_never_appears_in_debug_logs() {
     assert!(!text.contains(secret), "the key leaked into the output");
 }
 
+/// Reads `child`'s stderr until a line contains `until`, then stops it.
+fn stderr_until(mut child: std::process::Child, until: &str) -> String {
+    use std::io::BufRead;
+    let mut text = String::new();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains(until) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    text
+}
+
+#[test]
+fn a_url_password_never_appears_and_piped_logs_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "Pa55w0rdInTheUrl";
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[misp]\nurl = \"http://admin:{password}@127.0.0.1:9\"\napi_key = \"k3y-k3y-k3y\"\ntimeout_secs = 1\n[log]\nlevel = \"trace\"\n"
+        ),
+    );
+    let alerts = dir.path().join("alerts.jsonl");
+    std::fs::write(&alerts, format!("{}\n", sshd_alert(1, "185.1.2.3", "001"))).unwrap();
+    let child = Command::new(BIN)
+        .args(["enrich", "--config"])
+        .arg(&cfg)
+        .arg(&alerts)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = stderr_until(child, "MISP lookup failed");
+    assert!(
+        text.contains("MISP lookup failed"),
+        "expected retry logs, got: {text}"
+    );
+    assert!(
+        !text.contains(password),
+        "the url's password leaked: {text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in piped logs: {text:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("127.0.0.1:9"),
+        "check-config names the server: {text}"
+    );
+    assert!(
+        !text.contains(password),
+        "check-config printed the url's password: {text}"
+    );
+
+    let bad = write_config(
+        dir.path(),
+        &format!("[misp]\nurl = \"ftp://admin:{password}@misp\"\napi_key = \"k\"\n"),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(text.contains("misp.url"), "{text}");
+    assert!(
+        !text.contains(password),
+        "a config error printed the url's password: {text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrich_prints_one_json_line_per_event() {
     let ips: Vec<String> = (0..3).map(pool_ip).collect();

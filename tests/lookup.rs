@@ -173,6 +173,23 @@ async fn every_error_class_is_recognised() {
     assert!(matches!(r, Err(MispError::Unreachable(_))), "{r:?}");
 }
 
+/// A 403 whose body echoes the Authorization header: the error that goes
+/// to logs and into the `misp_error` event holds no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_key_is_scrubbed_from_the_error() {
+    let (sim, ips) = sim_with(1).await;
+    let c = cfg(&sim);
+    sim.inject(Fault::EchoAuth, 1);
+    match client(&c).search(&[ips[0].clone()]).await {
+        Err(e @ MispError::Auth { status: 403, .. }) => {
+            let text = format!("{e} {e:?}");
+            assert!(text.contains("Forbidden"), "{text}");
+            assert!(!text.contains(KEY), "the key is in the error: {text}");
+        }
+        other => panic!("expected an auth error, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_misp_answers() {
     let (sim, ips) = sim_with(1).await;

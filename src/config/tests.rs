@@ -111,3 +111,26 @@ fn shipped_config_matches_defaults() {
     want.misp.api_key = Some(Secret::new("k"));
     assert_eq!(c, want);
 }
+
+#[test]
+fn url_userinfo_is_redacted() {
+    use super::redact_url;
+    assert_eq!(
+        redact_url("https://admin:s3cret@misp.example/"),
+        "https://misp.example/"
+    );
+    assert_eq!(
+        redact_url("https://token@misp.example"),
+        "https://misp.example/"
+    );
+    assert_eq!(
+        redact_url("https://misp.example:8443/x"),
+        "https://misp.example:8443/x"
+    );
+    assert_eq!(redact_url("not a url:s3cret@host"), "<redacted>@host");
+    let cfg = MispConfig {
+        url: "https://admin:s3cret@misp.example/".into(),
+        ..MispConfig::default()
+    };
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+}

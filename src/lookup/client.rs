@@ -64,12 +64,40 @@ impl MispError {
     }
 }
 
+impl MispError {
+    /// The same error with every occurrence of a secret replaced: MISP, or a
+    /// proxy in front of it, may echo the request's Authorization header or
+    /// URL in its error body, and that body goes to logs and to Wazuh.
+    fn scrubbed(self, secrets: &[String]) -> MispError {
+        let scrub = |mut m: String| {
+            for s in secrets {
+                if m.contains(s.as_str()) {
+                    m = m.replace(s.as_str(), "<redacted>");
+                }
+            }
+            m
+        };
+        match self {
+            MispError::Auth { status, message } => MispError::Auth {
+                status,
+                message: scrub(message),
+            },
+            MispError::Unreachable(m) => MispError::Unreachable(scrub(m)),
+            MispError::BadBody(m) => MispError::BadBody(scrub(m)),
+            other => other,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MispClient {
     http: reqwest::Client,
     endpoint: reqwest::Url,
     settings: QuerySettings,
     max_response_bytes: usize,
+    /// What must never appear in an error: the key, and the url's password
+    /// and userinfo, when it has them.
+    secrets: std::sync::Arc<[String]>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,7 +110,10 @@ impl std::fmt::Debug for MispClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the client's default headers: they hold the key.
         f.debug_struct("MispClient")
-            .field("endpoint", &self.endpoint.as_str())
+            .field(
+                "endpoint",
+                &crate::config::redact_url(self.endpoint.as_str()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +162,17 @@ impl MispClient {
         let base = cfg.url.trim_end_matches('/');
         let endpoint = reqwest::Url::parse(&format!("{base}/attributes/restSearch"))
             .map_err(|e| anyhow::anyhow!("config key `misp.url`: {e}"))?;
+        let mut secrets = vec![key.expose().to_owned()];
+        if let Some(password) = endpoint.password() {
+            secrets.push(password.to_owned());
+            if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+                secrets.push(decoded.into_owned());
+            }
+        }
+        if !endpoint.username().is_empty() {
+            secrets.push(format!("{}:", endpoint.username()));
+        }
+        secrets.retain(|s| s.len() >= 3);
         Ok(MispClient {
             http: b.build()?,
             endpoint,
@@ -139,6 +181,7 @@ impl MispClient {
                 enforce_warninglist: cfg.enforce_warninglist,
             },
             max_response_bytes: cfg.max_response_bytes,
+            secrets: secrets.into(),
         })
     }
 
@@ -169,6 +212,16 @@ impl MispClient {
     }
 
     pub async fn search_with(
+        &self,
+        values: &[String],
+        limit: Option<u32>,
+    ) -> Result<Vec<Attribute>, MispError> {
+        self.search_unscrubbed(values, limit)
+            .await
+            .map_err(|e| e.scrubbed(&self.secrets))
+    }
+
+    async fn search_unscrubbed(
         &self,
         values: &[String],
         limit: Option<u32>,
