@@ -68,6 +68,7 @@ fn publish_once(src: &Sources) {
         ("wazuh_misp_misp_values_total", g(&s.misp_values)),
         ("wazuh_misp_events_sent_total", g(&s.events_sent)),
         ("wazuh_misp_socket_errors_total", g(&s.socket_errors)),
+        ("wazuh_misp_open_errors_total", g(&s.open_errors)),
     ];
     for (name, v) in counters {
         metrics::counter!(name).absolute(v);

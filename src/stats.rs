@@ -32,6 +32,9 @@ pub struct Stats {
     pub misp_errors: AtomicU64,
     pub events_sent: AtomicU64,
     pub socket_errors: AtomicU64,
+    /// Times the alerts file could not be opened for a reason other than
+    /// its absence (permissions, most likely).
+    pub open_errors: AtomicU64,
     skipped: [AtomicU64; SKIP_REASONS.len()],
 }
 

@@ -126,6 +126,8 @@ pub struct Tailer {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     open: Option<Open>,
+    /// The file to open, and where, when none is open.
+    next: Option<(PathBuf, u64)>,
     next_generation: u64,
     /// The partial line carried over between reads.
     partial: Vec<u8>,
@@ -152,6 +154,7 @@ impl Tailer {
             stats,
             stop,
             open: None,
+            next: None,
             next_generation: 0,
             partial: Vec::new(),
             partial_start: 0,
@@ -173,7 +176,7 @@ impl Tailer {
         let mut watcher = None;
         let alerts = self.opts.path.clone();
         // What to open next: from the start request, later always a whole file.
-        let mut next: Option<(PathBuf, u64)> = Some(match &self.opts.start {
+        self.next = Some(match &self.opts.start {
             Start::Fresh(StartPosition::Beginning) => (alerts.clone(), 0),
             Start::Fresh(StartPosition::End) => (alerts.clone(), u64::MAX),
             Start::At(offset) => (alerts.clone(), *offset),
@@ -187,23 +190,27 @@ impl Tailer {
                 watcher = watch(&dir, waker.clone());
             }
             if self.open.is_none() {
-                let (path, offset) = next.take().unwrap_or_else(|| (alerts.clone(), 0));
+                let (path, offset) = self.next.take().unwrap_or_else(|| (alerts.clone(), 0));
                 if let Err(e) = self.open_file(&path, offset) {
-                    if e.kind() == io::ErrorKind::NotFound {
+                    let gone = e.kind() == io::ErrorKind::NotFound;
+                    if gone {
                         tracing::debug!(path = %path.display(), "alerts file not there yet; waiting");
                     } else {
                         // Permissions, most likely: say so, the operator must act.
+                        self.stats.open_errors.fetch_add(1, Ordering::Relaxed);
                         let shown = path.display().to_string();
                         self.skips.log("open_failed", |suppressed| {
                             tracing::warn!(path = shown, error = %e, suppressed,
                                 "cannot open the alerts file (the daemon must be in group wazuh: alerts.json is wazuh:wazuh 0640); retrying");
                         });
                     }
-                    // Wait for alerts.json itself (a file that appears later is
-                    // read from its start), except at first start, where the
-                    // requested position still applies.
-                    if path == alerts && offset == u64::MAX {
-                        next = Some((path, offset));
+                    // A file that cannot be opened yet (permissions) is the same
+                    // file once it can: keep its place. A file that is gone is
+                    // waited for as alerts.json, read from its start when it
+                    // appears, except at first start, where the requested
+                    // position still applies.
+                    if !gone || (path == alerts && offset == u64::MAX) {
+                        self.next = Some((path, offset));
                     }
                 }
             }
@@ -471,6 +478,9 @@ impl Tailer {
         tracing::info!(next = %next.display(), "alerts file rotated; moving on");
         if let Err(e) = self.open_file(&next, 0) {
             tracing::warn!(path = %next.display(), error = %e, "cannot open the next alerts file; will retry");
+            if e.kind() != io::ErrorKind::NotFound {
+                self.next = Some((next, 0));
+            }
         }
         Ok(true)
     }
@@ -505,4 +515,128 @@ fn watch(dir: &std::path::Path, waker: Waker) -> Option<notify::RecommendedWatch
             .ok()?;
     w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
     Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tailer(
+        path: &Path,
+        start: Start,
+        max_line_bytes: usize,
+    ) -> (Tailer, async_channel::Receiver<Batch>) {
+        let (tx, rx) = async_channel::unbounded();
+        let t = Tailer::new(
+            TailOptions {
+                path: path.to_owned(),
+                start,
+                max_line_bytes,
+                poll: Duration::from_millis(20),
+            },
+            tx,
+            Arc::new(Checkpointer::new()),
+            Arc::new(Stats::default()),
+            Arc::new(AtomicBool::new(false)),
+        );
+        (t, rx)
+    }
+
+    /// A bookmark into alerts.json survives a first open that fails for a
+    /// reason other than the file being absent (here a symlink loop, as
+    /// root cannot be refused by permissions): once the file can be opened,
+    /// reading resumes at the bookmark, not at 0.
+    #[test]
+    fn a_failed_first_open_keeps_the_bookmarked_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = dir.path().join("alerts.json");
+        let real = dir.path().join("real.json");
+        std::fs::write(&real, "{\"old\":1}\n{\"new\":2}\n").unwrap();
+        std::os::unix::fs::symlink(&alerts, &alerts).unwrap();
+        let (t, rx) = tailer(&alerts, Start::At(10), 4096);
+        let (stop, stats) = (t.stop.clone(), t.stats.clone());
+        let (waker, wake) = waker();
+        let thread = std::thread::spawn({
+            let waker = waker.clone();
+            move || t.run(waker, wake)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.open_errors.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no open attempt");
+            std::thread::yield_now();
+        }
+        // Over the link in one step: a moment without alerts.json would be
+        // a file gone, read from its start when it is back.
+        std::fs::rename(&real, &alerts).unwrap();
+        waker.wake();
+        let batch = rx.recv_blocking().unwrap();
+        let lines: Vec<(u64, String)> = batch.lines().map(|(o, l)| (o, l.to_owned())).collect();
+        assert_eq!(lines, [(10, "{\"new\":2}".to_owned())]);
+        stop.store(true, Ordering::Relaxed);
+        waker.wake();
+        thread.join().unwrap();
+    }
+
+    /// The model of framing: whatever sizes the reads come in, the lines
+    /// handed over are the file's complete lines, at their offsets, except
+    /// those over the limit, blank, or not UTF-8, and the partial last line.
+    fn expected(text: &[u8], max: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        let mut i = 0usize;
+        // Leading NULs before a line are not part of it.
+        while i < text.len() {
+            if text[i] == b'\n' {
+                let mut s = start;
+                while s < i && text[s] == 0 {
+                    s += 1;
+                }
+                let line = &text[s..i];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if text[s..i].len() <= max
+                    && !line.iter().all(u8::is_ascii_whitespace)
+                    && std::str::from_utf8(line).is_ok()
+                {
+                    out.push((s as u64, line.to_vec()));
+                }
+                start = i + 1;
+            }
+            i += 1;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn framing_does_not_depend_on_how_reads_split_the_file(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![Just(b'a'), Just(b'{'), Just(b' '), Just(b'\r'), Just(0u8), Just(0xffu8), Just(b'\n')],
+                    0..40,
+                ),
+                0..12,
+            ),
+            cuts in proptest::collection::vec(1usize..50, 0..30),
+            max in 4usize..30,
+        ) {
+            let text: Vec<u8> = lines.concat();
+            let (mut t, rx) = tailer(Path::new("/nonexistent"), Start::At(0), max);
+            let mut at = 0usize;
+            let mut cuts = cuts.into_iter();
+            while at < text.len() {
+                let n = cuts.next().unwrap_or(text.len()).min(text.len() - at);
+                if t.consume(&text[at..at + n], at as u64).is_err() {
+                    panic!("channel closed");
+                }
+                at += n;
+            }
+            drop(t);
+            let mut got = Vec::new();
+            while let Ok(batch) = rx.try_recv() {
+                got.extend(batch.lines().map(|(o, l)| (o, l.as_bytes().to_vec())));
+            }
+            prop_assert_eq!(got, expected(&text, max));
+        }
+    }
 }
