@@ -81,6 +81,54 @@ pub fn kind(node: Node<'_>) -> Kind<'_> {
     }
 }
 
+/// `line` with every lone UTF-16 surrogate escape (`\ud800` without its
+/// pair, or a stray low half) replaced by `\ufffd`, as a lossy decoder
+/// does for bad bytes; `None` when it has none. JSON allows such escapes
+/// but no Rust string can hold them, so the parser refuses the line, and
+/// one bad character would cost the whole alert.
+pub fn repair_lone_surrogates(line: &str) -> Option<String> {
+    let b = line.as_bytes();
+    let hex4 = |at: usize| -> Option<u16> {
+        let h = b.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let escape_at = |at: usize| -> Option<u16> {
+        (b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u'))
+            .then(|| hex4(at + 2))
+            .flatten()
+    };
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(unit) = escape_at(i) else {
+            // Any other escape: skip the escaped character with it.
+            i += 2;
+            continue;
+        };
+        let high = (0xD800..0xDC00).contains(&unit);
+        let low = (0xDC00..0xE000).contains(&unit);
+        if high && escape_at(i + 6).is_some_and(|u| (0xDC00..0xE000).contains(&u)) {
+            i += 12;
+        } else if high || low {
+            let o = out.get_or_insert_with(|| String::with_capacity(line.len()));
+            o.push_str(&line[copied..i]);
+            o.push_str("\\ufffd");
+            i += 6;
+            copied = i;
+        } else {
+            i += 6;
+        }
+    }
+    let mut o = out?;
+    o.push_str(&line[copied..]);
+    Some(o)
+}
+
 /// Parses alert lines, keeping its buffers from one line to the next.
 ///
 /// simd-json unescapes strings in place, so the line is copied into
@@ -250,6 +298,34 @@ impl serde::Serialize for Json<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lone_surrogates_are_replaced_and_pairs_kept() {
+        let r = |s: &str| repair_lone_surrogates(s);
+        assert_eq!(r(r#"{"a":"x"}"#), None);
+        assert_eq!(r(r#"{"a":"\ud83d\ude00"}"#), None, "a pair is fine");
+        assert_eq!(
+            r(r#"{"a":"\\ud800"}"#),
+            None,
+            "an escaped backslash, then text"
+        );
+        assert_eq!(
+            r(r#"{"a":"x\ud800y"}"#).as_deref(),
+            Some(r#"{"a":"x\ufffdy"}"#)
+        );
+        assert_eq!(r(r#"{"a":"\udc00"}"#).as_deref(), Some(r#"{"a":"\ufffd"}"#));
+        assert_eq!(
+            r(r#"{"a":"\ud800\ud800\udc00"}"#).as_deref(),
+            Some(r#"{"a":"\ufffd\ud800\udc00"}"#),
+            "a high half followed by a pair"
+        );
+        assert_eq!(r(r#"{"a":"\ud800"#).as_deref(), Some(r#"{"a":"\ufffd"#));
+        let mut p = Parser::default();
+        for repaired in [r#"{"a":"x\ud800y"}"#, r#"{"a":"\udc00\ud83d"}"#] {
+            let fixed = r(repaired).unwrap();
+            assert!(p.parse(&fixed).is_ok(), "{fixed} parses");
+        }
+    }
     use super::*;
 
     #[test]

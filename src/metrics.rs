@@ -69,6 +69,7 @@ fn publish_once(src: &Sources) {
         ("wazuh_misp_events_sent_total", g(&s.events_sent)),
         ("wazuh_misp_socket_errors_total", g(&s.socket_errors)),
         ("wazuh_misp_open_errors_total", g(&s.open_errors)),
+        ("wazuh_misp_lines_repaired_total", g(&s.lines_repaired)),
     ];
     for (name, v) in counters {
         metrics::counter!(name).absolute(v);

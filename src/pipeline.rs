@@ -173,15 +173,26 @@ impl Engine {
         recent: &mut Recent,
         out: &mut Outgoing,
     ) -> Option<Waiting> {
-        let parsed = PARSER.with(|p| {
-            p.borrow_mut().with(line, |alert| {
-                self.begin_parsed(line, alert, offset, recent, out)
+        let begin = |line: &str, recent: &mut Recent, out: &mut Outgoing| {
+            PARSER.with(|p| {
+                p.borrow_mut().with(line, |alert| {
+                    self.begin_parsed(line, alert, offset, recent, out)
+                })
             })
-        });
-        parsed.unwrap_or_else(|e| {
-            self.skip_line("invalid_json", offset, &e);
-            None
-        })
+        };
+        let error = match begin(line, recent, out) {
+            Ok(waiting) => return waiting,
+            Err(e) => e,
+        };
+        // A lone surrogate escape costs one character, not the alert.
+        if let Some(repaired) = alert::repair_lone_surrogates(line) {
+            if let Ok(waiting) = begin(&repaired, recent, out) {
+                self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
+                return waiting;
+            }
+        }
+        self.skip_line("invalid_json", offset, &error);
+        None
     }
 
     fn begin_parsed(
@@ -291,11 +302,11 @@ impl Engine {
     /// produced.
     pub async fn process(&self, bytes: &[u8], offset: Option<u64>) -> Result<Outgoing, Abandoned> {
         let mut out = Outgoing::default();
-        let Ok(line) = std::str::from_utf8(bytes) else {
-            self.skip_line("not_utf8", offset, &"the line is not UTF-8");
-            return Ok(out);
-        };
-        if let Some(waiting) = self.begin(line, offset, &mut Recent::default(), &mut out) {
+        let line = String::from_utf8_lossy(bytes);
+        if matches!(line, std::borrow::Cow::Owned(_)) {
+            self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(waiting) = self.begin(&line, offset, &mut Recent::default(), &mut out) {
             self.finish(waiting, &mut out).await?;
         }
         Ok(out)

@@ -35,6 +35,9 @@ pub struct Stats {
     /// Times the alerts file could not be opened for a reason other than
     /// its absence (permissions, most likely).
     pub open_errors: AtomicU64,
+    /// Lines with invalid UTF-8 or lone surrogate escapes, processed with
+    /// U+FFFD in place of the bad sequence.
+    pub lines_repaired: AtomicU64,
     skipped: [AtomicU64; SKIP_REASONS.len()],
 }
 

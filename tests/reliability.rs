@@ -75,6 +75,7 @@ async fn bad_input_is_skipped_with_a_reason_and_good_alerts_still_flow() {
     })
     .await;
     let skipped = daemon.stats.skipped();
+    let repaired = Stats::get(&daemon.stats.lines_repaired);
     daemon.shutdown(Duration::from_secs(5)).await;
     q.drain().await;
     let mut got = ips_of(&q);
@@ -91,11 +92,67 @@ async fn bad_input_is_skipped_with_a_reason_and_good_alerts_still_flow() {
         got, want,
         "every good alert once (including the wrong-typed ones)"
     );
-    assert_eq!(skipped.get("invalid_json"), Some(&3), "{skipped:?}"); // malformed, cut off, too deep
-    assert_eq!(skipped.get("not_utf8"), Some(&1), "{skipped:?}");
+    // Malformed, cut off, too deep, and the bad bytes line: decoded
+    // lossily, it is still not JSON.
+    assert_eq!(skipped.get("invalid_json"), Some(&4), "{skipped:?}");
+    assert_eq!(repaired, 1);
     assert_eq!(skipped.get("line_too_long"), Some(&1), "{skipped:?}");
     assert_eq!(skipped.get("empty_line"), Some(&2), "{skipped:?}");
     assert_eq!(skipped.get("not_an_object"), Some(&2), "{skipped:?}");
+}
+
+/// One bad byte or one lone surrogate escape costs a character, not the
+/// alert: each of these alerts still has its public srcip enriched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_and_lone_surrogates_cost_a_character_not_the_alert() {
+    let (data, ips) = pool(6);
+    let h = Harness::new(&data).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    let with_user = |i: usize, user: &str| {
+        sshd_alert(i, &ips[i], "001")
+            .replace("\"srcuser\":\"test\"", &format!("\"srcuser\":\"{user}\""))
+    };
+    let mut file: Vec<u8> = Vec::new();
+    let lines: [Vec<u8>; 6] = [
+        with_user(0, "ok").into_bytes(),
+        with_user(1, "bad\u{1}byte")
+            .into_bytes()
+            .into_iter()
+            .map(|b| if b == 1 { 0xff } else { b })
+            .collect(),
+        with_user(2, "lone\\ud800high").into_bytes(),
+        with_user(3, "stray\\udc00low").into_bytes(),
+        with_user(4, "pair\\ud83d\\ude00ok").into_bytes(),
+        with_user(5, "end\\ud800").into_bytes(),
+    ];
+    for l in &lines {
+        file.extend_from_slice(l);
+        file.push(b'\n');
+    }
+    assert!(
+        std::str::from_utf8(&lines[1]).is_err(),
+        "line 1 has a raw bad byte"
+    );
+    append_bytes(&h.alerts, &file);
+    q.received.wait_for(6, WAIT).await;
+    let repaired = Stats::get(&daemon.stats.lines_repaired);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let mut got = ips_of(&q);
+    got.sort();
+    let mut want = ips.clone();
+    want.sort();
+    assert_eq!(got, want, "every alert enriched");
+    assert_eq!(repaired, 4, "the bad byte and three lone surrogates");
+    let users: Vec<String> = q
+        .received
+        .events()
+        .iter()
+        .map(|(_, e)| e["srcuser"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(users.contains(&"lone\u{fffd}high".to_owned()), "{users:?}");
+    assert!(users.contains(&"pair\u{1f600}ok".to_owned()), "{users:?}");
 }
 
 fn append_bytes(path: &std::path::Path, b: &[u8]) {

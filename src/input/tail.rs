@@ -385,13 +385,22 @@ impl Tailer {
             self.stats.skip("empty_line");
             return Ok(());
         }
-        let Ok(line) = std::str::from_utf8(line) else {
-            self.skip("not_utf8", start, end - start);
-            return Ok(());
-        };
+        // A bad byte costs one character (U+FFFD), not the alert: the rest
+        // of the line, its public IPs included, is still worth reading.
+        let line = String::from_utf8_lossy(line);
+        if matches!(line, std::borrow::Cow::Owned(_)) {
+            self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
+            self.skips.log("not_utf8", |suppressed| {
+                tracing::warn!(
+                    offset = start,
+                    suppressed,
+                    "alert line is not valid UTF-8; bad bytes replaced with U+FFFD"
+                );
+            });
+        }
         let f = &mut self.filling;
         f.end = end;
-        f.data.push_str(line);
+        f.data.push_str(&line);
         f.lines.push((f.data.len(), start));
         if f.lines.len() >= BATCH_LINES {
             self.hand_over(generation)?;
@@ -579,8 +588,9 @@ mod tests {
     }
 
     /// The model of framing: whatever sizes the reads come in, the lines
-    /// handed over are the file's complete lines, at their offsets, except
-    /// those over the limit, blank, or not UTF-8, and the partial last line.
+    /// handed over are the file's complete lines, at their offsets, bad
+    /// UTF-8 replaced, except those over the limit or blank, and the
+    /// partial last line.
     fn expected(text: &[u8], max: usize) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
         let mut start = 0usize;
@@ -594,11 +604,8 @@ mod tests {
                 }
                 let line = &text[s..i];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if text[s..i].len() <= max
-                    && !line.iter().all(u8::is_ascii_whitespace)
-                    && std::str::from_utf8(line).is_ok()
-                {
-                    out.push((s as u64, line.to_vec()));
+                if text[s..i].len() <= max && !line.iter().all(u8::is_ascii_whitespace) {
+                    out.push((s as u64, String::from_utf8_lossy(line).as_bytes().to_vec()));
                 }
                 start = i + 1;
             }
