@@ -23,7 +23,7 @@ use crate::input::{bookmark, Ack, Batch, Checkpointer, TailOptions, Tailer};
 use crate::lookup::{self, Abandoned, Hits, Lookup, MispClient, Recent};
 use crate::output::{self, Outgoing, Writer};
 use crate::ratelog::RateLimitedLog;
-use crate::state::{read_state, write_atomic};
+use crate::state::{read_versioned, write_atomic};
 use crate::stats::Stats;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -474,16 +474,25 @@ struct DedupState {
     entries: Vec<(String, u64)>,
 }
 
+/// `dedup.json` on disk: `{"version": "1", "entries": [..]}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "version")]
+enum DedupFile {
+    #[serde(rename = "1")]
+    V1(DedupState),
+}
+
 /// Loads `state_dir/dedup.json` into `d` (expired entries dropped).
 pub fn load_dedup(state_dir: &Path, d: &Dedup) -> usize {
-    read_state::<DedupState>(&state_dir.join(DEDUP_FILE))
-        .map_or(0, |saved| d.restore(saved.entries))
+    read_versioned(&state_dir.join(DEDUP_FILE), DedupFile::V1)
+        .found()
+        .map_or(0, |DedupFile::V1(saved)| d.restore(saved.entries))
 }
 
 pub fn save_dedup(state_dir: &Path, d: &Dedup) {
-    let state = DedupState {
+    let state = DedupFile::V1(DedupState {
         entries: d.snapshot(),
-    };
+    });
     let bytes = serde_json::to_vec(&state).expect("dedup state serialises");
     if let Err(e) = write_atomic(&state_dir.join(DEDUP_FILE), &bytes) {
         tracing::error!(error = %e, "cannot save dedup state");
@@ -569,7 +578,7 @@ impl Daemon {
 
         let start = bookmark::resolve_start(
             &cfg.input.alerts_file,
-            bookmark::load(&state_dir).as_ref(),
+            &bookmark::load(&state_dir),
             cfg.input.start_position,
         );
         let stop = Arc::new(AtomicBool::new(false));

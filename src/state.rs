@@ -1,8 +1,14 @@
-//! Files in `state_dir`: written atomically, read forgivingly.
+//! Files in `state_dir`: versioned, written atomically, read forgivingly.
 //!
 //! A crash must never leave a half-written state file, and a corrupt one must
 //! never stop the daemon: it is set aside as `<name>.corrupt` for a human to
 //! look at, and we start as if it were absent.
+//!
+//! Every file carries `"version"` beside its fields, as Vector's
+//! checkpoints do (`#[serde(tag = "version")]` on an enum with a variant
+//! per version). A file without it is from before versioning and is read
+//! as version 1's fields. A version this build does not know is refused
+//! like a corrupt file rather than misread.
 
 use serde::de::DeserializeOwned;
 use std::fs::{self, File};
@@ -37,24 +43,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// What reading a state file found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read<T> {
+    Found(T),
+    Absent,
+    /// It was there but could not be read or parsed (now set aside).
+    Unreadable,
+}
+
+impl<T> Read<T> {
+    pub fn found(self) -> Option<T> {
+        match self {
+            Read::Found(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// Reads and parses a state file. Missing: `None`. Unreadable or corrupt:
 /// logged, renamed to `.corrupt`, `None`.
 pub fn read_state<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    read_state_with(path, |bytes| serde_json::from_slice(bytes)).found()
+}
+
+/// [`read_state`] for a versioned file: `V` is the enum tagged by
+/// `version`; a file without `version` is parsed as `L` and converted.
+pub fn read_versioned<V: DeserializeOwned, L: DeserializeOwned>(
+    path: &Path,
+    from_legacy: impl FnOnce(L) -> V,
+) -> Read<V> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        version: Option<serde::de::IgnoredAny>,
+    }
+    read_state_with(path, |bytes| {
+        match serde_json::from_slice::<Probe>(bytes)?.version {
+            Some(_) => serde_json::from_slice::<V>(bytes),
+            None => serde_json::from_slice::<L>(bytes).map(from_legacy),
+        }
+    })
+}
+
+fn read_state_with<T>(path: &Path, parse: impl FnOnce(&[u8]) -> serde_json::Result<T>) -> Read<T> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Read::Absent,
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot read state file; starting without it");
+            tracing::error!(path = %path.display(), error = %e, "cannot read state file; set aside as .corrupt");
             set_aside(path);
-            return None;
+            return Read::Unreadable;
         }
     };
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Some(v),
+    match parse(&bytes) {
+        Ok(v) => Read::Found(v),
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "corrupt state file; set aside as .corrupt, starting without it");
+            tracing::error!(path = %path.display(), error = %e, "corrupt state file; set aside as .corrupt");
             set_aside(path);
-            None
+            Read::Unreadable
         }
     }
 }

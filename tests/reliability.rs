@@ -260,6 +260,52 @@ async fn restart_resumes_from_the_bookmark_and_remembers_dedup() {
     assert_eq!(got.len(), 40, "nothing re-read, nothing doubled");
 }
 
+/// bookmark.json (and in the second round its previous copy too) made
+/// unreadable while the daemon is down, with `start_position = "end"`:
+/// the alerts written meanwhile are still enriched, and those already
+/// reported are not reported again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_bookmark_across_a_restart_loses_nothing() {
+    for both in [false, true] {
+        let (data, ips) = pool(20);
+        let mut h = Harness::new(&data).await;
+        h.cfg.input.start_position = wazuh_misp::config::StartPosition::End;
+        let q = QueueSocket::bind(&h.socket, Received::default());
+        // An empty alerts.json: "end" is its start.
+        let daemon = h.start();
+        eventually("reading", WAIT, || daemon.checkpoints.committed().is_some()).await;
+        for (i, ip) in ips[..10].iter().enumerate() {
+            h.append(&format!("{}\n", sshd_alert(i, ip, "001")));
+        }
+        q.received.wait_for(10, WAIT).await;
+        eventually("all handled", WAIT, || daemon.checkpoints.in_flight() == 0).await;
+        daemon.shutdown(Duration::from_secs(5)).await;
+        let state = &h.cfg.input.state_dir;
+        std::fs::write(state.join("bookmark.json"), b"{\"version\":\"1\",\"fi").unwrap();
+        if both {
+            std::fs::write(state.join("bookmark.prev.json"), b"\x00garbage").unwrap();
+        }
+        for (i, ip) in ips[10..].iter().enumerate() {
+            h.append(&format!("{}\n", sshd_alert(10 + i, ip, "001")));
+        }
+        let daemon = h.start();
+        q.received.wait_for(20, WAIT).await;
+        eventually("all handled", WAIT, || {
+            daemon.checkpoints.in_flight() == 0
+                && daemon.checkpoints.committed().map(|b| b.offset)
+                    == Some(std::fs::metadata(&h.alerts).unwrap().len())
+        })
+        .await;
+        daemon.shutdown(Duration::from_secs(5)).await;
+        q.drain().await;
+        let mut got = ips_of(&q);
+        got.sort();
+        let mut want = ips.clone();
+        want.sort();
+        assert_eq!(got, want, "both previous bookmarks unreadable: {both}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_set_aside_and_never_stops_the_daemon() {
     let (data, ips) = pool(1);
