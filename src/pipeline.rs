@@ -325,7 +325,17 @@ impl Engine {
     ) {
         let ctx = AlertContext::from_fields(fields);
         let header = header_for(&ctx.agent);
-        let limit = output::MAX_DATAGRAM - header.len();
+        // The agent's name and ip are in the header; a name of ~64 KiB
+        // (possible through `enrich` and integratord input) leaves no room.
+        let Some(limit) = output::MAX_DATAGRAM.checked_sub(header.len()) else {
+            tracing::error!(
+                alert_id = %ctx.alert_id,
+                header_bytes = header.len(),
+                "the agent's name and ip leave no room for an event in one datagram; not sent"
+            );
+            self.release(claimed.into_iter().map(|(_, k)| k));
+            return;
+        };
         let (now, timestamp) = clock();
         for ((hit, key), hits) in claimed.into_iter().zip(answers) {
             // Fast path: every match kept, so the MISP part is the cached one.
@@ -351,8 +361,14 @@ impl Engine {
             match enrich::serialize_within(&mut ev, limit) {
                 Some(payload) if out.datagrams.push(&header, &payload) => {
                     log_enriched(&ctx, &hit);
-                    if ev.misp_data.summary.truncated {
-                        tracing::info!(ip = %hit.ip, omitted = ev.misp_data.summary.omitted_attributes, "event shrunk to fit one datagram");
+                    let summary = &ev.misp_data.summary;
+                    if summary.truncated {
+                        tracing::info!(
+                            ip = %hit.ip,
+                            omitted = summary.omitted_attributes,
+                            omitted_fields = ?summary.omitted_fields,
+                            "event shrunk to fit one datagram"
+                        );
                     }
                     out.dedup_keys.push(key);
                 }

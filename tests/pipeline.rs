@@ -214,3 +214,62 @@ async fn demo_pipeline_produces_the_expected_events() {
     assert_eq!(outcome.misp_requests, 1, "one batched request");
     assert_eq!(Stats::get(&outcome.stats.dedup_hits), 1);
 }
+
+/// An alert whose `data` is ~70 KB (a PowerShell script block, well under
+/// `max_line_bytes`) still yields its event: the copied `data` fields are
+/// cut, largest first, never `srcip`, and named in the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_with_a_large_data_still_gets_its_event() {
+    let (data, ips) = pool(1);
+    let h = Harness::new(&data).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    let mut alert: serde_json::Value =
+        serde_json::from_str(&sshd_alert(1, &ips[0], "001")).unwrap();
+    alert["data"]["scriptBlockText"] = "Invoke-Expression ".repeat(4000).into();
+    alert["data"]["small"] = "kept".into();
+    let line = alert.to_string();
+    assert!(line.len() > 70_000);
+    h.append(&format!("{line}\n"));
+    q.received.wait_for(1, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let (_, ev) = &q.received.events()[0];
+    assert_eq!(ev["srcip"], ips[0]);
+    assert_eq!(ev["small"], "kept");
+    assert!(ev.get("scriptBlockText").is_none());
+    assert_eq!(ev["misp_data"]["summary"]["truncated"], true);
+    assert_eq!(
+        ev["misp_data"]["summary"]["omitted_fields"],
+        serde_json::json!(["scriptBlockText"])
+    );
+}
+
+/// An agent name too long for any datagram (only possible through
+/// `enrich` and integratord input) skips that alert with an error, and the
+/// next alert is enriched as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_name_over_a_datagram_skips_only_its_alert() {
+    let (data, ips) = pool(2);
+    let h = Harness::new(&data).await;
+    let stats = std::sync::Arc::new(Stats::default());
+    let engine = wazuh_misp::pipeline::Engine::new(
+        wazuh_misp::pipeline::Rules::from_config(&h.cfg).unwrap(),
+        wazuh_misp::lookup::Lookup::start(
+            wazuh_misp::lookup::MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap())
+                .unwrap(),
+            &h.cfg.misp,
+            stats.clone(),
+        ),
+        None,
+        stats,
+    );
+    let long = sshd_alert(1, &ips[0], "001").replace("host-001", &"n".repeat(70_000));
+    let out = engine.process(long.as_bytes(), Some(0)).await.unwrap();
+    assert!(out.datagrams.is_empty());
+    let out = engine
+        .process(sshd_alert(2, &ips[1], "001").as_bytes(), Some(0))
+        .await
+        .unwrap();
+    assert_eq!(out.datagrams.len(), 1);
+}

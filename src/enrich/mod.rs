@@ -140,6 +140,10 @@ pub struct Summary {
     pub truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub omitted_attributes: Option<usize>,
+    /// The alert's `data` fields left out of the event's top level to fit
+    /// one datagram, largest first (see [`serialize_within`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub omitted_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -501,6 +505,7 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
         max_threat_score: attrs.iter().map(|a| a.threat_score).max().unwrap_or(0),
         truncated: false,
         omitted_attributes: None,
+        omitted_fields: Vec::new(),
     }
 }
 
@@ -817,14 +822,43 @@ pub fn serialize_within(ev: &mut EnrichedEvent, limit: usize) -> Option<Vec<u8>>
             hi = mid - 1;
         }
     }
-    if lo == 0 {
-        return None;
+    if lo > 0 {
+        return match best {
+            Some(b) if ev.misp_data.attributes.len() == lo => Some(b),
+            _ => Some(fit(ev, lo)),
+        };
     }
-    match best {
-        Some(b) if ev.misp_data.attributes.len() == lo => Some(b),
-        _ => Some(fit(ev, lo)),
+    // Even one attribute does not fit: the alert's own `data` is what is
+    // large. Its copied fields go, largest first, except those rules and
+    // active responses key on; the full alert stays in alerts.json.
+    fit(ev, 1);
+    let mut by_size: Vec<(usize, String)> = ev
+        .data
+        .iter()
+        .filter(|(k, _)| !KEPT_DATA_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| {
+            (
+                serde_json::to_vec(v).map_or(0, |b| b.len()) + k.len(),
+                k.clone(),
+            )
+        })
+        .collect();
+    by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (_, key) in by_size {
+        ev.data.shift_remove(&key);
+        ev.misp_data.summary.omitted_fields.push(key);
+        let b = to_bytes(ev);
+        if b.len() <= limit {
+            return Some(b);
+        }
     }
+    None
 }
+
+/// `data` fields never cut by the size guard: what Wazuh rules, the
+/// shipped MISP rules and active responses read.
+pub const KEPT_DATA_FIELDS: &[&str] =
+    &["srcip", "dstip", "srcport", "dstport", "srcuser", "dstuser"];
 
 #[cfg(test)]
 mod tests;
