@@ -147,7 +147,7 @@ fn hot_path(c: &mut Criterion) {
     use wazuh_misp::config::Config;
     use wazuh_misp::lookup::{Lookup, MispClient};
     use wazuh_misp::output::Outgoing;
-    use wazuh_misp::pipeline::{Engine, Rules};
+    use wazuh_misp::runtime::{Engine, Rules};
 
     let ips: Vec<String> = (0..1000).map(wazuh_misp::sim::pool_ip).collect();
     let lines: Vec<String> = (0..1000)

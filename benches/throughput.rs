@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wazuh_misp::config::Config;
 use wazuh_misp::lookup::MispClient;
-use wazuh_misp::pipeline::Daemon;
+use wazuh_misp::runtime::Daemon;
 use wazuh_misp::sim::{pool_ip, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 

@@ -1,34 +1,35 @@
 //! wazuh-misp: enriches Wazuh alerts with MISP threat intelligence.
 //!
-//! The modules follow the pipeline, in the order data flows through it:
+//! The source tree is the data flow. [`stages`] holds the pipeline, in the
+//! order data flows through it:
 //!
 //! 1. [`input`]: follow alerts.json (rotation, partial lines, bookmarks);
 //! 2. [`filter`]: which alerts are worth looking at;
-//! 3. [`extract`]: the public IPs in an alert, with direction and field;
-//! 4. [`dedup`]: the `rule:ip:direction` window;
-//! 5. [`lookup`]: MISP, with cache, single flight, batching and breaker;
+//! 3. [`extract`]: the observables in an alert, with direction and field;
+//! 4. [`dedup`]: the `rule:value:direction` window;
+//! 5. [`lookup`]: what threat intelligence knows, behind the
+//!    [`lookup::Intelligence`] port (today: MISP queried per value, with
+//!    cache, single flight, batching and breaker);
 //! 6. [`enrich`]: the enriched event, scored, aggregated, size-guarded;
 //! 7. [`output`]: framing for analysisd and the queue socket writer.
 //!
-//! Stages 2–6 share one parsed form of the alert, [`alert`]. [`pipeline`]
-//! wires the stages together; ARCHITECTURE.md draws the map.
+//! The domain types the stages pass along are [`observable`] (what was
+//! found) and [`alert`] (the parsed alert every stage reads). [`runtime`]
+//! is the one place where stages are wired together and the only code that
+//! spawns threads and tasks. [`ops`] is what runs beside the pipeline
+//! (configuration, state files, metrics, systemd), and [`commands`] the
+//! CLI's entry points. ARCHITECTURE.md draws the map.
 
 pub mod alert;
-pub mod check;
-pub mod config;
-pub mod dedup;
-pub mod demo;
-pub mod enrich;
-pub mod extract;
-pub mod filter;
-pub mod input;
-pub mod integratord;
-pub mod lookup;
-pub mod metrics;
-pub mod output;
-pub mod pipeline;
-pub mod ratelog;
-pub mod service;
+pub mod commands;
+pub mod ops;
+pub mod runtime;
+#[cfg(feature = "demo")]
 pub mod sim;
-pub mod state;
-pub mod stats;
+pub mod stages;
+
+#[cfg(feature = "demo")]
+pub use commands::demo;
+pub use commands::{check, enrich_lines, integratord};
+pub use ops::{config, metrics, ratelog, service, state, stats};
+pub use stages::{dedup, enrich, extract, filter, input, lookup, output};

@@ -3,18 +3,18 @@
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{reload, EnvFilter};
 use wazuh_misp::config::{self, Config, LogFormat, DEFAULT_CONFIG_PATH};
-use wazuh_misp::lookup::{Lookup, MispClient};
-use wazuh_misp::pipeline::{Daemon, Engine, Rules};
-use wazuh_misp::stats::Stats;
-use wazuh_misp::{check, demo, service};
+#[cfg(feature = "demo")]
+use wazuh_misp::demo;
+use wazuh_misp::lookup::MispClient;
+use wazuh_misp::runtime::Daemon;
+use wazuh_misp::{check, enrich_lines, service};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,7 @@ enum Command {
         file: String,
     },
     /// Run the whole pipeline offline against a built-in MISP simulator and sample alerts.
+    #[cfg(feature = "demo")]
     Demo,
     /// Drop-in for integratord's custom integrations: enrich one alert file and exit.
     Integratord {
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
         Command::Run { config } => rt.block_on(run(&config)),
         Command::CheckConfig { config } => rt.block_on(check::run(&config, &mut std::io::stdout())),
         Command::Enrich { config, file } => rt.block_on(enrich(&config, &file)),
+        #[cfg(feature = "demo")]
         Command::Demo => rt.block_on(run_demo()),
         Command::Integratord {
             config,
@@ -274,21 +276,7 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rules = match Rules::from_config(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("wazuh-misp: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let stats = Arc::new(Stats::default());
-    let engine = Engine::new(
-        rules,
-        Lookup::start(client, &cfg.misp, stats.clone()),
-        None,
-        stats,
-    );
-    let reader: Box<dyn BufRead> = if file == "-" {
+    let input: Box<dyn BufRead> = if file == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         match std::fs::File::open(file) {
@@ -299,29 +287,13 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
             }
         }
     };
-    let mut out = std::io::stdout().lock();
-    let mut offset = 0u64;
-    for line in reader.split(b'\n') {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("wazuh-misp: read error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let at = offset;
-        offset += line.len() as u64 + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        if let Ok(p) = engine.process(&line, Some(at)).await {
-            for payload in p.datagrams.payloads() {
-                let _ = out.write_all(payload);
-                let _ = out.write_all(b"\n");
-            }
+    match enrich_lines::run(&cfg, client, input, std::io::stdout().lock()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wazuh-misp: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }
 
 async fn integratord(
@@ -343,6 +315,7 @@ async fn integratord(
     }
 }
 
+#[cfg(feature = "demo")]
 async fn run_demo() -> ExitCode {
     init_logging("warn", LogFormat::Text);
     match demo::run_demo(demo::DEMO_ALERTS).await {

@@ -227,6 +227,56 @@ async fn enrich_prints_one_json_line_per_event() {
     );
 }
 
+/// `wazuh-misp enrich … | head -1`: once stdout is closed, no more MISP
+/// lookups are made for the rest of the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_stops_when_its_output_is_closed() {
+    const N: usize = 300;
+    let ips: Vec<String> = (0..N).map(pool_ip).collect();
+    let data = SimData::from_events([event_with_ips(7, &ips)]);
+    let h = Harness::new(&data).await;
+    let cfg = write_config(
+        h.dir.path(),
+        &format!(
+            "[misp]\nurl = \"{}\"\napi_key = \"{KEY}\"\n[log]\nlevel = \"warn\"\n",
+            h.sim.url()
+        ),
+    );
+    let input = h.dir.path().join("many.jsonl");
+    let lines: String = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args(["enrich", "--config"])
+            .arg(&cfg)
+            .arg(&input)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut first).unwrap();
+        assert!(first.contains("detected_ip"), "{first}");
+        drop(stdout);
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        h.sim.requests() < N as u64 / 2,
+        "{} lookups after the reader went away",
+        h.sim.requests()
+    );
+}
+
 #[test]
 fn demo_runs_offline_and_prints_a_summary() {
     let out = Command::new(BIN)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wazuh_misp::config::{MispConfig, Secret};
 use wazuh_misp::lookup::{Lookup, MispClient, MispError, Recent};
-use wazuh_misp::pipeline::{Engine, Rules};
+use wazuh_misp::runtime::{Engine, Rules};
 use wazuh_misp::sim::{Fault, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 

@@ -253,8 +253,8 @@ async fn an_agent_name_over_a_datagram_skips_only_its_alert() {
     let (data, ips) = pool(2);
     let h = Harness::new(&data).await;
     let stats = std::sync::Arc::new(Stats::default());
-    let engine = wazuh_misp::pipeline::Engine::new(
-        wazuh_misp::pipeline::Rules::from_config(&h.cfg).unwrap(),
+    let engine = wazuh_misp::runtime::Engine::new(
+        wazuh_misp::runtime::Rules::from_config(&h.cfg).unwrap(),
         wazuh_misp::lookup::Lookup::start(
             wazuh_misp::lookup::MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap())
                 .unwrap(),

@@ -198,13 +198,13 @@ impl Harness {
     }
 
     /// The daemon, in process, on this harness's file, socket and MISP.
-    pub fn start(&self) -> wazuh_misp::pipeline::Daemon {
+    pub fn start(&self) -> wazuh_misp::runtime::Daemon {
         let client = wazuh_misp::lookup::MispClient::new(
             &self.cfg.misp,
             &self.cfg.resolve_api_key().unwrap(),
         )
         .unwrap();
-        wazuh_misp::pipeline::Daemon::start(self.cfg.clone(), client).unwrap()
+        wazuh_misp::runtime::Daemon::start(self.cfg.clone(), client).unwrap()
     }
 }
 

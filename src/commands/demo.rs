@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::lookup::MispClient;
 use crate::output::frame;
-use crate::pipeline::Daemon;
+use crate::runtime::Daemon;
 use crate::sim::{MispSim, SimData};
 use crate::stats::Stats;
 use serde_json::Value;
@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const DEMO_EVENTS: &[&str] = &[
-    include_str!("../config/demo/misp-events/01-emotet-c2.json"),
-    include_str!("../config/demo/misp-events/02-apt28-phishing.json"),
-    include_str!("../config/demo/misp-events/03-ssh-scanners.json"),
+    include_str!("../../config/demo/misp-events/01-emotet-c2.json"),
+    include_str!("../../config/demo/misp-events/02-apt28-phishing.json"),
+    include_str!("../../config/demo/misp-events/03-ssh-scanners.json"),
 ];
-pub const DEMO_WARNINGLIST: &str = include_str!("../config/demo/warninglist-public-dns-v4.json");
-pub const DEMO_ALERTS: &str = include_str!("../config/demo/alerts.jsonl");
+pub const DEMO_WARNINGLIST: &str = include_str!("../../config/demo/warninglist-public-dns-v4.json");
+pub const DEMO_ALERTS: &str = include_str!("../../config/demo/alerts.jsonl");
 const DEMO_KEY: &str = "demo0000000000000000000000000000000000000";
 
 /// The demo's MISP data set.

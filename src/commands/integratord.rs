@@ -10,7 +10,7 @@
 use crate::config::{self, Config, Secret};
 use crate::dedup::Dedup;
 use crate::lookup::{Lookup, MispClient};
-use crate::pipeline::{self, Engine, Rules};
+use crate::runtime::{self, Engine, Rules};
 use crate::stats::Stats;
 use anyhow::Context;
 use std::path::Path;
@@ -58,9 +58,9 @@ pub async fn run(
         Duration::from_secs(cfg.dedup.window_secs),
         cfg.dedup.max_entries,
     );
-    let state_ok = pipeline::prepare_state_dir(&cfg.input.state_dir).is_ok();
+    let state_ok = runtime::prepare_state_dir(&cfg.input.state_dir).is_ok();
     if state_ok {
-        pipeline::load_dedup(&cfg.input.state_dir, &dedup);
+        runtime::load_dedup(&cfg.input.state_dir, &dedup);
     } else {
         tracing::warn!(dir = %cfg.input.state_dir.display(), "state dir not writable; dedup window not kept between runs");
     }
@@ -94,7 +94,7 @@ pub async fn run(
         }
     }
     if state_ok {
-        pipeline::save_dedup(&cfg.input.state_dir, &dedup);
+        runtime::save_dedup(&cfg.input.state_dir, &dedup);
     }
     Ok(sent)
 }

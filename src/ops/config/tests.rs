@@ -101,7 +101,7 @@ fn changed_keys_lists_leaves() {
 /// into exactly `Config::default()` once a URL and key are given.
 #[test]
 fn shipped_config_matches_defaults() {
-    let text = include_str!("../../config/wazuh-misp.toml").replace(
+    let text = include_str!("../../../config/wazuh-misp.toml").replace(
         "url = \"\"",
         "url = \"https://misp.example.org\"\napi_key = \"k\"",
     );

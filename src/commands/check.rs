@@ -140,7 +140,7 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
             },
         );
     }
-    let state = crate::pipeline::prepare_state_dir(&cfg.input.state_dir);
+    let state = crate::runtime::prepare_state_dir(&cfg.input.state_dir);
     r.item(
         state.is_ok(),
         &format!("state dir {} is writable", cfg.input.state_dir.display()),

@@ -1,0 +1,9 @@
+//! What runs beside the pipeline rather than in it: configuration, state
+//! files, counters and metrics, systemd notification, rate-limited logs.
+
+pub mod config;
+pub mod metrics;
+pub mod ratelog;
+pub mod service;
+pub mod state;
+pub mod stats;

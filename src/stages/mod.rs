@@ -1,0 +1,15 @@
+//! The pipeline's stages, in data-flow order: [`input`] → [`filter`] →
+//! [`extract`] → [`dedup`] → [`lookup`] → [`enrich`] → [`output`].
+//!
+//! Everything here but `input`'s tailer, `lookup`'s HTTP client and
+//! batcher, and `output`'s writer is plain synchronous code: values in,
+//! values out, the clock and intelligence's answer passed as arguments.
+//! None of it spawns anything; [`crate::runtime`] does.
+
+pub mod dedup;
+pub mod enrich;
+pub mod extract;
+pub mod filter;
+pub mod input;
+pub mod lookup;
+pub mod output;
