@@ -64,6 +64,8 @@ pub enum Fault {
 struct Control {
     latency: Duration,
     faults: Vec<(Fault, u32)>,
+    /// Faults for every request that asks about a value, until cleared.
+    value_faults: HashMap<String, Fault>,
     requests: Vec<Vec<String>>,
 }
 
@@ -342,6 +344,16 @@ impl Inner {
         let limit = body
             .get("limit")
             .and_then(|l| s(Some(l)).parse::<usize>().ok());
+        // MISP's pages count from 1; `page` without `limit` is ignored.
+        let skip = match (
+            limit,
+            body.get("page")
+                .and_then(|p| s(Some(p)).parse::<usize>().ok()),
+        ) {
+            (Some(l), Some(p)) if p > 1 => l * (p - 1),
+            _ => 0,
+        };
+        let mut skipped = 0;
         let now = chrono::Utc::now().timestamp();
         let d = &self.data;
         let mut hits: Vec<usize> = values
@@ -448,6 +460,10 @@ impl Inner {
                 ev["Orgc"] = event.get("Orgc").cloned().unwrap_or(json!({}));
             }
             obj.insert("Event".into(), ev);
+            if skipped < skip {
+                skipped += 1;
+                continue;
+            }
             out.push(a);
             if limit.is_some_and(|l| out.len() >= l) {
                 break;
@@ -524,6 +540,10 @@ async fn rest_search(
         }
     };
     let values = string_list(request.get("value"));
+    let fault = fault.or_else(|| {
+        let c = inner.control.lock().unwrap_or_else(|e| e.into_inner());
+        values.iter().find_map(|v| c.value_faults.get(v).cloned())
+    });
     inner.request_count.fetch_add(1, Ordering::Relaxed);
     inner
         .value_count
@@ -645,6 +665,16 @@ impl MispSim {
             .unwrap_or_else(|e| e.into_inner())
             .faults
             .push((fault, times));
+    }
+
+    /// Applies `fault` to every request whose value list holds `value`, as
+    /// a value that makes MISP fail every time does (`None` clears it).
+    pub fn fail_value(&self, value: &str, fault: Option<Fault>) {
+        let mut c = self.inner.control.lock().unwrap_or_else(|e| e.into_inner());
+        match fault {
+            Some(f) => c.value_faults.insert(value.to_owned(), f),
+            None => c.value_faults.remove(value),
+        };
     }
 
     /// Authenticated restSearch requests answered so far.

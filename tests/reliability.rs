@@ -418,3 +418,113 @@ async fn an_alert_in_flight_at_shutdown_is_enriched_after_restart() {
     daemon.shutdown(Duration::from_secs(5)).await;
     assert_eq!(ips_of(&q), [ips[0].clone()]);
 }
+
+/// One value MISP answers with a 500 every time it is asked (in a batch or
+/// alone): every other alert of its batches is enriched, and after
+/// `misp.isolated_retry_secs` the value is given up on, reported to Wazuh
+/// by name, and its alert let go so that the bookmark reaches the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_misp_always_fails_on_holds_up_no_other_alert() {
+    let (data, ips) = pool(120);
+    let mut h = Harness::new(&data).await;
+    h.cfg.misp.retries = 1;
+    h.cfg.misp.isolated_retry_secs = 1;
+    h.cfg.misp.batch_window_ms = 20;
+    h.cfg.pipeline.channel_capacity = 256;
+    let poison = ips[37].clone();
+    h.sim
+        .fail_value(&poison, Some(wazuh_misp::sim::Fault::Status(500)));
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    let lines: String = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
+        .collect();
+    h.append(&lines);
+    // 119 enriched events and one error event naming the value.
+    q.received.wait_for(120, WAIT).await;
+    eventually("every line handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0
+            && daemon.checkpoints.committed().map(|b| b.offset) == Some(lines.len() as u64)
+    })
+    .await;
+    let failed = Stats::get(&daemon.stats.lookups_failed);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    let mut enriched: Vec<String> = events
+        .iter()
+        .filter_map(|(_, e)| e["detected_ip"]["value"].as_str().map(str::to_owned))
+        .collect();
+    enriched.sort();
+    let mut want: Vec<String> = ips.iter().filter(|ip| **ip != poison).cloned().collect();
+    want.sort();
+    assert_eq!(enriched, want, "every other alert enriched, once");
+    let errors: Vec<&serde_json::Value> = events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["misp_error"]["kind"] == "lookup_failed")
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["misp_error"]["value"], poison.as_str());
+    assert_eq!(failed, 1);
+}
+
+/// One value whose MISP answer is over `misp.max_response_bytes` (an IP
+/// in hundreds of events): the rest of its batch is enriched, and it is
+/// asked again alone for its first page, its event marked truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_with_an_oversized_answer_gets_its_first_page() {
+    let ips: Vec<String> = (0..20).map(pool_ip).collect();
+    let poison = ips[11].clone();
+    let events = std::iter::once(event_with_ips(1, &ips))
+        .chain((2..122).map(|id| event_with_ips(id, std::slice::from_ref(&poison))));
+    let data = wazuh_misp::sim::SimData::from_events(events);
+    let size = |limit: Option<u32>| {
+        let mut body = serde_json::json!({"returnFormat": "json", "value": [poison], "includeContext": true,
+            "includeEventTags": true, "includeSightings": true, "includeCorrelations": true});
+        if let Some(l) = limit {
+            body["limit"] = l.into();
+        }
+        wazuh_misp::sim::MispSim::answer(&data, &body)
+            .to_string()
+            .len()
+    };
+    let (full, page) = (
+        size(None),
+        size(Some(wazuh_misp::lookup::FIRST_PAGE_ATTRIBUTES)),
+    );
+    assert!(page * 2 < full, "page {page} full {full}");
+    let mut h = Harness::new(&data).await;
+    h.cfg.misp.retries = 0;
+    h.cfg.misp.batch_window_ms = 20;
+    h.cfg.misp.max_response_bytes = (page + full) / 2;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    let lines: String = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
+        .collect();
+    h.append(&lines);
+    q.received.wait_for(20, WAIT).await;
+    let failed = Stats::get(&daemon.stats.lookups_failed);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    assert_eq!(events.len(), 20);
+    let big = events
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e["detected_ip"]["value"] == poison.as_str())
+        .unwrap();
+    assert_eq!(big["misp_data"]["summary"]["truncated"], true);
+    assert!(
+        big["misp_data"]["summary"]["total_attributes"]
+            .as_u64()
+            .unwrap()
+            <= u64::from(wazuh_misp::lookup::FIRST_PAGE_ATTRIBUTES)
+    );
+    assert_eq!(failed, 0);
+}

@@ -186,6 +186,7 @@ pub struct MispConfig {
     pub retries: u32,
     pub breaker_failures: u32,
     pub max_response_bytes: usize,
+    pub isolated_retry_secs: u64,
 }
 
 impl fmt::Debug for MispConfig {
@@ -218,6 +219,7 @@ impl Default for MispConfig {
             retries: 3,
             breaker_failures: 5,
             max_response_bytes: 32 * 1024 * 1024,
+            isolated_retry_secs: 600,
         }
     }
 }

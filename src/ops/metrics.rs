@@ -70,6 +70,7 @@ fn publish_once(src: &Sources) {
         ("wazuh_misp_socket_errors_total", g(&s.socket_errors)),
         ("wazuh_misp_open_errors_total", g(&s.open_errors)),
         ("wazuh_misp_lines_repaired_total", g(&s.lines_repaired)),
+        ("wazuh_misp_lookups_failed_total", g(&s.lookups_failed)),
     ];
     for (name, v) in counters {
         metrics::counter!(name).absolute(v);

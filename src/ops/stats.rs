@@ -38,6 +38,9 @@ pub struct Stats {
     /// Lines with invalid UTF-8 or lone surrogate escapes, processed with
     /// U+FFFD in place of the bad sequence.
     pub lines_repaired: AtomicU64,
+    /// Lookups given up on after `misp.isolated_retry_secs` (a value MISP
+    /// keeps failing on alone); their alerts went out unenriched.
+    pub lookups_failed: AtomicU64,
     skipped: [AtomicU64; SKIP_REASONS.len()],
 }
 

@@ -20,7 +20,7 @@ use crate::extract::{Extractor, IpHit, Scratch};
 use crate::filter::{self, AlertFilter};
 use crate::input::tail::{self, Waker, BATCH_LINES};
 use crate::input::{bookmark, Ack, Batch, Checkpointer, TailOptions, Tailer};
-use crate::lookup::{self, Abandoned, Hits, Lookup, MispClient, Recent};
+use crate::lookup::{self, Abandoned, Hits, Lookup, LookupError, MispClient, Recent};
 use crate::output::{self, Outgoing, Writer};
 use crate::ratelog::RateLimitedLog;
 use crate::state::{read_versioned, write_atomic};
@@ -272,16 +272,32 @@ impl Engine {
             },
         ))
         .await;
-        let Ok(answers) = looked_up.into_iter().collect::<Result<Vec<Hits>, _>>() else {
+        if looked_up
+            .iter()
+            .any(|r| matches!(r, Err(LookupError::Abandoned(_))))
+        {
             self.release(w.claimed.iter().map(|(_, k)| *k));
             return Err(Abandoned);
-        };
+        }
         let Waiting {
             line,
             rules,
-            claimed,
+            claimed: all_claimed,
             ..
         } = w;
+        // A value MISP kept failing on alone is let go: no event for it,
+        // the rest of the alert goes on.
+        let mut claimed = Vec::with_capacity(all_claimed.len());
+        let mut answers = Vec::with_capacity(all_claimed.len());
+        for (claim, result) in all_claimed.into_iter().zip(looked_up) {
+            match result {
+                Ok(hits) => {
+                    claimed.push(claim);
+                    answers.push(hits);
+                }
+                Err(_) => self.release([claim.1]),
+            }
+        }
         // Taken by `produce` only if the line parses.
         let mut claimed = Some(claimed);
         let produced = PARSER.with(|p| {
@@ -358,6 +374,7 @@ impl Engine {
                 self.release([key]);
                 continue;
             };
+            ev.misp_data.summary.truncated |= hits.truncated;
             match enrich::serialize_within(&mut ev, limit) {
                 Some(payload) if out.datagrams.push(&header, &payload) => {
                     log_enriched(&ctx, &hit);
@@ -750,6 +767,15 @@ async fn report_errors(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        for failed in lookup.take_given_up() {
+            let payload =
+                enrich::lookup_failed_event(&failed.value, &failed.message, chrono::Utc::now());
+            let mut msg = Outgoing::default();
+            if msg.datagrams.push(output::MANAGER_HEADER, &payload) && out.send(msg).await.is_err()
+            {
+                return;
+            }
+        }
         let Some((since, error)) = lookup.breaker().failing() else {
             continue;
         };

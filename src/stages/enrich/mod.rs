@@ -519,6 +519,21 @@ pub fn error_event(kind: &str, message: &str, since: chrono::DateTime<chrono::Ut
     .expect("error event serialises")
 }
 
+/// A value MISP kept failing on alone, given up on: an error event of kind
+/// `lookup_failed` that also names the value in `misp_error.value`, so a
+/// rule can show which indicator went unchecked.
+pub fn lookup_failed_event(
+    value: &str,
+    message: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "integration": "misp",
+        "misp_error": {"kind": "lookup_failed", "message": message, "since": wazuh_time(since), "value": value},
+    }))
+    .expect("error event serialises")
+}
+
 pub fn recommendations(max_score: u32) -> Option<Recommendations> {
     let (priority, actions): (_, &[&'static str]) = match max_score {
         8.. => (
@@ -609,9 +624,11 @@ pub struct Prepared {
     pub recommendations: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// `None` when MISP knows nothing (no event is sent then).
-pub fn prepare(attributes: &[Attribute]) -> Option<Prepared> {
-    let (misp_data, recommendations) = misp_part(attributes)?;
+/// `None` when MISP knows nothing (no event is sent then). `truncated`:
+/// the attributes are only the first page of MISP's answer.
+pub fn prepare(attributes: &[Attribute], truncated: bool) -> Option<Prepared> {
+    let (mut misp_data, recommendations) = misp_part(attributes)?;
+    misp_data.summary.truncated |= truncated;
     let raw = |v: String| {
         serde_json::value::RawValue::from_string(v).expect("serde_json output is valid JSON")
     };

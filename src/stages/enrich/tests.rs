@@ -328,7 +328,7 @@ fn spliced_event_equals_full_event() {
         ),
     ]);
     let attrs = lookup(&data, "185.6.6.6");
-    let prepared = prepare(&attrs).unwrap();
+    let prepared = prepare(&attrs, false).unwrap();
     let now = chrono::Utc::now();
     // The written-by-hand path against serde on alerts of every shape:
     // the demo's, a numeric rule id, no agent ip and no decoder, strings

@@ -144,6 +144,22 @@ impl Breaker {
         self.changed.notify_waiters();
     }
 
+    /// A request failed in a way that says nothing about MISP as a whole
+    /// (one value isolated from its batch keeps failing): hands back a
+    /// probe, without counting towards opening.
+    pub fn neutral(&self, pass: Pass) {
+        if pass != Pass::Probe {
+            return;
+        }
+        let mut s = self.lock();
+        s.probing = false;
+        if s.open {
+            s.next_probe = Instant::now() + self.probe_interval;
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
     /// A 429: nobody sends before `until`.
     pub fn hold(&self, d: Duration, error: LastError) {
         let mut s = self.lock();

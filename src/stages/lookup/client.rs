@@ -202,6 +202,7 @@ impl MispClient {
         }
         if let Some(l) = limit {
             body["limit"] = l.into();
+            body["page"] = 1.into();
         }
         body
     }

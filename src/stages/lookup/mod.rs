@@ -44,6 +44,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 #[derive(Debug, Default)]
 pub struct LookupResult {
     pub attributes: Vec<Attribute>,
+    /// MISP's answer was over `misp.max_response_bytes`, so this is its
+    /// first page only.
+    pub truncated: bool,
     /// The event's MISP part, built on first use (see [`crate::enrich::Prepared`]).
     prepared: std::sync::OnceLock<Option<crate::enrich::Prepared>>,
 }
@@ -52,6 +55,7 @@ impl LookupResult {
     pub fn new(attributes: Vec<Attribute>) -> Self {
         LookupResult {
             attributes,
+            truncated: false,
             prepared: std::sync::OnceLock::new(),
         }
     }
@@ -60,7 +64,7 @@ impl LookupResult {
     /// knows nothing.
     pub fn prepared(&self) -> Option<&crate::enrich::Prepared> {
         self.prepared
-            .get_or_init(|| crate::enrich::prepare(&self.attributes))
+            .get_or_init(|| crate::enrich::prepare(&self.attributes, self.truncated))
             .as_ref()
     }
 }
@@ -76,9 +80,30 @@ pub type Hits = Arc<LookupResult>;
 
 /// The lookup could not finish because the daemon is stopping. The alert
 /// must then not be counted as done.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("lookup abandoned: shutting down")]
 pub struct Abandoned;
+
+/// A value MISP kept failing on by itself, let go after
+/// `misp.isolated_retry_secs` so that its alert does not hold the bookmark
+/// forever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("MISP kept failing for {value} alone ({message}); gave up on it")]
+pub struct LookupFailed {
+    pub value: String,
+    pub message: String,
+}
+
+/// Why a lookup has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+    #[error(transparent)]
+    Failed(#[from] LookupFailed),
+}
+
+type Answer = Result<Hits, LookupFailed>;
 
 /// Settings that a reload can change.
 #[derive(Debug, Clone)]
@@ -86,6 +111,7 @@ pub struct LiveSettings {
     pub batch_window: Duration,
     pub batch_max_values: usize,
     pub retries: u32,
+    pub isolated_retry: Duration,
 }
 
 impl LiveSettings {
@@ -94,6 +120,7 @@ impl LiveSettings {
             batch_window: Duration::from_millis(c.batch_window_ms),
             batch_max_values: c.batch_max_values.max(1),
             retries: c.retries,
+            isolated_retry: Duration::from_secs(c.isolated_retry_secs),
         }
     }
 }
@@ -118,8 +145,11 @@ impl Expiry<IpAddr, Hits> for TtlExpiry {
 
 struct Ask {
     ip: IpAddr,
-    reply: oneshot::Sender<Hits>,
+    reply: oneshot::Sender<Answer>,
 }
+
+/// At most this many given-up values wait for the reporter's error events.
+const GIVEN_UP_QUEUE: usize = 64;
 
 struct Shared {
     client: RwLock<Arc<MispClient>>,
@@ -130,6 +160,65 @@ struct Shared {
     /// Times the cache was emptied: a worker's [`Recent`] memo filled
     /// before the last of them is stale.
     invalidations: AtomicU64,
+    /// When MISP last answered a request: a value failing alone is only
+    /// given up on while MISP answers others (otherwise it is an outage).
+    last_success: std::sync::Mutex<Option<Instant>>,
+    /// Values given up on, for the reporter to tell Wazuh about.
+    given_up: std::sync::Mutex<std::collections::VecDeque<LookupFailed>>,
+}
+
+impl Shared {
+    fn client(&self) -> Arc<MispClient> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn answered(&self) {
+        *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Gives up on `values` (one value) if it has failed on its own for
+    /// `misp.isolated_retry_secs` since `started` while MISP answered
+    /// other requests.
+    fn give_up(
+        &self,
+        values: &[String],
+        err: &MispError,
+        started: Instant,
+    ) -> Option<LookupFailed> {
+        let after = self
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .isolated_retry;
+        let answered_since = self
+            .last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t > started);
+        if started.elapsed() < after || !answered_since {
+            return None;
+        }
+        let failed = LookupFailed {
+            value: values.join(","),
+            message: err.to_string(),
+        };
+        self.stats.lookups_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            value = %failed.value,
+            error = %err,
+            failing_secs = started.elapsed().as_secs(),
+            "MISP keeps failing for this value alone while it answers others; its alerts are let go without enrichment"
+        );
+        let mut q = self.given_up.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= GIVEN_UP_QUEUE {
+            q.pop_front();
+        }
+        q.push_back(failed.clone());
+        Some(failed)
+    }
 }
 
 /// The lookup service. Cheap to clone; clones share cache and batcher.
@@ -171,6 +260,8 @@ impl Lookup {
             stats,
             log: RateLimitedLog::new(Duration::from_secs(60), 1),
             invalidations: AtomicU64::new(0),
+            last_success: std::sync::Mutex::new(None),
+            given_up: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         // Bounded: when MISP is slow, asks queue here and workers wait.
         let (asks, rx) =
@@ -216,6 +307,16 @@ impl Lookup {
         &self.shared.breaker
     }
 
+    /// Values given up on since the last call (see [`LookupFailed`]).
+    pub fn take_given_up(&self) -> Vec<LookupFailed> {
+        self.shared
+            .given_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
     /// The cached answer for `ip`, without waiting: the hot path, where
     /// nearly every IP is cached, stays synchronous. `None` (not cached, or
     /// the cache would have to wait on its own housekeeping) sends the
@@ -244,8 +345,9 @@ impl Lookup {
         Some(hits)
     }
 
-    /// Every IP attribute MISP holds for `ip`.
-    pub async fn get(&self, ip: IpAddr) -> Result<Hits, Abandoned> {
+    /// Every IP attribute MISP holds for `ip`. A failure is not cached:
+    /// the next alert naming the value asks again.
+    pub async fn get(&self, ip: IpAddr) -> Result<Hits, LookupError> {
         let asks = self.asks.clone();
         let entry = self
             .cache
@@ -253,10 +355,10 @@ impl Lookup {
             .or_try_insert_with(async move {
                 let (reply, rx) = oneshot::channel();
                 asks.send(Ask { ip, reply }).await.map_err(|_| Abandoned)?;
-                rx.await.map_err(|_| Abandoned)
+                Ok::<_, LookupError>(rx.await.map_err(|_| Abandoned)??)
             })
             .await
-            .map_err(|e: Arc<Abandoned>| *e)?;
+            .map_err(|e: Arc<LookupError>| (*e).clone())?;
         let counter = if entry.is_fresh() {
             &self.shared.stats.cache_misses
         } else {
@@ -317,20 +419,56 @@ async fn batcher(mut rx: mpsc::Receiver<Ask>, shared: Arc<Shared>, slots: Arc<Se
 
 async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let mut values: Vec<String> = Vec::with_capacity(batch.len());
-    for a in &batch {
+    let mut waiting: HashMap<IpAddr, Vec<oneshot::Sender<Answer>>> = HashMap::new();
+    for a in batch {
         let v = a.ip.to_string();
         if !values.contains(&v) {
             values.push(v);
         }
+        waiting.entry(a.ip).or_default().push(a.reply);
     }
-    let attributes = fetch(shared, &values).await;
-    let mut per_ip: HashMap<IpAddr, Vec<Attribute>> = HashMap::new();
+    let waiting = std::sync::Mutex::new(waiting);
+    // Each part of the batch is answered as soon as it resolves: while one
+    // value is being isolated, the alerts of the others go on.
+    let answer = |(asked, outcome): Resolved| {
+        let answers = per_value(&asked, outcome);
+        let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
+        for (ip, answer) in answers {
+            for reply in waiting.remove(&ip).into_iter().flatten() {
+                let _ = reply.send(answer.clone());
+            }
+        }
+    };
+    resolve(shared, values, Level::Batch, &answer).await;
+}
+
+/// One request's outcome, per value asked: the attributes naming it (a
+/// composite value such as `ip|port` names its IP half).
+fn per_value(
+    asked: &[String],
+    outcome: Result<(Vec<Attribute>, bool), LookupFailed>,
+) -> Vec<(IpAddr, Answer)> {
+    let ips: Vec<IpAddr> = asked
+        .iter()
+        .filter_map(|v| v.parse::<IpAddr>().ok())
+        .map(canonical)
+        .collect();
+    let (attributes, truncated) = match outcome {
+        Ok(found) => found,
+        Err(failed) => {
+            return ips
+                .into_iter()
+                .map(|ip| (ip, Err(failed.clone())))
+                .collect()
+        }
+    };
+    let mut found: HashMap<IpAddr, Vec<Attribute>> = HashMap::new();
     for attr in attributes {
         for half in attr.value.split('|') {
             if let Ok(ip) = half.trim().parse::<IpAddr>() {
                 let ip = canonical(ip);
-                if batch.iter().any(|a| a.ip == ip) {
-                    let list = per_ip.entry(ip).or_default();
+                if ips.contains(&ip) {
+                    let list = found.entry(ip).or_default();
                     if list.last() != Some(&attr) {
                         list.push(attr.clone());
                     }
@@ -338,17 +476,94 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
             }
         }
     }
-    let mut shared_hits: HashMap<IpAddr, Hits> = HashMap::new();
-    for ask in batch {
-        let hits = shared_hits
-            .entry(ask.ip)
-            .or_insert_with(|| {
-                Arc::new(LookupResult::new(
-                    per_ip.remove(&ask.ip).unwrap_or_default(),
-                ))
-            })
-            .clone();
-        let _ = ask.reply.send(hits);
+    ips.into_iter()
+        .map(|ip| {
+            let mut result = LookupResult::new(found.remove(&ip).unwrap_or_default());
+            result.truncated = truncated;
+            (ip, Ok(Arc::new(result)))
+        })
+        .collect()
+}
+
+/// What one request's values came to: the attributes (and whether MISP's
+/// answer was cut to its first page), or the failure they were let go with.
+type Resolved = (Vec<String>, Result<(Vec<Attribute>, bool), LookupFailed>);
+
+/// Asks MISP about `values` until it answers, isolating a value that fails
+/// on its own: a batch that keeps failing in a way one value can cause (a
+/// 5xx, an unusable or oversized body, a timeout) is split in halves, so
+/// that one poison value holds up nobody else's alerts.
+fn resolve<'a>(
+    shared: &'a Shared,
+    values: Vec<String>,
+    level: Level,
+    out: &'a (dyn Fn(Resolved) + Sync),
+) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        match fetch(shared, &values, level).await {
+            Ok(attributes) => out((values, Ok((attributes, false)))),
+            Err(Isolate::Split) => {
+                let second = values[values.len() / 2..].to_vec();
+                let mut first = values;
+                first.truncate(first.len() / 2);
+                tracing::info!(
+                    values = first.len() + second.len(),
+                    "a MISP request keeps failing; splitting it to find the value that fails"
+                );
+                // Both halves at once: the healthy one is answered while
+                // the other is split further.
+                futures::join!(
+                    resolve(shared, first, Level::Isolating, out),
+                    resolve(shared, second, Level::Isolating, out)
+                );
+            }
+            Err(Isolate::TooLarge) => {
+                let page = fetch_page(shared, &values).await;
+                out((values, page.map(|a| (a, true))));
+            }
+            Err(Isolate::GaveUp(failed)) => out((values, Err(failed))),
+        }
+    })
+}
+
+/// The first page of MISP's answer for one value whose whole answer is
+/// over `misp.max_response_bytes`: what the event's size guard would keep
+/// anyway. The event is marked truncated.
+async fn fetch_page(shared: &Shared, values: &[String]) -> Result<Vec<Attribute>, LookupFailed> {
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let pass = shared.breaker.pass().await;
+        let client = shared.client();
+        shared.stats.misp_requests.fetch_add(1, Ordering::Relaxed);
+        match client
+            .search_with(values, Some(FIRST_PAGE_ATTRIBUTES))
+            .await
+        {
+            Ok(a) => {
+                shared.breaker.success();
+                shared.answered();
+                tracing::warn!(value = %values.join(","), kept = a.len(), "MISP's answer for this value is over misp.max_response_bytes; using its first page (the event is marked truncated)");
+                return Ok(a);
+            }
+            Err(err) => {
+                shared.stats.misp_errors.fetch_add(1, Ordering::Relaxed);
+                let last = LastError {
+                    kind: err.event_kind(),
+                    message: err.to_string(),
+                };
+                if value_specific(&err) {
+                    shared.breaker.neutral(pass);
+                } else {
+                    shared.breaker.failure(pass, last);
+                }
+                if let Some(failed) = shared.give_up(values, &err, started) {
+                    return Err(failed);
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
     }
 }
 
@@ -359,18 +574,59 @@ fn backoff(attempt: u32) -> Duration {
     capped / 2 + capped.mul_f64(fastrand::f64() / 2.0)
 }
 
+/// Whether a request is a batch as the batcher made it, or part of one
+/// being split to isolate a failing value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Batch,
+    Isolating,
+}
+
+/// Why [`fetch`] stopped asking for a set of values.
+enum Isolate {
+    /// It keeps failing in a way one of its values can cause: ask about
+    /// each half on its own.
+    Split,
+    /// One value whose answer is over `misp.max_response_bytes`.
+    TooLarge,
+    /// One value that kept failing for `misp.isolated_retry_secs` while
+    /// MISP answered other requests.
+    GaveUp(LookupFailed),
+}
+
+/// Whether one value can cause this error on its own (its answer is huge,
+/// or it trips a server bug), rather than MISP or the network being down.
+fn value_specific(err: &MispError) -> bool {
+    matches!(
+        err,
+        MispError::Server { .. } | MispError::BadBody(_) | MispError::Timeout
+    )
+}
+
+fn is_too_large(err: &MispError) -> bool {
+    matches!(err, MispError::BadBody(m) if m.contains("max_response_bytes"))
+}
+
+/// How many attributes the first page of a too-large answer holds: more
+/// than one datagram's event keeps after its size guard.
+pub const FIRST_PAGE_ATTRIBUTES: u32 = 50;
+
 /// Asks MISP until it answers. Retries `misp.retries` times with backoff,
-/// then reports the failure and keeps trying at the breaker's pace.
-async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
+/// then, when the failure is of a kind one value can cause, hands the
+/// values back to be split ([`resolve`]); otherwise (MISP down, key
+/// refused, rate limit) reports the failure and keeps trying at the
+/// breaker's pace, as no alert is dropped for an outage.
+async fn fetch(
+    shared: &Shared,
+    values: &[String],
+    level: Level,
+) -> Result<Vec<Attribute>, Isolate> {
     let mut attempt = 0u32;
+    let started = Instant::now();
     loop {
         let pass = shared.breaker.pass().await;
-        let client = shared
-            .client
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let started = Instant::now();
+        let client = shared.client();
+        let begun = Instant::now();
         shared.stats.misp_requests.fetch_add(1, Ordering::Relaxed);
         shared
             .stats
@@ -378,18 +634,19 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             .fetch_add(values.len() as u64, Ordering::Relaxed);
         let result = client.search(values).await;
         metrics::histogram!(crate::metrics::MISP_REQUEST_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+            .record(begun.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::MISP_VALUES_PER_REQUEST).record(values.len() as f64);
         tracing::debug!(
             values = values.len(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = begun.elapsed().as_millis() as u64,
             ok = result.is_ok(),
             "MISP restSearch"
         );
         let err = match result {
             Ok(a) => {
                 shared.breaker.success();
-                return a;
+                shared.answered();
+                return Ok(a);
             }
             Err(e) => e,
         };
@@ -404,24 +661,42 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
             kind: err.event_kind(),
             message: err.to_string(),
         };
+        // While a batch is split, its failures of the kind one value causes
+        // are that value's, not MISP's: counting them would let one poison
+        // value open the breaker for every other lookup. A real outage
+        // opens it through the batches themselves.
+        if level == Level::Isolating && value_specific(&err) {
+            shared.breaker.neutral(pass);
+        } else if !matches!(err, MispError::RateLimited { .. }) {
+            shared.breaker.failure(pass, last.clone());
+        }
+        let retries_used = attempt >= retries;
+        if retries_used && value_specific(&err) {
+            if values.len() > 1 {
+                return Err(Isolate::Split);
+            }
+            if is_too_large(&err) {
+                return Err(Isolate::TooLarge);
+            }
+            if let Some(failed) = shared.give_up(values, &err, started) {
+                return Err(Isolate::GaveUp(failed));
+            }
+        }
+        let isolated = values.len() == 1 && value_specific(&err);
         let delay = match &err {
             MispError::RateLimited { retry_after } => {
                 let d = retry_after
                     .unwrap_or_else(|| backoff(attempt))
                     .min(Duration::from_secs(300));
-                shared.breaker.hold(d, last.clone());
+                shared.breaker.hold(d, last);
                 d
             }
             // A wrong key does not fix itself in milliseconds.
             MispError::Auth { .. } => shared.breaker.probe_interval(),
-            _ if attempt < retries => backoff(attempt),
+            _ if !retries_used || isolated => backoff(attempt),
             _ => shared.breaker.probe_interval(),
         };
-        if !matches!(err, MispError::RateLimited { .. }) {
-            shared.breaker.failure(pass, last);
-        }
         let kind = err.kind();
-        let gave_up_retrying = attempt >= retries;
         shared.log.log(kind, |suppressed| {
             tracing::warn!(
                 kind,
@@ -432,7 +707,7 @@ async fn fetch(shared: &Shared, values: &[String]) -> Vec<Attribute> {
                 retry_in_ms = delay.as_millis() as u64,
                 suppressed,
                 "MISP lookup failed{}",
-                if gave_up_retrying { "; retries used up, waiting for MISP to recover (no alert is dropped)" } else { "; retrying" }
+                if retries_used { "; retries used up, waiting for MISP to recover (no alert is dropped)" } else { "; retrying" }
             );
         });
         attempt += 1;
