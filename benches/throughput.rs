@@ -197,12 +197,12 @@ async fn run(s: Scenario) -> Value {
     };
 
     let mut cfg = Config::in_dir(dir.path(), &sim.url(), KEY);
-    cfg.misp.max_concurrent_requests = 16;
+    cfg.misp.max_concurrent_requests = (16).into();
     if let Some(w) = std::env::var("BENCH_WORKERS")
         .ok()
-        .and_then(|w| w.parse().ok())
+        .and_then(|w| w.parse::<usize>().ok())
     {
-        cfg.pipeline.workers = w;
+        cfg.pipeline.workers = (w).into();
     }
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
     let daemon = Daemon::start(cfg, client).unwrap();

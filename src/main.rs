@@ -156,7 +156,7 @@ async fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let log = init_logging(&cfg.log.level, cfg.log.format);
+    let log = init_logging(&cfg.log.level, *cfg.log.format);
     let client = match build_client(&cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -185,7 +185,6 @@ async fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let stats_every = cfg.log.stats_interval_secs;
     let mut daemon = match Daemon::start(cfg, client) {
         Ok(d) => d,
         Err(e) => {
@@ -194,25 +193,43 @@ async fn run(path: &Path) -> ExitCode {
         }
     };
     service::ready(&daemon.stats.summary());
-    let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
-    stats_tick.tick().await;
-    // The watchdog ping doubles as the STATUS= refresh.
+    let stats_tick = |secs: u64| {
+        let every = Duration::from_secs(secs.max(1));
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    };
+    let mut stats_every = daemon.config().log.stats_interval_secs;
+    let mut stats = stats_tick(stats_every);
+    // The watchdog ping doubles as the STATUS= refresh. It stops with the
+    // loop, so a dead component also stops the pings.
     let mut heartbeat = tokio::time::interval(
         service::watchdog_interval()
             .unwrap_or(Duration::from_secs(10))
             .min(Duration::from_secs(10)),
     );
+    let mut exit = ExitCode::SUCCESS;
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
                     service::reloading();
                     reload(&mut daemon, path, &log);
+                    if daemon.config().log.stats_interval_secs != stats_every {
+                        stats_every = daemon.config().log.stats_interval_secs;
+                        stats = stats_tick(stats_every);
+                    }
                     service::ready(&daemon.stats.summary());
                 }
                 Some(_) | None => break,
             },
-            _ = stats_tick.tick(), if stats_every > 0 => tracing::info!(stats = %daemon.stats.summary(), "stats"),
+            death = daemon.died() => {
+                tracing::error!(
+                    component = death.component,
+                    "{death}; stopping so that systemd restarts the daemon from the bookmark"
+                );
+                exit = ExitCode::FAILURE;
+                break;
+            }
+            _ = stats.tick(), if stats_every > 0 => tracing::info!(stats = %daemon.stats.summary(), "stats"),
             _ = heartbeat.tick() => {
                 service::watchdog();
                 service::status(&daemon.stats.summary());
@@ -221,10 +238,10 @@ async fn run(path: &Path) -> ExitCode {
     }
     service::stopping();
     tracing::info!("stopping: finishing in-flight alerts");
-    // systemd's default stop timeout is 90 s, ours is 10 s: leave a margin
+    // systemd's default stop timeout is 90 s, ours is 20 s: leave a margin
     // for saving state after the grace period.
     daemon.shutdown(Duration::from_secs(9)).await;
-    ExitCode::SUCCESS
+    exit
 }
 
 fn build_client(cfg: &Config) -> anyhow::Result<MispClient> {
@@ -256,7 +273,20 @@ fn reload(daemon: &mut Daemon, path: &Path, log: &LogHandle) {
     }
     match daemon.reload(new, client) {
         Ok(changed) if changed.is_empty() => tracing::info!("reload: nothing changed"),
-        Ok(changed) => tracing::info!(keys = ?changed, "reload applied"),
+        Ok(changed) => {
+            let keys = |applies| {
+                changed
+                    .iter()
+                    .filter(|c| c.applies == applies)
+                    .map(|c| c.key.as_str())
+                    .collect::<Vec<_>>()
+            };
+            tracing::info!(
+                keys = ?keys(config::Applies::Live),
+                after_restart = ?keys(config::Applies::AfterRestart),
+                "reload applied"
+            );
+        }
         Err(e) => {
             tracing::error!("reload refused; the running configuration stays in force: {e:#}")
         }
@@ -268,7 +298,7 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(&cfg.log.level, cfg.log.format);
+    init_logging(&cfg.log.level, *cfg.log.format);
     let client = match build_client(&cfg) {
         Ok(c) => c,
         Err(e) => {

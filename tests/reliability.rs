@@ -24,7 +24,7 @@ fn ips_of(q: &QueueSocket) -> Vec<String> {
 async fn bad_input_is_skipped_with_a_reason_and_good_alerts_still_flow() {
     let (data, ips) = pool(12);
     let mut h = Harness::new(&data).await;
-    h.cfg.input.max_line_bytes = 1024 * 1024;
+    h.cfg.input.max_line_bytes = (1024 * 1024).into();
     let q = QueueSocket::bind(&h.socket, Received::default());
     let daemon = h.start();
     let good = |i: usize| sshd_alert(i, &ips[i], "001");
@@ -196,7 +196,7 @@ async fn socket_removed_and_recreated_loses_nothing_and_keeps_order() {
     let (data, ips) = pool(100);
     let mut h = Harness::new(&data).await;
     // One worker: lines finish in file order, so order can be checked.
-    h.cfg.pipeline.workers = 1;
+    h.cfg.pipeline.workers = (1).into();
     let q = QueueSocket::bind(&h.socket, Received::default());
     let daemon = h.start();
     for (i, ip) in ips[..30].iter().enumerate() {
@@ -229,7 +229,7 @@ async fn socket_removed_and_recreated_loses_nothing_and_keeps_order() {
 async fn restart_resumes_from_the_bookmark_and_remembers_dedup() {
     let (data, ips) = pool(40);
     let mut h = Harness::new(&data).await;
-    h.cfg.input.start_position = wazuh_misp::config::StartPosition::Beginning;
+    h.cfg.input.start_position = (wazuh_misp::config::StartPosition::Beginning).into();
     let q = QueueSocket::bind(&h.socket, Received::default());
     let daemon = h.start();
     for (i, ip) in ips[..20].iter().enumerate() {
@@ -269,7 +269,7 @@ async fn an_unreadable_bookmark_across_a_restart_loses_nothing() {
     for both in [false, true] {
         let (data, ips) = pool(20);
         let mut h = Harness::new(&data).await;
-        h.cfg.input.start_position = wazuh_misp::config::StartPosition::End;
+        h.cfg.input.start_position = (wazuh_misp::config::StartPosition::End).into();
         let q = QueueSocket::bind(&h.socket, Received::default());
         // An empty alerts.json: "end" is its start.
         let daemon = h.start();
@@ -430,7 +430,7 @@ async fn a_value_misp_always_fails_on_holds_up_no_other_alert() {
     h.cfg.misp.retries = 1;
     h.cfg.misp.isolated_retry_secs = 1;
     h.cfg.misp.batch_window_ms = 20;
-    h.cfg.pipeline.channel_capacity = 256;
+    h.cfg.pipeline.channel_capacity = (256).into();
     let poison = ips[37].clone();
     h.sim
         .fail_value(&poison, Some(wazuh_misp::sim::Fault::Status(500)));

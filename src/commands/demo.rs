@@ -13,7 +13,7 @@ use crate::sim::{MispSim, SimData};
 use crate::stats::Stats;
 use serde_json::Value;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const DEMO_EVENTS: &[&str] = &[
@@ -50,33 +50,36 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
 
     let socket_path = dir.path().join("queue");
     let receiver = tokio::net::UnixDatagram::bind(&socket_path)?;
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = received.clone();
+    // The reader ends at this datagram, which the demo sends itself once
+    // the daemon has stopped: datagrams arrive in order, so by then it has
+    // read every event.
+    const SENTINEL: &[u8] = b"--end of demo--";
     let reader = tokio::spawn(async move {
+        let mut received = Vec::new();
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = receiver.recv(&mut buf).await {
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(buf[..n].to_vec());
+            if &buf[..n] == SENTINEL {
+                break;
+            }
+            received.push(buf[..n].to_vec());
         }
+        received
     });
 
     let cfg = Config::in_dir(dir.path(), &sim.url(), DEMO_KEY);
     let alerts_path = cfg.input.alerts_file.clone();
-    std::fs::write(&alerts_path, b"")?;
-    let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key()?)?;
-    let daemon = Daemon::start(cfg, client)?;
-
-    // Append the way analysisd does: one write per alert line.
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&alerts_path)?;
+    // Written before the daemon starts, the way analysisd appends (one
+    // write per line): the tailer reads them all at once, so their
+    // lookups reach the batcher together.
+    let mut f = std::fs::File::create(&alerts_path)?;
     for line in alerts.lines().filter(|l| !l.trim().is_empty()) {
         f.write_all(line.as_bytes())?;
         f.write_all(b"\n")?;
     }
     f.flush()?;
     let total = std::fs::metadata(&alerts_path)?.len();
+    let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key()?)?;
+    let daemon = Daemon::start(cfg, client)?;
 
     // Done when the checkpointer says every byte is handled: by then every
     // event has been sent to our socket.
@@ -96,11 +99,8 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
     let misp_requests = sim.requests();
     let misp_values = sim.values_asked();
     sim.stop().await;
-    // Datagrams already sent are in the socket's queue; give the reader a
-    // moment to take them, then stop it.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    reader.abort();
-    let datagrams = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
+    std::os::unix::net::UnixDatagram::unbound()?.send_to(SENTINEL, &socket_path)?;
+    let datagrams = reader.await?;
     Ok(DemoOutcome {
         datagrams,
         stats,

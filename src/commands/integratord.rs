@@ -56,7 +56,7 @@ pub async fn run(
     let stats = Arc::new(Stats::default());
     let dedup = Dedup::new(
         Duration::from_secs(cfg.dedup.window_secs),
-        cfg.dedup.max_entries,
+        *cfg.dedup.max_entries,
     );
     let state_ok = runtime::prepare_state_dir(&cfg.input.state_dir).is_ok();
     if state_ok {

@@ -65,6 +65,75 @@ impl Serialize for Secret {
     }
 }
 
+/// A key read once at start: its type says that a reload does not apply
+/// it. [`Config::changes`] reports a change of such a key as
+/// [`Applies::AfterRestart`]; every other key applies live on SIGHUP.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Restart<T>(pub T);
+
+impl<T: fmt::Debug> fmt::Debug for Restart<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T> std::ops::Deref for Restart<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: AsRef<U>, U: ?Sized> AsRef<U> for Restart<T> {
+    fn as_ref(&self) -> &U {
+        self.0.as_ref()
+    }
+}
+
+impl<T> From<T> for Restart<T> {
+    fn from(v: T) -> Self {
+        Restart(v)
+    }
+}
+
+thread_local! {
+    /// Set while [`Config::changes`] serialises: [`Restart`] values then
+    /// wrap themselves in a marker, so the walk can tell them apart.
+    static MARK_RESTART: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+const RESTART_MARK: &str = "\u{0}restart";
+
+impl<T: Serialize> Serialize for Restart<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if MARK_RESTART.with(|m| m.get()) {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(RESTART_MARK, &self.0)?;
+            m.end()
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+/// When a changed key takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    /// On SIGHUP.
+    Live,
+    /// At the next start: the key's type is [`Restart`].
+    AfterRestart,
+}
+
+/// One key whose value differs between two configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The dotted name, e.g. `filter.min_level`.
+    pub key: String,
+    pub applies: Applies,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -82,8 +151,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address for the Prometheus endpoint (`/metrics`), e.g.
-    /// "127.0.0.1:9464". Empty: off (restart).
-    pub listen: String,
+    /// "127.0.0.1:9464". Empty: off.
+    pub listen: Restart<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,19 +165,20 @@ pub enum StartPosition {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct InputConfig {
-    pub alerts_file: PathBuf,
-    pub state_dir: PathBuf,
-    pub start_position: StartPosition,
-    pub max_line_bytes: usize,
+    pub alerts_file: Restart<PathBuf>,
+    pub state_dir: Restart<PathBuf>,
+    /// Only consulted when there is no bookmark, at start.
+    pub start_position: Restart<StartPosition>,
+    pub max_line_bytes: Restart<usize>,
 }
 
 impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
-            alerts_file: "/var/ossec/logs/alerts/alerts.json".into(),
-            state_dir: "/var/lib/wazuh-misp".into(),
-            start_position: StartPosition::End,
-            max_line_bytes: 1_048_576,
+            alerts_file: Restart("/var/ossec/logs/alerts/alerts.json".into()),
+            state_dir: Restart("/var/lib/wazuh-misp".into()),
+            start_position: Restart(StartPosition::End),
+            max_line_bytes: Restart(1_048_576),
         }
     }
 }
@@ -174,13 +244,13 @@ pub struct MispConfig {
     pub verify_tls: bool,
     pub ca_file: Option<PathBuf>,
     pub timeout_secs: u64,
-    pub max_concurrent_requests: usize,
+    pub max_concurrent_requests: Restart<usize>,
     pub match_types: MatchTypes,
     pub decay: bool,
     pub enforce_warninglist: bool,
     pub cache_ttl_secs: u64,
     pub negative_cache_ttl_secs: u64,
-    pub cache_max_entries: u64,
+    pub cache_max_entries: Restart<u64>,
     pub batch_window_ms: u64,
     pub batch_max_values: usize,
     pub retries: u32,
@@ -207,13 +277,13 @@ impl Default for MispConfig {
             verify_tls: true,
             ca_file: None,
             timeout_secs: 10,
-            max_concurrent_requests: 8,
+            max_concurrent_requests: Restart(8),
             match_types: MatchTypes::All,
             decay: false,
             enforce_warninglist: true,
             cache_ttl_secs: 600,
             negative_cache_ttl_secs: 300,
-            cache_max_entries: 100_000,
+            cache_max_entries: Restart(100_000),
             batch_window_ms: 5,
             batch_max_values: 100,
             retries: 3,
@@ -228,16 +298,16 @@ impl Default for MispConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
     pub window_secs: u64,
-    pub max_entries: u64,
-    pub persist_secs: u64,
+    pub max_entries: Restart<u64>,
+    pub persist_secs: Restart<u64>,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig {
             window_secs: 3600,
-            max_entries: 1_000_000,
-            persist_secs: 60,
+            max_entries: Restart(1_000_000),
+            persist_secs: Restart(60),
         }
     }
 }
@@ -245,7 +315,7 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
-    pub queue_socket: PathBuf,
+    pub queue_socket: Restart<PathBuf>,
     /// MISP failing (or refusing the key) this long sends an error event.
     pub error_event_after_secs: u64,
     /// At most one error event per this many seconds.
@@ -255,7 +325,7 @@ pub struct OutputConfig {
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
-            queue_socket: "/var/ossec/queue/sockets/queue".into(),
+            queue_socket: Restart("/var/ossec/queue/sockets/queue".into()),
             error_event_after_secs: 60,
             error_event_interval_secs: 600,
         }
@@ -266,25 +336,25 @@ impl Default for OutputConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// 0 means one per runtime thread ([`runtime_threads`]).
-    pub workers: usize,
-    pub channel_capacity: usize,
+    pub workers: Restart<usize>,
+    pub channel_capacity: Restart<usize>,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            workers: 0,
-            channel_capacity: 1024,
+            workers: Restart(0),
+            channel_capacity: Restart(1024),
         }
     }
 }
 
 impl PipelineConfig {
     pub fn worker_count(&self) -> usize {
-        if self.workers == 0 {
+        if *self.workers == 0 {
             runtime_threads()
         } else {
-            self.workers
+            *self.workers
         }
     }
 }
@@ -319,7 +389,7 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
-    pub format: LogFormat,
+    pub format: Restart<LogFormat>,
     /// How often the counters are logged at info level (0: never).
     pub stats_interval_secs: u64,
 }
@@ -328,7 +398,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
-            format: LogFormat::Text,
+            format: Restart(LogFormat::Text),
             stats_interval_secs: 60,
         }
     }
@@ -464,10 +534,10 @@ impl Config {
     /// under `dir`, reading from the beginning, talking to `misp_url`.
     pub fn in_dir(dir: &Path, misp_url: &str, api_key: &str) -> Config {
         let mut cfg = Config::default();
-        cfg.input.alerts_file = dir.join("alerts.json");
-        cfg.input.state_dir = dir.join("state");
-        cfg.input.start_position = StartPosition::Beginning;
-        cfg.output.queue_socket = dir.join("queue");
+        cfg.input.alerts_file = dir.join("alerts.json").into();
+        cfg.input.state_dir = dir.join("state").into();
+        cfg.input.start_position = StartPosition::Beginning.into();
+        cfg.output.queue_socket = dir.join("queue").into();
         cfg.misp.url = misp_url.to_owned();
         cfg.misp.api_key = Some(Secret::new(api_key));
         cfg
@@ -507,26 +577,26 @@ impl Config {
             ("misp.timeout_secs", self.misp.timeout_secs as usize),
             (
                 "misp.max_concurrent_requests",
-                self.misp.max_concurrent_requests,
+                *self.misp.max_concurrent_requests,
             ),
             ("misp.batch_max_values", self.misp.batch_max_values),
             ("misp.max_response_bytes", self.misp.max_response_bytes),
             (
                 "misp.cache_max_entries",
-                self.misp.cache_max_entries as usize,
+                *self.misp.cache_max_entries as usize,
             ),
             ("misp.breaker_failures", self.misp.breaker_failures as usize),
-            ("input.max_line_bytes", self.input.max_line_bytes),
+            ("input.max_line_bytes", *self.input.max_line_bytes),
             ("dedup.window_secs", self.dedup.window_secs as usize),
-            ("dedup.max_entries", self.dedup.max_entries as usize),
-            ("pipeline.channel_capacity", self.pipeline.channel_capacity),
+            ("dedup.max_entries", *self.dedup.max_entries as usize),
+            ("pipeline.channel_capacity", *self.pipeline.channel_capacity),
         ];
         for (key, v) in positive {
             if v == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));
             }
         }
-        if self.input.max_line_bytes < 1024 {
+        if *self.input.max_line_bytes < 1024 {
             return Err(ConfigError::key(
                 "input.max_line_bytes",
                 "must be at least 1024",
@@ -591,41 +661,66 @@ impl Config {
         Ok(Secret::new(k))
     }
 
-    /// Dotted names of the leaf keys whose values differ between two configs.
-    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
-        fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    /// Every leaf key whose value differs between two configs, and when
+    /// its change takes effect: decided by its type ([`Restart`] or not).
+    pub fn changes(&self, other: &Config) -> Vec<Change> {
+        fn walk(
+            prefix: &str,
+            a: &serde_json::Value,
+            b: &serde_json::Value,
+            restart: bool,
+            out: &mut Vec<Change>,
+        ) {
+            use serde_json::Value::Object;
             match (a, b) {
-                (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                (Object(x), _) if x.len() == 1 && x.contains_key(RESTART_MARK) => {
+                    let inner =
+                        |v: &serde_json::Value| v.get(RESTART_MARK).cloned().unwrap_or_default();
+                    walk(prefix, &inner(a), &inner(b), true, out);
+                }
+                (Object(x), Object(y)) => {
                     for (k, va) in x {
                         let key = if prefix.is_empty() {
                             k.clone()
                         } else {
                             format!("{prefix}.{k}")
                         };
-                        walk(&key, va, y.get(k).unwrap_or(&serde_json::Value::Null), out);
+                        walk(
+                            &key,
+                            va,
+                            y.get(k).unwrap_or(&serde_json::Value::Null),
+                            restart,
+                            out,
+                        );
                     }
                 }
-                _ if a != b => out.push(prefix.to_owned()),
+                _ if a != b => out.push(Change {
+                    key: prefix.to_owned(),
+                    applies: if restart {
+                        Applies::AfterRestart
+                    } else {
+                        Applies::Live
+                    },
+                }),
                 _ => {}
             }
         }
-        let a = serde_json::to_value(self).unwrap_or_default();
-        let b = serde_json::to_value(other).unwrap_or_default();
+        let marked = |c: &Config| {
+            MARK_RESTART.with(|m| m.set(true));
+            let v = serde_json::to_value(c).unwrap_or_default();
+            MARK_RESTART.with(|m| m.set(false));
+            v
+        };
         let mut out = Vec::new();
-        walk("", &a, &b, &mut out);
+        walk("", &marked(self), &marked(other), false, &mut out);
         out
     }
-}
 
-/// Keys that are read once at start; changing them needs a restart.
-pub const RESTART_KEYS: &[&str] = &[
-    "input.alerts_file",
-    "input.state_dir",
-    "pipeline.workers",
-    "pipeline.channel_capacity",
-    "output.queue_socket",
-    "metrics.listen",
-];
+    /// Dotted names of the leaf keys whose values differ between two configs.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        self.changes(other).into_iter().map(|c| c.key).collect()
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //! an optional Prometheus endpoint (`metrics.listen`).
 //!
 //! [`Stats`] stays the single source of truth (the STATUS= line, the stats
-//! log line and the tests read it); a task publishes it every second.
+//! log line and the tests read it); with an endpoint configured, a task
+//! publishes it every second.
 //! Histograms (MISP latency, values per request) are recorded where they
 //! happen. With no endpoint configured no recorder is installed and every
 //! call is a no-op.
@@ -12,7 +13,6 @@ use crate::stats::Stats;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub const MISP_REQUEST_SECONDS: &str = "wazuh_misp_misp_request_duration_seconds";
 pub const MISP_VALUES_PER_REQUEST: &str = "wazuh_misp_misp_values_per_request";
@@ -36,25 +36,18 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the publisher needs to compute gauges.
+/// What the publisher reads: counters and the checkpointer, never a
+/// channel end (holding one would keep a channel open that shutdown or a
+/// dead component must be able to close).
 pub struct Sources {
     pub stats: Arc<Stats>,
     pub checkpoints: Arc<Checkpointer>,
     pub alerts_file: PathBuf,
-    pub line_queue: async_channel::Receiver<crate::input::Batch>,
     pub dedup: crate::dedup::Dedup,
 }
 
-/// Publishes the counters and gauges every second.
-pub async fn publish(src: Sources) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        publish_once(&src);
-    }
-}
-
-fn publish_once(src: &Sources) {
+/// One round of publishing (the runtime's publisher calls it every second).
+pub fn publish_once(src: &Sources) {
     let s = &src.stats;
     let g = Stats::get;
     let counters = [
@@ -78,7 +71,7 @@ fn publish_once(src: &Sources) {
     for (reason, v) in s.skipped() {
         metrics::counter!("wazuh_misp_alerts_skipped_total", "reason" => reason).absolute(v);
     }
-    metrics::gauge!("wazuh_misp_queued_batches").set(src.line_queue.len() as f64);
+    metrics::gauge!("wazuh_misp_queued_batches").set(g(&s.batches_queued) as f64);
     metrics::gauge!("wazuh_misp_in_flight_batches").set(src.checkpoints.in_flight() as f64);
     metrics::gauge!("wazuh_misp_dedup_entries").set(src.dedup.len() as f64);
     if let Some(lag) = lag_bytes(&src.checkpoints, &src.alerts_file) {

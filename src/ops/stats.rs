@@ -41,6 +41,8 @@ pub struct Stats {
     /// Lookups given up on after `misp.isolated_retry_secs` (a value MISP
     /// keeps failing on alone); their alerts went out unenriched.
     pub lookups_failed: AtomicU64,
+    /// Batches handed to the workers and not yet taken.
+    pub batches_queued: AtomicU64,
     skipped: [AtomicU64; SKIP_REASONS.len()],
 }
 

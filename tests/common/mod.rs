@@ -177,13 +177,13 @@ impl Harness {
         let sim = MispSim::start(data, KEY).await.unwrap();
         let mut cfg = Config::in_dir(dir.path(), &sim.url(), KEY);
         let (alerts, socket) = (
-            cfg.input.alerts_file.clone(),
-            cfg.output.queue_socket.clone(),
+            cfg.input.alerts_file.to_path_buf(),
+            cfg.output.queue_socket.to_path_buf(),
         );
         std::fs::write(&alerts, b"").unwrap();
         cfg.misp.batch_window_ms = 2;
-        cfg.pipeline.workers = 2;
-        cfg.pipeline.channel_capacity = 64;
+        cfg.pipeline.workers = (2).into();
+        cfg.pipeline.channel_capacity = (64).into();
         Harness {
             dir,
             alerts,

@@ -14,15 +14,15 @@ fn load(text: &str) -> Result<Config, ConfigError> {
 fn defaults_fill_in() {
     let c = load(MINIMAL).unwrap();
     assert_eq!(
-        c.input.alerts_file,
+        *c.input.alerts_file,
         PathBuf::from("/var/ossec/logs/alerts/alerts.json")
     );
     assert_eq!(c.filter.min_level, 6);
     assert_eq!(c.filter.exclude_rule_ids, ["31530", "31531"]);
     assert!(c.misp.verify_tls);
     assert_eq!(c.dedup.window_secs, 3600);
-    assert_eq!(c.pipeline.channel_capacity, 1024);
-    assert_eq!(c.input.start_position, StartPosition::End);
+    assert_eq!(*c.pipeline.channel_capacity, 1024);
+    assert_eq!(*c.input.start_position, StartPosition::End);
 }
 
 #[test]

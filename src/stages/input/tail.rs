@@ -215,7 +215,11 @@ impl Tailer {
                 }
             }
             let progressed = match self.read_available() {
-                Ok(n) => n > 0,
+                Ok(n) if n > 0 => {
+                    crate::runtime::fault::inject(crate::runtime::fault::Component::Tailer);
+                    true
+                }
+                Ok(_) => false,
                 Err(Closed) => break,
             };
             if progressed {
@@ -429,7 +433,11 @@ impl Tailer {
             data: f.data,
             lines: f.lines,
         };
-        self.tx.send_blocking(batch).map_err(|_| Closed)
+        self.stats.batches_queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send_blocking(batch).map_err(|_| {
+            self.stats.batches_queued.fetch_sub(1, Ordering::Relaxed);
+            Closed
+        })
     }
 
     fn skip(&mut self, reason: &'static str, offset: u64, len: u64) {

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub struct Breaker {
-    threshold: u32,
+    threshold: std::sync::atomic::AtomicU32,
     probe_interval: Duration,
     state: Mutex<State>,
     changed: Notify,
@@ -47,7 +47,7 @@ pub enum Pass {
 impl Breaker {
     pub fn new(threshold: u32, probe_interval: Duration) -> Self {
         Breaker {
-            threshold: threshold.max(1),
+            threshold: std::sync::atomic::AtomicU32::new(threshold.max(1)),
             probe_interval,
             state: Mutex::new(State {
                 failures: 0,
@@ -64,6 +64,16 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `misp.breaker_failures`, changed by a reload.
+    pub fn set_threshold(&self, threshold: u32) {
+        self.threshold
+            .store(threshold.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn threshold(&self) -> u32 {
+        self.threshold.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn probe_interval(&self) -> Duration {
@@ -129,7 +139,7 @@ impl Breaker {
         if pass == Pass::Probe {
             s.probing = false;
         }
-        if s.failures >= self.threshold {
+        if s.failures >= self.threshold.load(std::sync::atomic::Ordering::Relaxed) {
             if !s.open {
                 tracing::warn!(
                     failures = s.failures,

@@ -98,6 +98,8 @@ pub struct MispClient {
     /// What must never appear in an error: the key, and the url's password
     /// and userinfo, when it has them.
     secrets: std::sync::Arc<[String]>,
+    timeout: Duration,
+    verify_tls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -136,7 +138,7 @@ impl MispClient {
             .default_headers(headers)
             .timeout(Duration::from_secs(cfg.timeout_secs))
             .connect_timeout(Duration::from_secs(cfg.timeout_secs.min(10)))
-            .pool_max_idle_per_host(cfg.max_concurrent_requests)
+            .pool_max_idle_per_host(*cfg.max_concurrent_requests)
             .user_agent(concat!("wazuh-misp/", env!("CARGO_PKG_VERSION")));
         if !cfg.verify_tls {
             tracing::warn!("misp.verify_tls = false: the MISP server's certificate is not checked");
@@ -182,7 +184,30 @@ impl MispClient {
             },
             max_response_bytes: cfg.max_response_bytes,
             secrets: secrets.into(),
+            timeout: Duration::from_secs(cfg.timeout_secs),
+            verify_tls: cfg.verify_tls,
         })
+    }
+
+    /// Where restSearch goes (with any userinfo: do not log it as is).
+    pub fn endpoint(&self) -> &reqwest::Url {
+        &self.endpoint
+    }
+
+    pub fn query_settings(&self) -> &QuerySettings {
+        &self.settings
+    }
+
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn verifies_tls(&self) -> bool {
+        self.verify_tls
     }
 
     pub fn request_body(&self, values: &[String], limit: Option<u32>) -> serde_json::Value {

@@ -31,13 +31,15 @@ use crate::extract::{canonical, Direction};
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
 use breaker::{Breaker, LastError};
+use futures::stream::{FuturesUnordered, StreamExt};
 use moka::Expiry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// What MISP knows about one IP, shared by every alert that names it while
 /// it is cached.
@@ -234,23 +236,25 @@ pub struct Lookup {
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Lookup {
-    /// Starts the batcher task on the current runtime.
-    pub fn start(client: MispClient, cfg: &MispConfig, stats: Arc<Stats>) -> Self {
-        Self::start_with_probe(client, cfg, stats, PROBE_INTERVAL)
-    }
-
-    pub fn start_with_probe(
+    /// The lookup service and its batcher, which the caller must run
+    /// (the daemon's runtime supervises it): until it runs, lookups that
+    /// miss the cache wait.
+    ///
+    /// The batcher ends when every clone of the lookup is gone, or once
+    /// `stop` is cancelled and it has nothing left to ask or answer.
+    pub fn new(
         client: MispClient,
         cfg: &MispConfig,
         stats: Arc<Stats>,
         probe: Duration,
-    ) -> Self {
+        stop: CancellationToken,
+    ) -> (Self, Batcher) {
         let ttls = Arc::new(Ttls {
             hit_secs: AtomicU64::new(cfg.cache_ttl_secs),
             miss_secs: AtomicU64::new(cfg.negative_cache_ttl_secs),
         });
         let cache = moka::future::Cache::builder()
-            .max_capacity(cfg.cache_max_entries)
+            .max_capacity(*cfg.cache_max_entries)
             .expire_after(TtlExpiry(ttls.clone()))
             .build();
         let shared = Arc::new(Shared {
@@ -263,20 +267,36 @@ impl Lookup {
             last_success: std::sync::Mutex::new(None),
             given_up: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
+        let in_flight = cfg.max_concurrent_requests.max(1);
         // Bounded: when MISP is slow, asks queue here and workers wait.
-        let (asks, rx) =
-            mpsc::channel(cfg.batch_max_values.max(1) * cfg.max_concurrent_requests.max(1) * 2);
-        tokio::spawn(batcher(
-            rx,
-            shared.clone(),
-            Arc::new(Semaphore::new(cfg.max_concurrent_requests.max(1))),
-        ));
-        Lookup {
+        let (asks, rx) = mpsc::channel(cfg.batch_max_values.max(1) * in_flight * 2);
+        let lookup = Lookup {
             cache,
             ttls,
             asks,
-            shared,
-        }
+            shared: shared.clone(),
+        };
+        (
+            lookup,
+            Batcher(Box::pin(batcher(rx, shared, in_flight, stop))),
+        )
+    }
+
+    /// [`Lookup::new`] with its batcher running on the current runtime,
+    /// unsupervised: for one-shot commands and tests.
+    pub fn start(client: MispClient, cfg: &MispConfig, stats: Arc<Stats>) -> Self {
+        Self::start_with_probe(client, cfg, stats, PROBE_INTERVAL)
+    }
+
+    pub fn start_with_probe(
+        client: MispClient,
+        cfg: &MispConfig,
+        stats: Arc<Stats>,
+        probe: Duration,
+    ) -> Self {
+        let (lookup, batcher) = Self::new(client, cfg, stats, probe, CancellationToken::new());
+        crate::runtime::detached(batcher);
+        lookup
     }
 
     /// Applies a reloaded config's MISP settings (url, key, TLS, TTLs,
@@ -298,6 +318,7 @@ impl Lookup {
         self.ttls
             .miss_secs
             .store(cfg.negative_cache_ttl_secs, Ordering::Relaxed);
+        self.shared.breaker.set_threshold(cfg.breaker_failures);
         // The new server or key may know different things.
         self.cache.invalidate_all();
         self.shared.invalidations.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +326,28 @@ impl Lookup {
 
     pub fn breaker(&self) -> &Breaker {
         &self.shared.breaker
+    }
+
+    /// The settings in force (batching, retries), for checks and tests.
+    pub fn settings(&self) -> LiveSettings {
+        self.shared
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The client in force.
+    pub fn client(&self) -> Arc<MispClient> {
+        self.shared.client()
+    }
+
+    /// The cache's time to live for answers with and without attributes.
+    pub fn ttls(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.ttls.hit_secs.load(Ordering::Relaxed)),
+            Duration::from_secs(self.ttls.miss_secs.load(Ordering::Relaxed)),
+        )
     }
 
     /// Values given up on since the last call (see [`LookupFailed`]).
@@ -383,37 +426,82 @@ pub fn select(hits: &[Attribute], mode: MatchTypes, direction: Direction) -> Vec
         .collect()
 }
 
-async fn batcher(mut rx: mpsc::Receiver<Ask>, shared: Arc<Shared>, slots: Arc<Semaphore>) {
+/// The task that turns asks into batched restSearch requests. It ends
+/// when every [`Lookup`] clone is gone and its requests are answered.
+pub struct Batcher(futures::future::BoxFuture<'static, ()>);
+
+impl std::future::Future for Batcher {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// The batch being gathered: asks that arrived within one window.
+struct Gathering {
+    asks: Vec<Ask>,
+    until: tokio::time::Instant,
+}
+
+/// Gathers asks into batches and runs up to `max_in_flight` requests at
+/// once, all within this one task. A batch starts gathering only when a
+/// request slot is free: while all are busy, asks pile up in the channel
+/// and the next batch is as full as it can be.
+async fn batcher(
+    mut rx: mpsc::Receiver<Ask>,
+    shared: Arc<Shared>,
+    max_in_flight: usize,
+    stop: CancellationToken,
+) {
+    async fn run(shared: Arc<Shared>, batch: Vec<Ask>) {
+        execute(&shared, batch).await;
+    }
+    let mut in_flight = FuturesUnordered::new();
+    let mut gathering: Option<Gathering> = None;
+    let mut open = true;
     loop {
-        // Take a request slot first: while all are busy, asks pile up in the
-        // channel and the next batch is as full as it can be.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let idle = in_flight.is_empty() && gathering.is_none() && rx.is_empty();
+        if idle && stop.is_cancelled() {
             return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let (window, max) = {
-            let s = shared.settings.read().unwrap_or_else(|e| e.into_inner());
-            (s.batch_window, s.batch_max_values)
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + window;
-        while batch.len() < max {
-            tokio::select! {
-                biased;
-                next = rx.recv() => match next {
-                    Some(a) => batch.push(a),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
         }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            execute(&shared, batch).await;
-            drop(permit);
-        });
+        let until = gathering.as_ref().map(|g| g.until);
+        let may_gather = gathering.is_some() || in_flight.len() < max_in_flight;
+        tokio::select! {
+            _ = stop.cancelled(), if idle => return,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            ask = rx.recv(), if open && may_gather => match ask {
+                Some(ask) => {
+                    let (window, max) = {
+                        let s = shared.settings.read().unwrap_or_else(|e| e.into_inner());
+                        (s.batch_window, s.batch_max_values)
+                    };
+                    let g = gathering.get_or_insert_with(|| Gathering {
+                        asks: Vec::new(),
+                        until: tokio::time::Instant::now() + window,
+                    });
+                    g.asks.push(ask);
+                    if g.asks.len() >= max {
+                        let batch = gathering.take().map(|g| g.asks).unwrap_or_default();
+                        in_flight.push(run(shared.clone(), batch));
+                    }
+                }
+                None => {
+                    open = false;
+                    if let Some(g) = gathering.take() {
+                        in_flight.push(run(shared.clone(), g.asks));
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(until.unwrap_or_else(tokio::time::Instant::now)), if until.is_some() => {
+                if let Some(g) = gathering.take() {
+                    in_flight.push(run(shared.clone(), g.asks));
+                }
+            }
+            else => return,
+        }
     }
 }
 

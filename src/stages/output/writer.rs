@@ -71,6 +71,7 @@ impl Writer {
     /// `abandon` is set while a send is being retried.
     pub fn run(mut self, mut inbox: mpsc::Receiver<Outgoing>) {
         while let Some(out) = inbox.blocking_recv() {
+            crate::runtime::fault::inject(crate::runtime::fault::Component::Writer);
             let datagrams: Vec<&[u8]> = out.datagrams.iter().collect();
             let mut next = 0;
             while next < datagrams.len() {

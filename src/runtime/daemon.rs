@@ -1,0 +1,342 @@
+//! The running daemon: starts every component under one [`Supervisor`],
+//! applies reloads, and shuts down in order.
+
+use super::engine::{Engine, Rules};
+use super::supervisor::{Death, Supervisor};
+use super::tasks::{self, ReportSettings};
+use super::worker;
+use crate::config::{Applies, Change, Config};
+use crate::dedup::Dedup;
+use crate::input::tail::{self, Waker, BATCH_LINES};
+use crate::input::{bookmark, Checkpointer, TailOptions, Tailer};
+use crate::lookup::{Lookup, MispClient, PROBE_INTERVAL};
+use crate::output::Writer;
+use crate::state::{read_versioned, write_atomic};
+use crate::stats::Stats;
+use anyhow::Context as _;
+use futures::FutureExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const DEDUP_FILE: &str = "dedup.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DedupState {
+    /// `[key, expiry in Unix milliseconds]`.
+    entries: Vec<(String, u64)>,
+}
+
+/// `dedup.json` on disk: `{"version": "1", "entries": [..]}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "version")]
+enum DedupFile {
+    #[serde(rename = "1")]
+    V1(DedupState),
+}
+
+/// Loads `state_dir/dedup.json` into `d` (expired entries dropped).
+pub fn load_dedup(state_dir: &Path, d: &Dedup) -> usize {
+    read_versioned(&state_dir.join(DEDUP_FILE), DedupFile::V1)
+        .found()
+        .map_or(0, |DedupFile::V1(saved)| d.restore(saved.entries))
+}
+
+pub fn save_dedup(state_dir: &Path, d: &Dedup) {
+    let state = DedupFile::V1(DedupState {
+        entries: d.snapshot(),
+    });
+    let bytes = serde_json::to_vec(&state).expect("dedup state serialises");
+    if let Err(e) = write_atomic(&state_dir.join(DEDUP_FILE), &bytes) {
+        tracing::error!(error = %e, "cannot save dedup state");
+    }
+}
+
+/// Checks that `state_dir` exists (creating it) and is writable.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), crate::config::ConfigError> {
+    let err = |reason: String| crate::config::ConfigError::key("input.state_dir", reason);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .map_err(|e| err(format!("{} is not writable: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub stats: Arc<Stats>,
+    pub engine: Arc<Engine>,
+    pub checkpoints: Arc<Checkpointer>,
+    /// The config the daemon started with: its restart-only keys are the
+    /// ones in force.
+    started: Config,
+    /// The config last applied: its live keys are the ones in force.
+    current: Config,
+    report: Arc<ReportSettings>,
+    supervisor: Supervisor,
+    deaths: mpsc::UnboundedReceiver<Death>,
+    stop_reading: Arc<AtomicBool>,
+    waker: Waker,
+    abandon: Arc<AtomicBool>,
+    saver: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Starts every component. `client` is built by the caller so that
+    /// errors in the MISP settings surface before anything runs.
+    pub fn start(cfg: Config, client: MispClient) -> anyhow::Result<Daemon> {
+        let state_dir = cfg.input.state_dir.to_path_buf();
+        prepare_state_dir(&state_dir)?;
+        let (supervisor, deaths) = Supervisor::new();
+        let stats = Arc::new(Stats::default());
+        let checkpoints = Arc::new(Checkpointer::new());
+        let dedup = Dedup::new(
+            Duration::from_secs(cfg.dedup.window_secs),
+            *cfg.dedup.max_entries,
+        );
+        let restored = load_dedup(&state_dir, &dedup);
+        tracing::info!(entries = restored, "restored dedup window");
+        let (lookup, batcher) = Lookup::new(
+            client,
+            &cfg.misp,
+            stats.clone(),
+            PROBE_INTERVAL,
+            supervisor.shutdown_token(),
+        );
+        supervisor.spawn("batcher", async move {
+            batcher.await;
+            Ok(())
+        });
+        let engine = Arc::new(Engine::new(
+            Rules::from_config(&cfg)?,
+            lookup,
+            Some(dedup.clone()),
+            stats.clone(),
+        ));
+
+        let capacity = *cfg.pipeline.channel_capacity;
+        let workers_n = cfg.pipeline.worker_count();
+        // Both channels carry batches of up to BATCH_LINES lines' worth;
+        // each gets half of `channel_capacity`, so together they hold about
+        // that many lines (what a crash can make us read again).
+        let batches = (capacity / 2).div_ceil(BATCH_LINES).max(1);
+        let (line_tx, line_rx) = async_channel::bounded(batches);
+        let (out_tx, out_rx) = mpsc::channel(batches);
+
+        let abandon = Arc::new(AtomicBool::new(false));
+        let writer = Writer::new(
+            cfg.output.queue_socket.to_path_buf(),
+            stats.clone(),
+            Some(dedup.clone()),
+            abandon.clone(),
+        );
+        supervisor
+            .spawn_thread("writer", move || {
+                writer.run(out_rx);
+                Ok(())
+            })
+            .context("cannot start the writer thread")?;
+        let stop = supervisor.shutdown_token();
+        let report = Arc::new(ReportSettings::new(
+            cfg.output.error_event_after_secs,
+            cfg.output.error_event_interval_secs,
+        ));
+        supervisor.spawn(
+            "error reporter",
+            tasks::report_errors(
+                engine.lookup.clone(),
+                out_tx.clone(),
+                report.clone(),
+                stop.clone(),
+            )
+            .map(Ok),
+        );
+        let max_waiting = (capacity / workers_n).max(16);
+        for _ in 0..workers_n {
+            let run = worker::run(engine.clone(), line_rx.clone(), out_tx.clone(), max_waiting);
+            supervisor.spawn("worker", async move {
+                run.await
+                    .map_err(|_| "the writer is gone, so nothing can be sent".to_owned())
+            });
+        }
+        drop(out_tx);
+        drop(line_rx);
+
+        let start = bookmark::resolve_start(
+            &cfg.input.alerts_file,
+            &bookmark::load(&state_dir),
+            *cfg.input.start_position,
+        );
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let (waker, wake_rx) = tail::waker();
+        let tailer = Tailer::new(
+            TailOptions {
+                path: cfg.input.alerts_file.to_path_buf(),
+                start,
+                max_line_bytes: *cfg.input.max_line_bytes,
+                poll: Duration::from_secs(1),
+            },
+            line_tx,
+            checkpoints.clone(),
+            stats.clone(),
+            stop_reading.clone(),
+        );
+        let thread_waker = waker.clone();
+        supervisor
+            .spawn_thread("tailer", move || {
+                tailer.run(thread_waker, wake_rx);
+                Ok(())
+            })
+            .context("cannot start the tailer thread")?;
+
+        if !cfg.metrics.listen.is_empty() {
+            let sources = crate::metrics::Sources {
+                stats: stats.clone(),
+                checkpoints: checkpoints.clone(),
+                alerts_file: cfg.input.alerts_file.to_path_buf(),
+                dedup: dedup.clone(),
+            };
+            supervisor.spawn(
+                "metrics publisher",
+                tasks::publish_metrics(sources, stop.clone()).map(Ok),
+            );
+        }
+        let saver = supervisor.spawn(
+            "state saver",
+            tasks::save_periodically(
+                state_dir,
+                checkpoints.clone(),
+                dedup,
+                Duration::from_secs((*cfg.dedup.persist_secs).max(1)),
+                stop,
+            )
+            .map(Ok),
+        );
+        Ok(Daemon {
+            stats,
+            engine,
+            checkpoints,
+            started: cfg.clone(),
+            current: cfg,
+            report,
+            supervisor,
+            deaths,
+            stop_reading,
+            waker,
+            abandon,
+            saver,
+        })
+    }
+
+    /// The config last applied.
+    pub fn config(&self) -> &Config {
+        &self.current
+    }
+
+    /// Waits for a component to end or panic while the daemon runs. The
+    /// caller then shuts down and exits non-zero.
+    pub async fn died(&mut self) -> Death {
+        match self.deaths.recv().await {
+            Some(d) => d,
+            // The supervisor is ours and lives as long as we do.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops reading, lets in-flight work reach the socket for at most
+    /// `grace`, then saves the bookmark and dedup state. Work that did not
+    /// finish is not bookmarked, so it is read again on the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        let Daemon {
+            stats,
+            engine,
+            checkpoints,
+            started,
+            supervisor,
+            stop_reading,
+            waker,
+            abandon,
+            saver,
+            ..
+        } = self;
+        stop_reading.store(true, Ordering::Relaxed);
+        waker.wake();
+        // The reporter, publisher and saver stop; the tailer ends, so the
+        // workers drain and end, and the writer ends with the last of them.
+        supervisor.begin_shutdown();
+        let finished = tokio::time::timeout(grace, supervisor.wait()).await.is_ok();
+        if !finished {
+            abandon.store(true, Ordering::Relaxed);
+            supervisor.abort_tasks();
+            tracing::warn!(
+                in_flight_batches = checkpoints.in_flight(),
+                "shutdown grace period over; unfinished alerts will be read again at the next start"
+            );
+        }
+        // A periodic save still writing would race the final one. The
+        // saver is never aborted in a save: it stops between saves.
+        let _ = saver.await;
+        let state_dir = &*started.input.state_dir;
+        if let Some(b) = checkpoints.committed() {
+            if let Err(e) = bookmark::save(state_dir, &b) {
+                tracing::error!(error = %e, "cannot save bookmark at shutdown");
+            }
+        }
+        if let Some(d) = &engine.dedup {
+            save_dedup(state_dir, d);
+        }
+        tracing::info!(stats = %stats.summary(), "stopped");
+    }
+
+    /// Applies a new config to a running daemon. Every key whose type is
+    /// not [`crate::config::Restart`] takes effect here; restart-only keys
+    /// that differ from what the daemon runs with are reported as such.
+    /// Returns the live keys that changed and the restart-only keys that
+    /// differ from the running ones.
+    pub fn reload(&mut self, new: Config, client: MispClient) -> anyhow::Result<Vec<Change>> {
+        let rules = Rules::from_config(&new)?;
+        let mut changes: Vec<Change> = self
+            .current
+            .changes(&new)
+            .into_iter()
+            .filter(|c| c.applies == Applies::Live)
+            .collect();
+        changes.extend(
+            self.started
+                .changes(&new)
+                .into_iter()
+                .filter(|c| c.applies == Applies::AfterRestart),
+        );
+        for c in &changes {
+            match c.applies {
+                Applies::Live => tracing::info!(key = %c.key, "changed"),
+                Applies::AfterRestart => {
+                    tracing::warn!(key = %c.key, "changed, but only takes effect after a restart")
+                }
+            }
+        }
+        self.engine.rules.store(Arc::new(rules));
+        self.engine.lookup.reconfigure(client, &new.misp);
+        if let Some(d) = &self.engine.dedup {
+            d.set_window(Duration::from_secs(new.dedup.window_secs));
+        }
+        self.report.set(
+            new.output.error_event_after_secs,
+            new.output.error_event_interval_secs,
+        );
+        self.current = new;
+        Ok(changes)
+    }
+
+    /// The reporter's settings in force: (after, every) in seconds.
+    pub fn error_event_settings(&self) -> (u64, u64) {
+        (
+            self.report.after_secs.load(Ordering::Relaxed),
+            self.report.every_secs.load(Ordering::Relaxed),
+        )
+    }
+}
