@@ -22,7 +22,7 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .stdin(Stdio::null())
@@ -30,6 +30,10 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        Daemon::from_child(child)
+    }
+
+    fn from_child(mut child: Child) -> Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
         let stderr = child.stderr.take().unwrap();
@@ -264,4 +268,92 @@ async fn the_metrics_endpoint_serves_the_counters() {
         assert!(body.contains(needle), "{needle} missing from:\n{body}");
     }
     drop(d);
+}
+
+/// A daemon whose component `fault` panics on its first unit of work
+/// (`WAZUH_MISP_FAULT`, debug builds): it exits non-zero, logs which
+/// component died, and pings the watchdog no more once it has begun to
+/// stop, so systemd restarts it from the bookmark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_component_means_a_non_zero_exit_and_no_more_watchdog_pings() {
+    for component in ["writer", "tailer", "worker"] {
+        let ips: Vec<String> = (0..1).map(pool_ip).collect();
+        let h = Harness::new(&SimData::from_events([event_with_ips(1, &ips)])).await;
+        let _q = QueueSocket::bind(&h.socket, Received::default());
+        let notify_path = h.dir.path().join("notify");
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let config = write_config(&h, "");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "100000")
+            .env("WAZUH_MISP_FAULT", component)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon::from_child(child);
+        // Running and pinging before the fault.
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 4096];
+        notify.set_read_timeout(Some(WAIT)).unwrap();
+        while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+            let n = notify.recv(&mut buf).expect("a notification");
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = d.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{component}: still running after its death:\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!status.success(), "{component}: exit status {status}");
+        notify.set_nonblocking(true).unwrap();
+        while let Ok(n) = notify.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let stopping = messages
+            .iter()
+            .position(|m| m.contains("STOPPING=1"))
+            .unwrap_or_else(|| panic!("{component}: no STOPPING=1 in {messages:?}"));
+        assert!(
+            !messages[stopping..]
+                .iter()
+                .any(|m| m.contains("WATCHDOG=1")),
+            "{component}: watchdog pinged after the death: {messages:?}"
+        );
+        // The log names the component that died.
+        d.wait_log(&format!("the {component} panicked: injected fault"), 1)
+            .await;
+    }
+}
+
+/// `log.level` and `log.stats_interval_secs` are applied by the process
+/// itself on SIGHUP: debug lines and stats lines start to appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_log_level_and_the_stats_interval() {
+    let ips: Vec<String> = (0..2).map(pool_ip).collect();
+    let h = Harness::new(&SimData::from_events([event_with_ips(1, &ips)])).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let config = write_config(&h, "[log]\nlevel = \"info\"\nstats_interval_secs = 0\n");
+    let d = Daemon::spawn(&config);
+    h.append(&format!("{}\n", sshd_alert(0, &ips[0], "001")));
+    q.received.wait_for(1, WAIT).await;
+    assert!(!d.log().contains("DEBUG"), "{}", d.log());
+    write_config(&h, "[log]\nlevel = \"debug\"\nstats_interval_secs = 1\n");
+    d.signal(libc::SIGHUP);
+    d.wait_log("reload applied", 1).await;
+    h.append(&format!("{}\n", sshd_alert(1, &ips[1], "001")));
+    q.received.wait_for(2, WAIT).await;
+    d.wait_log("DEBUG", 1).await;
+    d.wait_log(" stats ", 1).await;
 }

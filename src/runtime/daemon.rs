@@ -205,7 +205,7 @@ impl Daemon {
                 tasks::publish_metrics(sources, stop.clone()).map(Ok),
             );
         }
-        let saver = supervisor.spawn(
+        let saver = supervisor.spawn_unabortable(
             "state saver",
             tasks::save_periodically(
                 state_dir,

@@ -84,20 +84,35 @@ impl Supervisor {
         let _ = deaths.send(Death { component, how });
     }
 
-    /// Runs `body` as a task of the runtime.
+    /// Runs `body` as a task of the runtime; [`Supervisor::abort_tasks`]
+    /// ends it if it outlives shutdown's grace.
     pub fn spawn<F>(&self, component: &'static str, body: F) -> tokio::task::JoinHandle<()>
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let (deaths, shutdown) = (self.deaths.clone(), self.shutdown.clone());
-        let handle = self.tracker.spawn(async move {
-            let ended = AssertUnwindSafe(body).catch_unwind().await;
-            Self::report(&deaths, &shutdown, component, ended);
-        });
+        let handle = self.spawn_unabortable(component, body);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle.abort_handle());
         handle
+    }
+
+    /// [`Supervisor::spawn`] for a task that must finish what it is doing
+    /// (the state saver, whose save runs on the blocking pool): it is
+    /// awaited, never aborted, and must end soon after the shutdown token.
+    pub fn spawn_unabortable<F>(
+        &self,
+        component: &'static str,
+        body: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let (deaths, shutdown) = (self.deaths.clone(), self.shutdown.clone());
+        self.tracker.spawn(async move {
+            let ended = AssertUnwindSafe(body).catch_unwind().await;
+            Self::report(&deaths, &shutdown, component, ended);
+        })
     }
 
     /// Runs `body` on an OS thread of its own, named `component`.

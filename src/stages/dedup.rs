@@ -171,6 +171,11 @@ impl Dedup {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The window in force.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.load(Ordering::Relaxed))
+    }
+
     /// Applies to keys claimed or marked from now on.
     pub fn set_window(&self, window: Duration) {
         self.window_ms

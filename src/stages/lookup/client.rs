@@ -100,6 +100,7 @@ pub struct MispClient {
     secrets: std::sync::Arc<[String]>,
     timeout: Duration,
     verify_tls: bool,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -186,6 +187,7 @@ impl MispClient {
             secrets: secrets.into(),
             timeout: Duration::from_secs(cfg.timeout_secs),
             verify_tls: cfg.verify_tls,
+            ca_file: cfg.ca_file.clone(),
         })
     }
 
@@ -208,6 +210,11 @@ impl MispClient {
 
     pub fn verifies_tls(&self) -> bool {
         self.verify_tls
+    }
+
+    /// The extra CA certificates it trusts, if any.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn request_body(&self, values: &[String], limit: Option<u32>) -> serde_json::Value {
