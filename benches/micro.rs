@@ -104,7 +104,7 @@ fn benches(c: &mut Criterion) {
     let alert = tape.as_value();
     let ctx = AlertContext::from_alert(alert);
     let hit = IpHit {
-        ip: "185.220.101.42".parse().unwrap(),
+        observable: wazuh_misp::observable::Observable::Ip("185.220.101.42".parse().unwrap()),
         direction: Direction::Source,
         field_path: "data.srcip".into(),
         raw_context: "185.220.101.42".into(),

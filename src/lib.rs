@@ -22,6 +22,7 @@
 
 pub mod alert;
 pub mod commands;
+pub mod observable;
 pub mod ops;
 pub mod runtime;
 #[cfg(feature = "demo")]

@@ -38,17 +38,17 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
             let mut seen = std::collections::HashSet::new();
             for h in &hits {
                 assert!(
-                    is_public(h.ip),
+                    is_public(h.as_ip().unwrap()),
                     "{}: non-public {} in {}",
                     path.display(),
-                    h.ip,
+                    h.as_ip().unwrap(),
                     h.field_path
                 );
                 assert!(
-                    seen.insert(h.ip),
+                    seen.insert(h.as_ip().unwrap()),
                     "{}: {} reported twice",
                     path.display(),
-                    h.ip
+                    h.as_ip().unwrap()
                 );
                 for skipped in [
                     "agent",
@@ -64,7 +64,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
                             && !h.field_path.starts_with(&format!("{skipped}.")),
                         "{}: {} found under skipped {}",
                         path.display(),
-                        h.ip,
+                        h.as_ip().unwrap(),
                         h.field_path
                     );
                 }
@@ -76,7 +76,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
                         with_srcip += 1;
                         let h = hits
                             .iter()
-                            .find(|h| h.ip == ip)
+                            .find(|h| h.as_ip().unwrap() == ip)
                             .unwrap_or_else(|| panic!("{src} not found in {line}"));
                         assert_eq!(h.direction.as_str(), "source", "{src} in {line}");
                     }
@@ -92,7 +92,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
                 };
                 if !elsewhere {
                     assert!(
-                        hits.iter().all(|h| h.ip.to_string() != agent_ip),
+                        hits.iter().all(|h| h.observable.to_string() != agent_ip),
                         "agent ip reported: {line}"
                     );
                 }
@@ -120,7 +120,7 @@ fn doc_samples_yield_the_attackers_as_sources() {
         let mut hits = Vec::new();
         ex.extract(alert, &mut Scratch::default(), &mut hits);
         for h in hits {
-            got.push((h.ip.to_string(), h.direction.as_str().to_owned()));
+            got.push((h.observable.to_string(), h.direction.as_str().to_owned()));
         }
     }
     got.sort();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wazuh_misp::config::{MispConfig, Secret};
 use wazuh_misp::lookup::{Lookup, MispClient, MispError, Recent};
+use wazuh_misp::observable::Observable;
 use wazuh_misp::runtime::{Engine, Rules};
 use wazuh_misp::sim::{Fault, MispSim, SimData};
 use wazuh_misp::stats::Stats;
@@ -42,8 +43,12 @@ async fn concurrent_lookups_are_batched() {
     let (sim, ips) = sim_with(50).await;
     let c = cfg(&sim);
     let lookup = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
-    let results =
-        futures::future::join_all(ips.iter().map(|ip| lookup.get(ip.parse().unwrap()))).await;
+    let results = futures::future::join_all(ips.iter().map(|ip| {
+        let lookup = lookup.clone();
+        let o: Observable = ip.parse().unwrap();
+        async move { lookup.get(&o).await }
+    }))
+    .await;
     for (ip, r) in ips.iter().zip(&results) {
         let hits = r.as_ref().unwrap();
         assert_eq!(hits.len(), 1);
@@ -62,8 +67,8 @@ async fn one_ip_asked_concurrently_is_one_request() {
     let (sim, ips) = sim_with(1).await;
     let c = cfg(&sim);
     let lookup = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
-    let ip = ips[0].parse().unwrap();
-    let results = futures::future::join_all((0..20).map(|_| lookup.get(ip))).await;
+    let ip: Observable = ips[0].parse().unwrap();
+    let results = futures::future::join_all((0..20).map(|_| lookup.get(&ip))).await;
     assert!(results.iter().all(|r| r.as_ref().unwrap().len() == 1));
     assert_eq!(sim.requests(), 1);
     assert_eq!(sim.values_asked(), 1);
@@ -75,9 +80,9 @@ async fn clean_ips_are_cached_too() {
     let c = cfg(&sim);
     let stats = Arc::new(Stats::default());
     let lookup = Lookup::start(client(&c), &c, stats.clone());
-    let clean = "93.184.216.34".parse().unwrap();
-    assert!(lookup.get(clean).await.unwrap().is_empty());
-    assert!(lookup.get(clean).await.unwrap().is_empty());
+    let clean: Observable = "93.184.216.34".parse().unwrap();
+    assert!(lookup.get(&clean).await.unwrap().is_empty());
+    assert!(lookup.get(&clean).await.unwrap().is_empty());
     assert_eq!(sim.requests(), 1);
     assert_eq!(Stats::get(&stats.cache_hits), 1);
 }
@@ -87,32 +92,32 @@ async fn a_workers_memo_serves_hits_and_forgets_them_when_misp_is_reconfigured()
     let (sim, ips) = sim_with(3).await;
     let c = cfg(&sim);
     let lookup = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
-    let ip = ips[0].parse().unwrap();
+    let ip: Observable = ips[0].parse().unwrap();
     let mut recent = Recent::default();
     assert!(
-        lookup.cached_recent(ip, &mut recent).is_none(),
+        lookup.cached_recent(&ip, &mut recent).is_none(),
         "nothing cached yet"
     );
-    lookup.get(ip).await.unwrap();
-    let hits = lookup.cached_recent(ip, &mut recent).unwrap();
+    lookup.get(&ip).await.unwrap();
+    let hits = lookup.cached_recent(&ip, &mut recent).unwrap();
     assert_eq!(hits[0].value, ips[0]);
     assert_eq!(recent.len(), 1, "remembered");
     assert!(Arc::ptr_eq(
         &hits,
-        &lookup.cached_recent(ip, &mut recent).unwrap()
+        &lookup.cached_recent(&ip, &mut recent).unwrap()
     ));
 
     // A new server (here: the same one with another key) empties the cache,
     // and with it every memo, even one that is not stale yet.
     lookup.reconfigure(client(&c), &c);
-    assert!(lookup.cached_recent(ip, &mut recent).is_none());
+    assert!(lookup.cached_recent(&ip, &mut recent).is_none());
     assert!(recent.is_empty());
 
     // A memo used with another lookup service starts over.
     let other = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
-    lookup.get(ip).await.unwrap();
-    lookup.cached_recent(ip, &mut recent).unwrap();
-    assert!(other.cached_recent(ip, &mut recent).is_none());
+    lookup.get(&ip).await.unwrap();
+    lookup.cached_recent(&ip, &mut recent).unwrap();
+    assert!(other.cached_recent(&ip, &mut recent).is_none());
     assert!(recent.is_empty());
 }
 
@@ -197,7 +202,7 @@ async fn server_errors_are_retried_until_misp_answers() {
     let lookup = Lookup::start(client(&c), &c, Arc::new(Stats::default()));
     sim.inject(Fault::Status(500), 2);
     sim.inject(Fault::Html, 1);
-    let hits = lookup.get(ips[0].parse().unwrap()).await.unwrap();
+    let hits = lookup.get(&ips[0].parse().unwrap()).await.unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(sim.requests(), 4);
 }
@@ -217,10 +222,10 @@ async fn breaker_opens_then_probes_until_misp_is_back() {
         Duration::from_millis(100),
     );
     sim.stop().await;
-    let ip = ips[0].parse().unwrap();
+    let ip: Observable = ips[0].parse().unwrap();
     let waiting = tokio::spawn({
         let lookup = lookup.clone();
-        async move { lookup.get(ip).await }
+        async move { lookup.get(&ip).await }
     });
     eventually("breaker open", Duration::from_secs(20), || {
         lookup.breaker().is_open()

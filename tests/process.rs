@@ -282,6 +282,27 @@ async fn a_dead_component_means_a_non_zero_exit_and_no_more_watchdog_pings() {
         let _q = QueueSocket::bind(&h.socket, Received::default());
         let notify_path = h.dir.path().join("notify");
         let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        // Read as systemd does, all the time: a notify socket nobody reads
+        // fills up, and the daemon's next notification would block.
+        let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+        let reader = {
+            let messages = messages.clone();
+            notify
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = done.clone();
+            let thread = std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(n) = notify.recv(&mut buf) {
+                        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        messages.lock().unwrap().push(m);
+                    }
+                }
+            });
+            (done, thread)
+        };
         let config = write_config(&h, "");
         let child = Command::new(BIN)
             .args(["run", "--config"])
@@ -296,13 +317,14 @@ async fn a_dead_component_means_a_non_zero_exit_and_no_more_watchdog_pings() {
             .unwrap();
         let mut d = Daemon::from_child(child);
         // Running and pinging before the fault.
-        let mut messages = Vec::new();
-        let mut buf = [0u8; 4096];
-        notify.set_read_timeout(Some(WAIT)).unwrap();
-        while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
-            let n = notify.recv(&mut buf).expect("a notification");
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
+        eventually("a watchdog ping", WAIT, || {
+            messages
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains("WATCHDOG=1"))
+        })
+        .await;
         h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
         let started = std::time::Instant::now();
         let status = loop {
@@ -317,10 +339,18 @@ async fn a_dead_component_means_a_non_zero_exit_and_no_more_watchdog_pings() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert!(!status.success(), "{component}: exit status {status}");
-        notify.set_nonblocking(true).unwrap();
-        while let Ok(n) = notify.recv(&mut buf) {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
+        // Whatever the daemon sent before it exited is read by now or soon.
+        eventually("STOPPING=1", WAIT, || {
+            messages
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains("STOPPING=1"))
+        })
+        .await;
+        reader.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.1.join().unwrap();
+        let messages = messages.lock().unwrap().clone();
         let stopping = messages
             .iter()
             .position(|m| m.contains("STOPPING=1"))

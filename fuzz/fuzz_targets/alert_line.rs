@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let mut hits = Vec::new();
     Extractor::with_defaults().extract(alert, &mut Scratch::default(), &mut hits);
     for (i, h) in hits.iter().enumerate() {
-        assert!(is_public(h.ip));
-        assert!(hits[..i].iter().all(|o| o.ip != h.ip), "an IP is reported once");
+        assert!(is_public(h.as_ip().unwrap()));
+        assert!(hits[..i].iter().all(|o| o.as_ip().unwrap() != h.as_ip().unwrap()), "an IP is reported once");
         assert!(h.raw_context.chars().count() <= 256);
     }
 });

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     let alert = tape.as_value();
     let hit = IpHit {
-        ip: "185.1.1.1".parse().unwrap(),
+        observable: wazuh_misp::observable::Observable::Ip("185.1.1.1".parse().unwrap()),
         direction: Direction::Source,
         field_path: "data.srcip".into(),
         raw_context: String::new(),

@@ -257,6 +257,7 @@ impl Daemon {
             checkpoints,
             started,
             supervisor,
+            mut deaths,
             stop_reading,
             waker,
             abandon,
@@ -288,6 +289,12 @@ impl Daemon {
         }
         if let Some(d) = &engine.dedup {
             save_dedup(state_dir, d);
+        }
+        // One death can bring others (a worker ends when the tailer that fed
+        // it is gone, before the tailer's own panic is reported): name them
+        // all, so the cause is in the log whichever came first.
+        while let Ok(death) = deaths.try_recv() {
+            tracing::error!(component = death.component, "{death}");
         }
         tracing::info!(stats = %stats.summary(), "stopped");
     }

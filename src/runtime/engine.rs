@@ -9,9 +9,10 @@ use crate::alert::{self, Fields, Node};
 use crate::config::{Config, MatchTypes};
 use crate::dedup::{self, Dedup};
 use crate::enrich::{self, AlertContext};
-use crate::extract::{Extractor, IpHit, Scratch};
+use crate::extract::{Extractor, Scratch};
 use crate::filter::{self, AlertFilter};
-use crate::lookup::{self, Abandoned, Hits, Lookup, LookupError, Recent};
+use crate::lookup::{Abandoned, Hits, Intelligence, Lookup, LookupError};
+use crate::observable::Occurrence;
 use crate::output::{self, Outgoing};
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
@@ -55,7 +56,7 @@ pub struct Waiting {
     /// the tree. Only lines whose IPs were not cached pay the second parse.
     line: Box<str>,
     rules: Arc<Rules>,
-    claimed: Vec<(IpHit, dedup::Key)>,
+    claimed: Vec<(Occurrence, dedup::Key)>,
     /// Per claimed hit, the cached answer if there was one.
     found: Vec<Option<Hits>>,
 }
@@ -66,9 +67,10 @@ pub struct Waiting {
 /// [`Engine::begin`] is synchronous and does everything when every IP is
 /// cached (the common case on a busy manager); only lines that must wait
 /// on MISP go on to the async [`Engine::finish`].
-pub struct Engine {
+pub struct Engine<I: Intelligence = Lookup> {
     pub rules: ArcSwap<Rules>,
-    pub lookup: Lookup,
+    /// Stage 5, behind the intelligence port.
+    pub lookup: I,
     pub dedup: Option<Dedup>,
     pub stats: Arc<Stats>,
     skips: RateLimitedLog,
@@ -130,8 +132,8 @@ fn header_for(agent: &enrich::AgentContext<'_>) -> Rc<str> {
     })
 }
 
-impl Engine {
-    pub fn new(rules: Rules, lookup: Lookup, dedup: Option<Dedup>, stats: Arc<Stats>) -> Self {
+impl<I: Intelligence> Engine<I> {
+    pub fn new(rules: Rules, lookup: I, dedup: Option<Dedup>, stats: Arc<Stats>) -> Self {
         Engine {
             rules: ArcSwap::from_pointee(rules),
             lookup,
@@ -155,23 +157,23 @@ impl Engine {
         &self,
         line: &str,
         offset: Option<u64>,
-        recent: &mut Recent,
+        memo: &mut I::Memo,
         out: &mut Outgoing,
     ) -> Option<Waiting> {
-        let begin = |line: &str, recent: &mut Recent, out: &mut Outgoing| {
+        let begin = |line: &str, memo: &mut I::Memo, out: &mut Outgoing| {
             PARSER.with(|p| {
                 p.borrow_mut().with(line, |alert| {
-                    self.begin_parsed(line, alert, offset, recent, out)
+                    self.begin_parsed(line, alert, offset, memo, out)
                 })
             })
         };
-        let error = match begin(line, recent, out) {
+        let error = match begin(line, memo, out) {
             Ok(waiting) => return waiting,
             Err(e) => e,
         };
         // A lone surrogate escape costs one character, not the alert.
         if let Some(repaired) = alert::repair_lone_surrogates(line) {
-            if let Ok(waiting) = begin(&repaired, recent, out) {
+            if let Ok(waiting) = begin(&repaired, memo, out) {
                 self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
                 return waiting;
             }
@@ -185,7 +187,7 @@ impl Engine {
         line: &str,
         alert: Node<'_>,
         offset: Option<u64>,
-        recent: &mut Recent,
+        memo: &mut I::Memo,
         out: &mut Outgoing,
     ) -> Option<Waiting> {
         let rules = self.rules.load();
@@ -201,7 +203,7 @@ impl Engine {
             return None;
         }
         self.stats.alerts_processed.fetch_add(1, Ordering::Relaxed);
-        let mut hits: Vec<IpHit> = Vec::new();
+        let mut hits: Vec<Occurrence> = Vec::new();
         SCRATCH.with(|s| {
             rules
                 .extractor
@@ -214,9 +216,9 @@ impl Engine {
             .ips_extracted
             .fetch_add(hits.len() as u64, Ordering::Relaxed);
         let rule_id = filter::rule_id(&fields).unwrap_or_default();
-        let mut claimed: Vec<(IpHit, dedup::Key)> = Vec::with_capacity(hits.len());
+        let mut claimed: Vec<(Occurrence, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
-            let key = dedup::Key::new(&rule_id, hit.ip_text().as_str(), hit.direction.as_str());
+            let key = dedup::Key::new(&rule_id, hit.text().as_str(), hit.direction.as_str());
             match &self.dedup {
                 Some(d) if !d.try_claim(key) => {
                     self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +231,7 @@ impl Engine {
         }
         let found: Vec<Option<Hits>> = claimed
             .iter()
-            .map(|(h, _)| self.lookup.cached_recent(h.ip, recent))
+            .map(|(h, _)| self.lookup.known(&h.observable, memo))
             .collect();
         if found.iter().all(Option::is_some) {
             let answers = found.into_iter().flatten().collect();
@@ -252,7 +254,7 @@ impl Engine {
             |((hit, _), found)| async move {
                 match found {
                     Some(hits) => Ok(hits.clone()),
-                    None => self.lookup.get(hit.ip).await,
+                    None => self.lookup.lookup(&hit.observable).await,
                 }
             },
         ))
@@ -307,7 +309,7 @@ impl Engine {
         if matches!(line, std::borrow::Cow::Owned(_)) {
             self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(waiting) = self.begin(&line, offset, &mut Recent::default(), &mut out) {
+        if let Some(waiting) = self.begin(&line, offset, &mut I::Memo::default(), &mut out) {
             self.finish(waiting, &mut out).await?;
         }
         Ok(out)
@@ -320,7 +322,7 @@ impl Engine {
         &self,
         rules: &Rules,
         fields: &Fields<'_>,
-        claimed: Vec<(IpHit, dedup::Key)>,
+        claimed: Vec<(Occurrence, dedup::Key)>,
         answers: Vec<Hits>,
         out: &mut Outgoing,
     ) {
@@ -328,7 +330,7 @@ impl Engine {
         let header = header_for(&ctx.agent);
         // The agent's name and ip are in the header; a name of ~64 KiB
         // (possible through `enrich` and integratord input) leaves no room.
-        let Some(limit) = output::MAX_DATAGRAM.checked_sub(header.len()) else {
+        if header.len() >= output::MAX_DATAGRAM {
             tracing::error!(
                 alert_id = %ctx.alert_id,
                 header_bytes = header.len(),
@@ -336,46 +338,26 @@ impl Engine {
             );
             self.release(claimed.into_iter().map(|(_, k)| k));
             return;
-        };
+        }
         let (now, timestamp) = clock();
-        for ((hit, key), hits) in claimed.into_iter().zip(answers) {
-            // Fast path: every match kept, so the MISP part is the cached one.
-            if rules.match_types == MatchTypes::All {
-                let Some(prepared) = hits.prepared() else {
-                    self.release([key]);
-                    continue;
-                };
-                let spliced = out.datagrams.push_with(&header, |buf| {
-                    enrich::write_spliced(&ctx, &hit, prepared, &timestamp, limit, buf)
-                });
-                if spliced {
+        for ((hit, key), answer) in claimed.into_iter().zip(answers) {
+            match enrich::render(
+                &ctx,
+                &hit,
+                &answer,
+                rules.match_types,
+                now,
+                &timestamp,
+                &header,
+                &mut out.datagrams,
+            ) {
+                enrich::Rendered::Sent => {
                     log_enriched(&ctx, &hit);
                     out.dedup_keys.push(key);
-                    continue;
                 }
-            }
-            let selected = lookup::select(&hits, rules.match_types, hit.direction);
-            let Some(mut ev) = enrich::enrich(&ctx, &hit, &selected, now) else {
-                self.release([key]);
-                continue;
-            };
-            ev.misp_data.summary.truncated |= hits.truncated;
-            match enrich::serialize_within(&mut ev, limit) {
-                Some(payload) if out.datagrams.push(&header, &payload) => {
-                    log_enriched(&ctx, &hit);
-                    let summary = &ev.misp_data.summary;
-                    if summary.truncated {
-                        tracing::info!(
-                            ip = %hit.ip,
-                            omitted = summary.omitted_attributes,
-                            omitted_fields = ?summary.omitted_fields,
-                            "event shrunk to fit one datagram"
-                        );
-                    }
-                    out.dedup_keys.push(key);
-                }
-                _ => {
-                    tracing::error!(ip = %hit.ip, "enriched event cannot fit one datagram even with one attribute; not sent");
+                enrich::Rendered::Nothing => self.release([key]),
+                enrich::Rendered::TooLarge => {
+                    tracing::error!(value = %hit.observable, "enriched event cannot fit one datagram even with one attribute; not sent");
                     self.release([key]);
                 }
             }
@@ -392,11 +374,11 @@ impl Engine {
 }
 
 /// One debug line per event, with the fields journald users filter on.
-fn log_enriched(ctx: &AlertContext<'_>, hit: &IpHit) {
+fn log_enriched(ctx: &AlertContext<'_>, hit: &Occurrence) {
     tracing::debug!(
         alert_id = %ctx.alert_id,
         rule_id = %ctx.rule.id,
-        ip = %hit.ip,
+        value = %hit.observable,
         direction = hit.direction.as_str(),
         field_path = %hit.field_path,
         "enriched"

@@ -7,7 +7,7 @@
 use super::engine::{Engine, Waiting};
 use super::fault;
 use crate::input::{Ack, Batch};
-use crate::lookup::Recent;
+use crate::lookup::Intelligence;
 use crate::output::Outgoing;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::Ordering;
@@ -22,8 +22,8 @@ pub struct WriterGone;
 /// or until the writer is gone: a worker never takes batches it cannot
 /// deliver (their acks are dropped unfinished, so they are read again
 /// after the restart).
-pub async fn run(
-    engine: Arc<Engine>,
+pub async fn run<I: Intelligence>(
+    engine: Arc<Engine<I>>,
     batches: async_channel::Receiver<Batch>,
     out: mpsc::Sender<Outgoing>,
     max_waiting: usize,
@@ -42,7 +42,7 @@ pub async fn run(
         }
     };
     let mut waiting = FuturesUnordered::new();
-    let mut recent = Recent::default();
+    let mut memo = I::Memo::default();
     let mut out_per_line = 0;
     let mut open = true;
     while open || !waiting.is_empty() {
@@ -56,7 +56,7 @@ pub async fn run(
                     // regrown (and copied) several times per batch.
                     ready.datagrams.reserve((out_per_line * batch.len()).min(1 << 20));
                     for (offset, line) in batch.lines() {
-                        if let Some(w) = engine.begin(line, Some(offset), &mut recent, &mut ready) {
+                        if let Some(w) = engine.begin(line, Some(offset), &mut memo, &mut ready) {
                             waiting.push(finish(w, batch.ack.share()));
                         }
                     }

@@ -9,8 +9,11 @@ mod score;
 pub use score::threat_score;
 
 use crate::alert::{self, member, text, Fields, Json, Node, Object};
-use crate::extract::IpHit;
+use crate::config::MatchTypes;
 use crate::lookup::model::{Attribute, Related, Tag};
+use crate::lookup::LookupResult;
+use crate::observable::{Direction, Occurrence};
+use crate::output::Datagrams;
 use md5::{Digest, Md5};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -591,12 +594,12 @@ fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendatio
 /// Builds the event for `hit`, or `None` when MISP knows nothing about it.
 pub fn enrich<'a>(
     ctx: &AlertContext<'a>,
-    hit: &IpHit,
+    hit: &Occurrence,
     attributes: &[Attribute],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<EnrichedEvent<'a>> {
     let (misp_data, recommendations) = misp_part(attributes)?;
-    let value = hit.ip.to_string();
+    let value = hit.observable.to_string();
     Some(EnrichedEvent {
         integration: "misp",
         event_id: event_id(&value, ctx),
@@ -650,14 +653,14 @@ pub fn prepare(attributes: &[Attribute], truncated: bool) -> Option<Prepared> {
 /// [`push_str`], which copies strings that need no escaping as they are.
 pub fn write_spliced(
     ctx: &AlertContext<'_>,
-    hit: &IpHit,
+    hit: &Occurrence,
     prepared: &Prepared,
     timestamp: &str,
     limit: usize,
     out: &mut Vec<u8>,
 ) -> bool {
     let start = out.len();
-    let text = hit.ip_text();
+    let text = hit.text();
     let value = text.as_str();
     out.extend_from_slice(br#"{"integration":"misp","event_id":"#);
     push_str(out, &event_id(value, ctx));
@@ -876,6 +879,87 @@ pub fn serialize_within(ev: &mut EnrichedEvent, limit: usize) -> Option<Vec<u8>>
 /// shipped MISP rules and active responses read.
 pub const KEPT_DATA_FIELDS: &[&str] =
     &["srcip", "dstip", "srcport", "dstport", "srcuser", "dstuser"];
+
+/// Keeps the attributes `misp.match_types` asks for, given the direction
+/// the observable was seen in. `"direction"` is the original script's
+/// behaviour.
+pub fn select(hits: &[Attribute], mode: MatchTypes, direction: Direction) -> Vec<Attribute> {
+    hits.iter()
+        .filter(|a| match (mode, direction) {
+            (MatchTypes::All, _) => true,
+            (MatchTypes::Direction, Direction::Source) => a.kind.starts_with("ip-src"),
+            (MatchTypes::Direction, Direction::Destination) => a.kind.starts_with("ip-dst"),
+            (MatchTypes::Direction, Direction::Unknown) => a.kind.starts_with("ip-"),
+        })
+        .cloned()
+        .collect()
+}
+
+/// What [`render`] did with one occurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    /// One event appended to the datagrams.
+    Sent,
+    /// Intelligence knows nothing that the config keeps: no event.
+    Nothing,
+    /// The event does not fit one datagram even after the size guard.
+    TooLarge,
+}
+
+/// The one way an occurrence and intelligence's answer become an event:
+/// appended to `out` as one datagram under `header`.
+///
+/// With `match_types = "all"` the MISP part depends only on the answer, so
+/// it is serialised once per answer (kept in [`LookupResult::derived`])
+/// and spliced into each event ([`write_spliced`]); direction mode, and
+/// events the size guard must shrink, take the full path ([`enrich`] and
+/// [`serialize_within`]). A test holds both paths to the same bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn render(
+    ctx: &AlertContext<'_>,
+    hit: &Occurrence,
+    answer: &LookupResult,
+    match_types: MatchTypes,
+    now: chrono::DateTime<chrono::Utc>,
+    timestamp: &str,
+    header: &str,
+    out: &mut Datagrams,
+) -> Rendered {
+    let Some(limit) = crate::output::MAX_DATAGRAM.checked_sub(header.len()) else {
+        return Rendered::TooLarge;
+    };
+    if match_types == MatchTypes::All {
+        let prepared = answer.derived(|a| prepare(&a.attributes, a.truncated));
+        let Some(prepared) = prepared.and_then(Option::as_ref) else {
+            return Rendered::Nothing;
+        };
+        if out.push_with(header, |buf| {
+            write_spliced(ctx, hit, prepared, timestamp, limit, buf)
+        }) {
+            return Rendered::Sent;
+        }
+    }
+    let selected = select(answer, match_types, hit.direction);
+    let Some(mut ev) = enrich(ctx, hit, &selected, now) else {
+        return Rendered::Nothing;
+    };
+    ev.misp_data.summary.truncated |= answer.truncated;
+    match serialize_within(&mut ev, limit) {
+        Some(payload) if out.push(header, &payload) => {
+            let summary = &ev.misp_data.summary;
+            if summary.truncated {
+                tracing::info!(
+                    value = %hit.observable,
+                    omitted = summary.omitted_attributes,
+                    omitted_fields = ?summary.omitted_fields,
+                    "event shrunk to fit one datagram"
+                );
+            }
+            Rendered::Sent
+        }
+        _ => Rendered::TooLarge,
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,13 @@
 use super::*;
 use crate::extract::Direction;
 use crate::lookup::model::parse_response;
+use crate::observable::Occurrence;
 use crate::sim::{MispSim, SimData};
 use serde_json::json;
 
-fn hit(ip: &str) -> IpHit {
-    IpHit {
-        ip: ip.parse().unwrap(),
+fn hit(ip: &str) -> Occurrence {
+    Occurrence {
+        observable: crate::observable::Observable::Ip(ip.parse().unwrap()),
         direction: Direction::Source,
         field_path: "data.srcip".into(),
         raw_context: ip.into(),

@@ -1,25 +1,7 @@
 //! Direction of an IP occurrence: from the field's key, else from the text
 //! right before the token.
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Source,
-    Destination,
-    Unknown,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Source => "source",
-            Direction::Destination => "destination",
-            Direction::Unknown => "unknown",
-        }
-    }
-}
+use crate::observable::Direction;
 
 /// Keys that only say "this is an address", so the parent key carries the
 /// meaning (`source.ip`, `remoteIpDetails.ipAddressV4`).

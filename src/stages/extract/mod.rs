@@ -11,7 +11,10 @@ mod direction;
 mod public;
 mod token;
 
-pub use direction::Direction;
+pub use crate::observable::{Direction, IpText, Observable, Occurrence};
+
+/// Today's extraction yields IP occurrences only.
+pub type IpHit = Occurrence;
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
@@ -21,78 +24,6 @@ use std::net::IpAddr;
 
 /// Longest `raw_context` we copy out of the alert, in characters.
 pub const RAW_CONTEXT_CHARS: usize = 256;
-
-/// One IP to look up, and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpHit {
-    /// The address looked up (IPv4-mapped and NAT64 unwrapped).
-    pub ip: IpAddr,
-    pub direction: Direction,
-    /// Dotted path from the alert root, array indices as `[i]`.
-    pub field_path: String,
-    /// The string the IP was found in, cut to 256 characters.
-    pub raw_context: String,
-}
-
-impl IpHit {
-    /// The address as text, as `Display` writes it.
-    pub fn ip_text(&self) -> IpText {
-        IpText::new(self.ip)
-    }
-}
-
-/// An address as text, on the stack. Every event needs its IP as text
-/// twice (dedup key, event); IPv4 is written digit by digit because going
-/// through `fmt` (a `Formatter` per octet) cost more than the hash it feeds.
-/// IPv6, rarer and with its `::` rules, still goes through `Display`.
-#[derive(Clone, Copy)]
-pub struct IpText {
-    buf: [u8; 45],
-    len: u8,
-}
-
-impl IpText {
-    pub fn new(ip: IpAddr) -> IpText {
-        let mut text = IpText {
-            buf: [0; 45],
-            len: 0,
-        };
-        match ip {
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    if octet >= 100 {
-                        text.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        text.push(b'0' + octet / 10 % 10);
-                    }
-                    text.push(b'0' + octet % 10);
-                }
-            }
-            IpAddr::V6(v6) => {
-                use std::io::Write;
-                let mut rest = &mut text.buf[..];
-                write!(rest, "{v6}").expect("an IPv6 address is at most 45 bytes");
-                let left = rest.len();
-                text.len = (45 - left) as u8;
-            }
-        }
-        text
-    }
-
-    fn push(&mut self, b: u8) {
-        self.buf[usize::from(self.len)] = b;
-        self.len += 1;
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..usize::from(self.len)])
-            .expect("digits, dots, hex and colons")
-    }
-}
 
 /// The paths never scanned by default; `rule.description` is re-included by
 /// [`DEFAULT_SCAN_FIELDS`].
@@ -336,15 +267,19 @@ impl Walk<'_, '_, '_> {
             } else {
                 direction::from_text(s, tok.start)
             };
-            match self.out.iter_mut().find(|h| h.ip == ip) {
+            match self
+                .out
+                .iter_mut()
+                .find(|h| h.observable == Observable::Ip(ip))
+            {
                 Some(h) if h.direction == Direction::Unknown && dir != Direction::Unknown => {
                     h.direction = dir;
                     h.field_path.clone_from(&self.scratch.path);
                     h.raw_context = cut(s);
                 }
                 Some(_) => {}
-                None => self.out.push(IpHit {
-                    ip,
+                None => self.out.push(Occurrence {
+                    observable: Observable::Ip(ip),
                     direction: dir,
                     field_path: self.scratch.path.clone(),
                     raw_context: cut(s),

@@ -10,7 +10,7 @@ fn run(alert: &Value) -> Vec<(String, &'static str, String)> {
     let mut out = Vec::new();
     ex.extract(node(alert), &mut Scratch::default(), &mut out);
     out.into_iter()
-        .map(|h| (h.ip.to_string(), h.direction.as_str(), h.field_path))
+        .map(|h| (h.observable.to_string(), h.direction.as_str(), h.field_path))
         .collect()
 }
 
@@ -101,7 +101,7 @@ fn private_and_excluded_are_dropped_and_mapped_unwrapped() {
     let alert = json!({"a":"10.0.0.1 192.168.1.1 45.1.2.3 1.1.1.1 ::ffff:185.9.9.9 64:ff9b::185.9.9.8 2001:db8::1 2606:4700::1111"});
     let mut out = Vec::new();
     ex.extract(node(&alert), &mut Scratch::default(), &mut out);
-    let ips: Vec<_> = out.iter().map(|h| h.ip.to_string()).collect();
+    let ips: Vec<_> = out.iter().map(|h| h.observable.to_string()).collect();
     assert_eq!(ips, ["185.9.9.9", "185.9.9.8", "2606:4700::1111"]);
 }
 

@@ -20,14 +20,17 @@
 pub mod breaker;
 pub mod client;
 pub mod model;
+pub mod port;
 pub mod recent;
 
 pub use client::{MispClient, MispError};
 pub use model::Attribute;
+pub use port::Intelligence;
 pub use recent::Recent;
 
-use crate::config::{MatchTypes, MispConfig};
-use crate::extract::{canonical, Direction};
+use crate::config::MispConfig;
+use crate::extract::canonical;
+use crate::observable::Observable;
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
 use breaker::{Breaker, LastError};
@@ -41,16 +44,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// What MISP knows about one IP, shared by every alert that names it while
-/// it is cached.
+/// What MISP knows about one observable, shared by every alert that names
+/// it while it is cached.
 #[derive(Debug, Default)]
 pub struct LookupResult {
     pub attributes: Vec<Attribute>,
     /// MISP's answer was over `misp.max_response_bytes`, so this is its
     /// first page only.
     pub truncated: bool,
-    /// The event's MISP part, built on first use (see [`crate::enrich::Prepared`]).
-    prepared: std::sync::OnceLock<Option<crate::enrich::Prepared>>,
+    /// What a consumer derives from this answer, built once and kept as
+    /// long as the answer (enrichment keeps the event's serialised MISP
+    /// part here). Intelligence neither builds nor reads it.
+    derived: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl LookupResult {
@@ -58,16 +63,19 @@ impl LookupResult {
         LookupResult {
             attributes,
             truncated: false,
-            prepared: std::sync::OnceLock::new(),
+            derived: std::sync::OnceLock::new(),
         }
     }
 
-    /// The serialised MISP part for events about this IP; `None` when MISP
-    /// knows nothing.
-    pub fn prepared(&self) -> Option<&crate::enrich::Prepared> {
-        self.prepared
-            .get_or_init(|| crate::enrich::prepare(&self.attributes, self.truncated))
-            .as_ref()
+    /// The value `build` derives from this answer, built on first use.
+    /// `None` if another type was derived first (one consumer per answer).
+    pub fn derived<T: std::any::Any + Send + Sync>(
+        &self,
+        build: impl FnOnce(&Self) -> T,
+    ) -> Option<&T> {
+        self.derived
+            .get_or_init(|| Box::new(build(self)))
+            .downcast_ref::<T>()
     }
 }
 
@@ -134,8 +142,8 @@ struct Ttls {
 
 struct TtlExpiry(Arc<Ttls>);
 
-impl Expiry<IpAddr, Hits> for TtlExpiry {
-    fn expire_after_create(&self, _k: &IpAddr, v: &Hits, _at: Instant) -> Option<Duration> {
+impl Expiry<Observable, Hits> for TtlExpiry {
+    fn expire_after_create(&self, _k: &Observable, v: &Hits, _at: Instant) -> Option<Duration> {
         let secs = if v.is_empty() {
             &self.0.miss_secs
         } else {
@@ -146,7 +154,7 @@ impl Expiry<IpAddr, Hits> for TtlExpiry {
 }
 
 struct Ask {
-    ip: IpAddr,
+    observable: Observable,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -226,7 +234,7 @@ impl Shared {
 /// The lookup service. Cheap to clone; clones share cache and batcher.
 #[derive(Clone)]
 pub struct Lookup {
-    cache: moka::future::Cache<IpAddr, Hits>,
+    cache: moka::future::Cache<Observable, Hits>,
     ttls: Arc<Ttls>,
     asks: mpsc::Sender<Ask>,
     shared: Arc<Shared>,
@@ -360,44 +368,50 @@ impl Lookup {
             .collect()
     }
 
-    /// The cached answer for `ip`, without waiting: the hot path, where
-    /// nearly every IP is cached, stays synchronous. `None` (not cached, or
-    /// the cache would have to wait on its own housekeeping) sends the
-    /// caller to [`Lookup::get`].
-    pub fn cached(&self, ip: IpAddr) -> Option<Hits> {
+    /// The cached answer for `observable`, without waiting: the hot path,
+    /// where nearly every value is cached, stays synchronous. `None` (not
+    /// cached, or the cache would have to wait on its own housekeeping)
+    /// sends the caller to [`Lookup::get`].
+    pub fn cached(&self, observable: &Observable) -> Option<Hits> {
         use futures::FutureExt;
-        let hits = self.cache.get(&ip).now_or_never().flatten()?;
+        let hits = self.cache.get(observable).now_or_never().flatten()?;
         self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         Some(hits)
     }
 
     /// [`Lookup::cached`] through a worker's memo of what it read lately
     /// (see [`recent`]).
-    pub fn cached_recent(&self, ip: IpAddr, recent: &mut Recent) -> Option<Hits> {
+    pub fn cached_recent(&self, observable: &Observable, recent: &mut Recent) -> Option<Hits> {
         let owner = (
             Arc::as_ptr(&self.shared) as usize,
             self.shared.invalidations.load(Ordering::Relaxed),
         );
         let recent = recent.current(owner, Instant::now());
-        if let Some(hits) = recent.get(&ip) {
+        if let Some(hits) = recent.get(observable) {
             self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Some(hits.clone());
         }
-        let hits = self.cached(ip)?;
-        recent.remember(ip, &hits);
+        let hits = self.cached(observable)?;
+        recent.remember(observable, &hits);
         Some(hits)
     }
 
-    /// Every IP attribute MISP holds for `ip`. A failure is not cached:
-    /// the next alert naming the value asks again.
-    pub async fn get(&self, ip: IpAddr) -> Result<Hits, LookupError> {
+    /// Every attribute MISP holds for `observable`. A failure is not
+    /// cached: the next alert naming the value asks again.
+    pub async fn get(&self, observable: &Observable) -> Result<Hits, LookupError> {
         let asks = self.asks.clone();
+        let key = observable.clone();
         let entry = self
             .cache
-            .entry(ip)
+            .entry(observable.clone())
             .or_try_insert_with(async move {
                 let (reply, rx) = oneshot::channel();
-                asks.send(Ask { ip, reply }).await.map_err(|_| Abandoned)?;
+                asks.send(Ask {
+                    observable: key,
+                    reply,
+                })
+                .await
+                .map_err(|_| Abandoned)?;
                 Ok::<_, LookupError>(rx.await.map_err(|_| Abandoned)??)
             })
             .await
@@ -412,18 +426,19 @@ impl Lookup {
     }
 }
 
-/// Keeps the attributes `misp.match_types` asks for, given the direction
-/// the IP was seen in. `"direction"` is the original script's behaviour.
-pub fn select(hits: &[Attribute], mode: MatchTypes, direction: Direction) -> Vec<Attribute> {
-    hits.iter()
-        .filter(|a| match (mode, direction) {
-            (MatchTypes::All, _) => true,
-            (MatchTypes::Direction, Direction::Source) => a.kind.starts_with("ip-src"),
-            (MatchTypes::Direction, Direction::Destination) => a.kind.starts_with("ip-dst"),
-            (MatchTypes::Direction, Direction::Unknown) => a.kind.starts_with("ip-"),
-        })
-        .cloned()
-        .collect()
+impl Intelligence for Lookup {
+    type Memo = Recent;
+
+    fn known(&self, observable: &Observable, memo: &mut Recent) -> Option<Hits> {
+        self.cached_recent(observable, memo)
+    }
+
+    fn lookup(
+        &self,
+        observable: &Observable,
+    ) -> impl std::future::Future<Output = Result<Hits, LookupError>> + Send {
+        self.get(observable)
+    }
 }
 
 /// The task that turns asks into batched restSearch requests. It ends
@@ -507,13 +522,13 @@ async fn batcher(
 
 async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let mut values: Vec<String> = Vec::with_capacity(batch.len());
-    let mut waiting: HashMap<IpAddr, Vec<oneshot::Sender<Answer>>> = HashMap::new();
+    let mut waiting: HashMap<Observable, Vec<oneshot::Sender<Answer>>> = HashMap::new();
     for a in batch {
-        let v = a.ip.to_string();
+        let v = a.observable.to_string();
         if !values.contains(&v) {
             values.push(v);
         }
-        waiting.entry(a.ip).or_default().push(a.reply);
+        waiting.entry(a.observable).or_default().push(a.reply);
     }
     let waiting = std::sync::Mutex::new(waiting);
     // Each part of the batch is answered as soon as it resolves: while one
@@ -521,8 +536,8 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let answer = |(asked, outcome): Resolved| {
         let answers = per_value(&asked, outcome);
         let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
-        for (ip, answer) in answers {
-            for reply in waiting.remove(&ip).into_iter().flatten() {
+        for (observable, answer) in answers {
+            for reply in waiting.remove(&observable).into_iter().flatten() {
                 let _ = reply.send(answer.clone());
             }
         }
@@ -530,33 +545,37 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     resolve(shared, values, Level::Batch, &answer).await;
 }
 
+/// The observable MISP's text for it stands for.
+fn observable_of(value: &str) -> Option<Observable> {
+    value
+        .trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| Observable::Ip(canonical(ip)))
+}
+
 /// One request's outcome, per value asked: the attributes naming it (a
 /// composite value such as `ip|port` names its IP half).
 fn per_value(
     asked: &[String],
     outcome: Result<(Vec<Attribute>, bool), LookupFailed>,
-) -> Vec<(IpAddr, Answer)> {
-    let ips: Vec<IpAddr> = asked
-        .iter()
-        .filter_map(|v| v.parse::<IpAddr>().ok())
-        .map(canonical)
-        .collect();
+) -> Vec<(Observable, Answer)> {
+    let observables: Vec<Observable> = asked.iter().filter_map(|v| observable_of(v)).collect();
     let (attributes, truncated) = match outcome {
         Ok(found) => found,
         Err(failed) => {
-            return ips
+            return observables
                 .into_iter()
-                .map(|ip| (ip, Err(failed.clone())))
+                .map(|o| (o, Err(failed.clone())))
                 .collect()
         }
     };
-    let mut found: HashMap<IpAddr, Vec<Attribute>> = HashMap::new();
+    let mut found: HashMap<Observable, Vec<Attribute>> = HashMap::new();
     for attr in attributes {
         for half in attr.value.split('|') {
-            if let Ok(ip) = half.trim().parse::<IpAddr>() {
-                let ip = canonical(ip);
-                if ips.contains(&ip) {
-                    let list = found.entry(ip).or_default();
+            if let Some(o) = observable_of(half) {
+                if observables.contains(&o) {
+                    let list = found.entry(o).or_default();
                     if list.last() != Some(&attr) {
                         list.push(attr.clone());
                     }
@@ -564,11 +583,12 @@ fn per_value(
             }
         }
     }
-    ips.into_iter()
-        .map(|ip| {
-            let mut result = LookupResult::new(found.remove(&ip).unwrap_or_default());
+    observables
+        .into_iter()
+        .map(|o| {
+            let mut result = LookupResult::new(found.remove(&o).unwrap_or_default());
             result.truncated = truncated;
-            (ip, Ok(Arc::new(result)))
+            (o, Ok(Arc::new(result)))
         })
         .collect()
 }

@@ -15,8 +15,8 @@
 //! worker rather than every read: still enough to tell hot IPs from cold.
 
 use super::Hits;
+use crate::observable::Observable;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// How long a memo serves what it read from the cache.
@@ -38,7 +38,7 @@ pub struct Recent {
     /// foldhash rather than std's SipHash: the keys are addresses from
     /// alerts, and this is read once per IP hit; a HashDoS on a map that
     /// holds at most RECENT_MAX entries for a second costs little.
-    map: HashMap<IpAddr, Hits, foldhash::fast::RandomState>,
+    map: HashMap<Observable, Hits, foldhash::fast::RandomState>,
 }
 
 impl Recent {
@@ -54,15 +54,15 @@ impl Recent {
         self
     }
 
-    pub(super) fn get(&self, ip: &IpAddr) -> Option<&Hits> {
-        self.map.get(ip)
+    pub(super) fn get(&self, o: &Observable) -> Option<&Hits> {
+        self.map.get(o)
     }
 
-    pub(super) fn remember(&mut self, ip: IpAddr, hits: &Hits) {
+    pub(super) fn remember(&mut self, o: &Observable, hits: &Hits) {
         if self.map.len() >= RECENT_MAX {
             self.map.clear();
         }
-        self.map.insert(ip, hits.clone());
+        self.map.insert(o.clone(), hits.clone());
     }
 
     pub fn len(&self) -> usize {
@@ -86,10 +86,10 @@ mod tests {
 
     #[test]
     fn serves_for_a_second_then_starts_over() {
-        let ip: IpAddr = "185.1.1.1".parse().unwrap();
+        let ip = Observable::Ip("185.1.1.1".parse().unwrap());
         let t0 = Instant::now();
         let mut r = Recent::default();
-        r.current((1, 0), t0).remember(ip, &hits());
+        r.current((1, 0), t0).remember(&ip, &hits());
         let later = t0 + RECENT_FOR - Duration::from_millis(1);
         assert!(r.current((1, 0), later).get(&ip).is_some());
         assert!(r.current((1, 0), t0 + RECENT_FOR).get(&ip).is_none());
@@ -97,15 +97,15 @@ mod tests {
 
     #[test]
     fn another_owner_or_generation_empties_it() {
-        let ip: IpAddr = "185.1.1.1".parse().unwrap();
+        let ip = Observable::Ip("185.1.1.1".parse().unwrap());
         let t0 = Instant::now();
         let mut r = Recent::default();
-        r.current((1, 0), t0).remember(ip, &hits());
+        r.current((1, 0), t0).remember(&ip, &hits());
         assert!(
             r.current((1, 1), t0).get(&ip).is_none(),
             "cache emptied since"
         );
-        r.current((1, 1), t0).remember(ip, &hits());
+        r.current((1, 1), t0).remember(&ip, &hits());
         assert!(r.current((2, 1), t0).get(&ip).is_none(), "another service");
     }
 
@@ -114,8 +114,10 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Recent::default();
         for i in 0..RECENT_MAX as u32 + 10 {
-            r.current((1, 0), t0)
-                .remember(IpAddr::from(i.to_be_bytes()), &hits());
+            r.current((1, 0), t0).remember(
+                &Observable::Ip(std::net::IpAddr::from(i.to_be_bytes())),
+                &hits(),
+            );
         }
         assert!(r.len() <= RECENT_MAX);
         assert!(!r.is_empty());
