@@ -4,13 +4,11 @@
 //! Parsing is the floor of the hot path, so its form matters. serde_json's
 //! `Value` with `preserve_order` makes every object an `IndexMap` (a SipHash
 //! per key) and every string an allocation. A tree of Vec-backed objects
-//! borrowing from the line (serde_json_borrow, used before) still cost
-//! about twenty allocations and moves per alert, and was a quarter of a
-//! worker's time on the hot scenario. simd-json parses into a flat tape:
-//! one node per value, in document order, in a Vec and scratch buffers that
-//! a [`Parser`] keeps from line to line, so an alert costs no allocation
-//! once the buffers have grown. Measured on the bench's alert line: 1.8 µs
-//! with serde_json_borrow, 0.85 µs with the tape.
+//! borrowing from the line still costs about twenty allocations and moves
+//! per alert. simd-json parses into a flat tape: one node per value, in
+//! document order, in a Vec and scratch buffers that a [`Parser`] keeps
+//! from line to line, so an alert costs no allocation once the buffers
+//! have grown.
 //!
 //! Key order is kept, which extraction needs ("first occurrence") and events
 //! show (`data` keys in the alert's order); duplicate keys are kept and a

@@ -364,10 +364,8 @@ impl PipelineConfig {
 /// Why not one per CPU: the tailer and the writer are threads of their own
 /// that are busy whenever alerts flow, and analysisd shares the machine.
 /// With a runtime thread per CPU as well, its threads and those contend
-/// for the cores and hand tasks back and forth. Measured on 2 CPUs
-/// (throughput bench, one runtime thread against two): hot_max 195–208k
-/// against 166–196k alerts/s, burst as fast or faster, cold lookups 26–29k
-/// against 31k a second (the target is 5k).
+/// for the cores and hand tasks back and forth (docs/perf-log.md has the
+/// measurement).
 pub fn runtime_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
