@@ -391,7 +391,12 @@ impl Tailer {
         }
         // A bad byte costs one character (U+FFFD), not the alert: the rest
         // of the line, its public IPs included, is still worth reading.
-        let line = String::from_utf8_lossy(line);
+        // from_utf8 first: its check is much faster than the lossy decoder's
+        // on the valid lines that are nearly all of them.
+        let line = match std::str::from_utf8(line) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         if matches!(line, std::borrow::Cow::Owned(_)) {
             self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
             self.skips.log("not_utf8", |suppressed| {
