@@ -55,7 +55,7 @@ fn the_api_key_never_appears_in_debug_logs() {
     std::fs::write(&alerts, format!("{}\n", sshd_alert(1, "185.1.2.3", "001"))).unwrap();
     // enrich against an unreachable MISP: it retries, logging at every
     // level. Read its stderr until a retry is logged, then stop it.
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["enrich", "--config"])
         .arg(&cfg)
         .arg(&alerts)
@@ -63,21 +63,7 @@ fn the_api_key_never_appears_in_debug_logs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut text = String::new();
-    {
-        use std::io::BufRead;
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            text.push_str(&line);
-            text.push('\n');
-            if line.contains("MISP lookup failed") {
-                break;
-            }
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let text = stderr_until(child, "MISP lookup failed");
     assert!(
         text.contains("MISP lookup failed"),
         "expected retry logs, got: {text}"

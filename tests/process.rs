@@ -67,6 +67,23 @@ impl Daemon {
         }
     }
 
+    /// Waits for the process to exit, for at most `within`; there is no
+    /// event to await for a child's exit but polling its status.
+    async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                started.elapsed() < within,
+                "still running after {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -206,17 +223,7 @@ async fn sigterm_finishes_and_exits_zero_with_a_bookmark() {
     }
     q.received.wait_for(10, WAIT).await;
     d.signal(libc::SIGTERM);
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(12),
-            "did not exit within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = d.exit_status(Duration::from_secs(12)).await;
     assert!(status.success(), "exit status {status}");
     let bookmark: serde_json::Value = serde_json::from_slice(
         &std::fs::read(h.cfg.input.state_dir.join("bookmark.json")).unwrap(),
@@ -326,18 +333,7 @@ async fn a_dead_component_means_a_non_zero_exit_and_no_more_watchdog_pings() {
         })
         .await;
         h.append(&format!("{}\n", sshd_alert(1, &ips[0], "001")));
-        let started = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = d.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "{component}: still running after its death:\n{}",
-                d.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status = d.exit_status(WAIT).await;
         assert!(!status.success(), "{component}: exit status {status}");
         // Whatever the daemon sent before it exited is read by now or soon.
         eventually("STOPPING=1", WAIT, || {

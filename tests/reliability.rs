@@ -155,6 +155,14 @@ async fn bad_bytes_and_lone_surrogates_cost_a_character_not_the_alert() {
     assert!(users.contains(&"pair\u{1f600}ok".to_owned()), "{users:?}");
 }
 
+/// One sshd alert per IP, as one text to append at once.
+fn sshd_alerts(ips: &[String]) -> String {
+    ips.iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
+        .collect()
+}
+
 fn append_bytes(path: &std::path::Path, b: &[u8]) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
@@ -436,11 +444,7 @@ async fn a_value_misp_always_fails_on_holds_up_no_other_alert() {
         .fail_value(&poison, Some(wazuh_misp::sim::Fault::Status(500)));
     let q = QueueSocket::bind(&h.socket, Received::default());
     let daemon = h.start();
-    let lines: String = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
-        .collect();
+    let lines = sshd_alerts(&ips);
     h.append(&lines);
     // 119 enriched events and one error event naming the value.
     q.received.wait_for(120, WAIT).await;
@@ -502,11 +506,7 @@ async fn a_value_with_an_oversized_answer_gets_its_first_page() {
     h.cfg.misp.max_response_bytes = (page + full) / 2;
     let q = QueueSocket::bind(&h.socket, Received::default());
     let daemon = h.start();
-    let lines: String = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
-        .collect();
+    let lines = sshd_alerts(&ips);
     h.append(&lines);
     q.received.wait_for(20, WAIT).await;
     let failed = Stats::get(&daemon.stats.lookups_failed);
