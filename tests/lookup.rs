@@ -271,3 +271,17 @@ async fn a_thousand_alerts_over_fifty_ips_ask_misp_about_fifty_values() {
     );
     assert!(sim.requests() <= 5, "{} requests", sim.requests());
 }
+
+/// A url with `user:password@` (a proxy's basic auth): the API key still
+/// goes in the Authorization header MISP reads, and nothing of the
+/// password shows in the client's debug output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_with_userinfo_still_sends_the_api_key() {
+    let (sim, ips) = sim_with(1).await;
+    let url = sim.url().replace("http://", "http://proxyuser:Pr0xyPass@");
+    let c = MispConfig { url, ..cfg(&sim) };
+    let client = client(&c);
+    assert!(!format!("{client:?}").contains("Pr0xyPass"));
+    let found = client.search(&[ips[0].clone()]).await.unwrap();
+    assert_eq!(found.len(), 1);
+}

@@ -176,6 +176,18 @@ impl MispClient {
             secrets.push(format!("{}:", endpoint.username()));
         }
         secrets.retain(|s| s.len() >= 3);
+        // MISP reads the API key from the Authorization header, which a
+        // url's userinfo would take over as basic auth (and every request
+        // would be refused). Credentials for a proxy go in HTTPS_PROXY,
+        // which reqwest sends as Proxy-Authorization.
+        let mut endpoint = endpoint;
+        if !endpoint.username().is_empty() || endpoint.password().is_some() {
+            tracing::warn!(
+                "misp.url carries user:password, which is not sent: MISP takes its API key from the Authorization header; put proxy credentials in HTTPS_PROXY instead"
+            );
+            let _ = endpoint.set_username("");
+            let _ = endpoint.set_password(None);
+        }
         Ok(MispClient {
             http: b.build()?,
             endpoint,
@@ -191,7 +203,7 @@ impl MispClient {
         })
     }
 
-    /// Where restSearch goes (with any userinfo: do not log it as is).
+    /// Where restSearch goes (never with userinfo: it is taken out).
     pub fn endpoint(&self) -> &reqwest::Url {
         &self.endpoint
     }
