@@ -277,3 +277,52 @@ async fn an_agent_name_over_a_datagram_skips_only_its_alert() {
         .unwrap();
     assert_eq!(out.datagrams.len(), 1);
 }
+
+/// `wazuh-misp enrich` as a library call: one JSON line per event, and a
+/// reader that goes away ends the run without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_lines_writes_one_event_per_line_and_stops_on_a_closed_output() {
+    let (data, ips) = pool(3);
+    let h = Harness::new(&data).await;
+    let client = || {
+        wazuh_misp::lookup::MispClient::new(&h.cfg.misp, &h.cfg.resolve_api_key().unwrap()).unwrap()
+    };
+    let input: String = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{}\n", sshd_alert(i, ip, "001")))
+        .collect();
+    let mut out = Vec::new();
+    let written = wazuh_misp::enrich_lines::run(&h.cfg, client(), input.as_bytes(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(written, 3);
+    let values: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["detected_ip"]["value"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(values, ips);
+
+    struct Closed;
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let before = h.sim.requests();
+    let written = wazuh_misp::enrich_lines::run(&h.cfg, client(), input.as_bytes(), Closed)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+    assert!(
+        h.sim.requests() - before <= 1,
+        "no lookups after the first write failed"
+    );
+}
