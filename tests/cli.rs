@@ -41,20 +41,16 @@ fn a_bad_config_is_refused_and_names_the_key() {
     }
 }
 
-#[test]
-fn the_api_key_never_appears_in_debug_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = "SUPERSECRETKEY0123456789abcdef";
+/// `enrich` at trace level against an unreachable MISP given by the
+/// `[misp]` lines: it retries, logging at every level. Its stderr up to the
+/// first retry.
+fn logs_against_unreachable_misp(dir: &std::path::Path, misp: &str) -> String {
     let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[misp]\nurl = \"http://127.0.0.1:9\"\napi_key = \"{secret}\"\ntimeout_secs = 1\n[log]\nlevel = \"trace\"\n"
-        ),
+        dir,
+        &format!("[misp]\n{misp}\ntimeout_secs = 1\n[log]\nlevel = \"trace\"\n"),
     );
-    let alerts = dir.path().join("alerts.jsonl");
+    let alerts = dir.join("alerts.jsonl");
     std::fs::write(&alerts, format!("{}\n", sshd_alert(1, "185.1.2.3", "001"))).unwrap();
-    // enrich against an unreachable MISP: it retries, logging at every
-    // level. Read its stderr until a retry is logged, then stop it.
     let child = Command::new(BIN)
         .args(["enrich", "--config"])
         .arg(&cfg)
@@ -67,6 +63,17 @@ fn the_api_key_never_appears_in_debug_logs() {
     assert!(
         text.contains("MISP lookup failed"),
         "expected retry logs, got: {text}"
+    );
+    text
+}
+
+#[test]
+fn the_api_key_never_appears_in_debug_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "SUPERSECRETKEY0123456789abcdef";
+    let text = logs_against_unreachable_misp(
+        dir.path(),
+        &format!("url = \"http://127.0.0.1:9\"\napi_key = \"{secret}\""),
     );
     assert!(!text.contains(secret), "the key leaked into the output");
 }
@@ -93,27 +100,9 @@ fn stderr_until(mut child: std::process::Child, until: &str) -> String {
 fn a_url_password_never_appears_and_piped_logs_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let password = "Pa55w0rdInTheUrl";
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[misp]\nurl = \"http://admin:{password}@127.0.0.1:9\"\napi_key = \"k3y-k3y-k3y\"\ntimeout_secs = 1\n[log]\nlevel = \"trace\"\n"
-        ),
-    );
-    let alerts = dir.path().join("alerts.jsonl");
-    std::fs::write(&alerts, format!("{}\n", sshd_alert(1, "185.1.2.3", "001"))).unwrap();
-    let child = Command::new(BIN)
-        .args(["enrich", "--config"])
-        .arg(&cfg)
-        .arg(&alerts)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let text = stderr_until(child, "MISP lookup failed");
-    assert!(
-        text.contains("MISP lookup failed"),
-        "expected retry logs, got: {text}"
-    );
+    let misp = format!("url = \"http://admin:{password}@127.0.0.1:9\"\napi_key = \"k3y-k3y-k3y\"");
+    let text = logs_against_unreachable_misp(dir.path(), &misp);
+    let cfg = dir.path().join("wazuh-misp.toml");
     assert!(
         !text.contains(password),
         "the url's password leaked: {text}"
