@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::hint::black_box;
 use wazuh_misp::alert::{self, Node};
 use wazuh_misp::enrich::{enrich, serialize_within, AlertContext};
-use wazuh_misp::extract::{Direction, Extractor, IpHit, Scratch};
+use wazuh_misp::extract::{Direction, Extractor, Occurrence, Scratch};
 use wazuh_misp::filter::AlertFilter;
 use wazuh_misp::lookup::model::{parse_response, Attribute};
 use wazuh_misp::output::{frame, header, MAX_DATAGRAM};
@@ -103,7 +103,7 @@ fn benches(c: &mut Criterion) {
     let tape = first_parser.parse(first).unwrap();
     let alert = tape.as_value();
     let ctx = AlertContext::from_alert(alert);
-    let hit = IpHit {
+    let hit = Occurrence {
         observable: wazuh_misp::observable::Observable::Ip("185.220.101.42".parse().unwrap()),
         direction: Direction::Source,
         field_path: "data.srcip".into(),

@@ -79,6 +79,17 @@ pub fn kind(node: Node<'_>) -> Kind<'_> {
     }
 }
 
+/// An alert line as text: bad UTF-8 sequences become U+FFFD (`Owned` then),
+/// so that one bad byte costs a character and not the alert. `from_utf8`
+/// first: its check is much faster than the lossy decoder's on the valid
+/// lines that are nearly all of them.
+pub fn decode_line(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// `line` with every lone UTF-16 surrogate escape (`\ud800` without its
 /// pair, or a stray low half) replaced by `\ufffd`, as a lossy decoder
 /// does for bad bytes; `None` when it has none. JSON allows such escapes

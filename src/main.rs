@@ -75,14 +75,13 @@ fn init_logging(level: &str, format: LogFormat) -> LogHandle {
     let registry = tracing_subscriber::registry().with(filter);
     // journald and log files store escape codes raw: colour a terminal only.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = || {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    };
     match format {
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
+        LogFormat::Text => registry.with(text()).init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -96,13 +95,7 @@ fn init_logging(level: &str, format: LogFormat) -> LogHandle {
                 .with(journald.with_syslog_identifier("wazuh-misp".into()))
                 .init(),
             Err(e) => {
-                registry
-                    .with(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(ansi)
-                            .with_writer(std::io::stderr),
-                    )
-                    .init();
+                registry.with(text()).init();
                 tracing::warn!(error = %e, "journald is not reachable; logging text to stderr instead");
             }
         },

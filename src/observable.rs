@@ -21,19 +21,7 @@ pub enum Observable {
     Ip(IpAddr),
 }
 
-/// The kinds of observable, as MISP's attribute types group them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Ip,
-}
-
 impl Observable {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Observable::Ip(_) => Kind::Ip,
-        }
-    }
-
     pub fn as_ip(&self) -> Option<IpAddr> {
         match self {
             Observable::Ip(ip) => Some(*ip),
@@ -61,12 +49,6 @@ impl std::str::FromStr for Observable {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ip: IpAddr = s.trim().parse()?;
         Ok(Observable::Ip(crate::extract::canonical(ip)))
-    }
-}
-
-impl From<IpAddr> for Observable {
-    fn from(ip: IpAddr) -> Self {
-        Observable::Ip(ip)
     }
 }
 
@@ -117,16 +99,6 @@ pub struct Occurrence {
 }
 
 impl Occurrence {
-    /// An occurrence of an IP.
-    pub fn ip(ip: IpAddr, direction: Direction, field_path: &str, raw_context: &str) -> Self {
-        Occurrence {
-            observable: Observable::Ip(ip),
-            direction,
-            field_path: field_path.to_owned(),
-            raw_context: raw_context.to_owned(),
-        }
-    }
-
     /// The address, when the observable is an IP.
     pub fn as_ip(&self) -> Option<IpAddr> {
         self.observable.as_ip()

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wazuh_misp::enrich::{enrich, serialize_within, AlertContext};
-use wazuh_misp::extract::{Direction, IpHit};
+use wazuh_misp::extract::{Direction, Occurrence};
 use wazuh_misp::lookup::model::parse_response;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         .parse(r#"{"rule": {"id": "5712", "level": 10}, "agent": {"id": "001", "name": "a"}}"#)
         .unwrap();
     let alert = tape.as_value();
-    let hit = IpHit {
+    let hit = Occurrence {
         observable: wazuh_misp::observable::Observable::Ip("185.1.1.1".parse().unwrap()),
         direction: Direction::Source,
         field_path: "data.srcip".into(),

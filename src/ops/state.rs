@@ -61,8 +61,10 @@ impl<T> Read<T> {
     }
 }
 
-/// Reads and parses a state file. Missing: `None`. Unreadable or corrupt:
-/// logged, renamed to `.corrupt`, `None`.
+/// Reads and parses an unversioned file (the tests' simple case of
+/// [`read_versioned`]). Missing: `None`. Unreadable or corrupt: logged,
+/// renamed to `.corrupt`, `None`.
+#[cfg(test)]
 pub fn read_state<T: DeserializeOwned>(path: &Path) -> Option<T> {
     read_state_with(path, |bytes| serde_json::from_slice(bytes)).found()
 }

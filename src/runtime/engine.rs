@@ -305,10 +305,7 @@ impl<I: Intelligence> Engine<I> {
     /// produced.
     pub async fn process(&self, bytes: &[u8], offset: Option<u64>) -> Result<Outgoing, Abandoned> {
         let mut out = Outgoing::default();
-        let line = match std::str::from_utf8(bytes) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(bytes),
-        };
+        let line = alert::decode_line(bytes);
         if matches!(line, std::borrow::Cow::Owned(_)) {
             self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
         }

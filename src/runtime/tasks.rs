@@ -55,10 +55,10 @@ pub async fn report_errors(
         for failed in lookup.take_given_up() {
             let payload =
                 enrich::lookup_failed_event(&failed.value, &failed.message, chrono::Utc::now());
-            let mut msg = Outgoing::default();
-            if msg.datagrams.push(output::MANAGER_HEADER, &payload) && out.send(msg).await.is_err()
-            {
-                return;
+            if let Some(msg) = manager_event(&payload) {
+                if out.send(msg).await.is_err() {
+                    return;
+                }
             }
         }
         let Some((since, error)) = lookup.breaker().failing() else {
@@ -71,10 +71,9 @@ pub async fn report_errors(
             continue;
         }
         let payload = enrich::error_event(error.kind, &error.message, since.into());
-        let mut msg = Outgoing::default();
-        if !msg.datagrams.push(output::MANAGER_HEADER, &payload) {
+        let Some(msg) = manager_event(&payload) else {
             continue;
-        }
+        };
         tracing::warn!(
             kind = error.kind,
             failing_secs = failing_for.as_secs(),
@@ -85,6 +84,15 @@ pub async fn report_errors(
         }
         last_sent = Some(std::time::Instant::now());
     }
+}
+
+/// One event of the integration's own, from the manager; `None` when it
+/// does not fit one datagram.
+fn manager_event(payload: &[u8]) -> Option<Outgoing> {
+    let mut msg = Outgoing::default();
+    msg.datagrams
+        .push(output::MANAGER_HEADER, payload)
+        .then_some(msg)
 }
 
 /// How often the bookmark is saved when it moved. After a `kill -9`, what

@@ -515,11 +515,7 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
 /// The integration's own failure, as an event for Wazuh:
 /// `{"integration":"misp","misp_error":{"kind","message","since"}}`.
 pub fn error_event(kind: &str, message: &str, since: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "integration": "misp",
-        "misp_error": {"kind": kind, "message": message, "since": wazuh_time(since)},
-    }))
-    .expect("error event serialises")
+    misp_error(kind, message, since, None)
 }
 
 /// A value MISP kept failing on alone, given up on: an error event of kind
@@ -530,11 +526,22 @@ pub fn lookup_failed_event(
     message: &str,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "integration": "misp",
-        "misp_error": {"kind": "lookup_failed", "message": message, "since": wazuh_time(since), "value": value},
-    }))
-    .expect("error event serialises")
+    misp_error("lookup_failed", message, since, Some(value))
+}
+
+fn misp_error(
+    kind: &str,
+    message: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    value: Option<&str>,
+) -> Vec<u8> {
+    let mut error =
+        serde_json::json!({"kind": kind, "message": message, "since": wazuh_time(since)});
+    if let Some(v) = value {
+        error["value"] = v.into();
+    }
+    serde_json::to_vec(&serde_json::json!({"integration": "misp", "misp_error": error}))
+        .expect("error event serialises")
 }
 
 pub fn recommendations(max_score: u32) -> Option<Recommendations> {

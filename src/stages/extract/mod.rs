@@ -12,9 +12,6 @@ mod public;
 mod token;
 
 pub use crate::observable::{Direction, IpText, Observable, Occurrence};
-
-/// Today's extraction yields IP occurrences only.
-pub type IpHit = Occurrence;
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
@@ -182,7 +179,7 @@ impl Extractor {
     }
 
     /// Appends the alert's public IPs to `out`, in order of first occurrence.
-    pub fn extract(&self, alert: Node<'_>, scratch: &mut Scratch, out: &mut Vec<IpHit>) {
+    pub fn extract(&self, alert: Node<'_>, scratch: &mut Scratch, out: &mut Vec<Occurrence>) {
         scratch.path.clear();
         let mut walk = Walk {
             ex: self,
@@ -200,7 +197,7 @@ impl Extractor {
 struct Walk<'e, 's, 'o> {
     ex: &'e Extractor,
     scratch: &'s mut Scratch,
-    out: &'o mut Vec<IpHit>,
+    out: &'o mut Vec<Occurrence>,
 }
 
 impl Walk<'_, '_, '_> {

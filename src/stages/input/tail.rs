@@ -389,14 +389,7 @@ impl Tailer {
             self.stats.skip("empty_line");
             return Ok(());
         }
-        // A bad byte costs one character (U+FFFD), not the alert: the rest
-        // of the line, its public IPs included, is still worth reading.
-        // from_utf8 first: its check is much faster than the lossy decoder's
-        // on the valid lines that are nearly all of them.
-        let line = match std::str::from_utf8(line) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(line),
-        };
+        let line = crate::alert::decode_line(line);
         if matches!(line, std::borrow::Cow::Owned(_)) {
             self.stats.lines_repaired.fetch_add(1, Ordering::Relaxed);
             self.skips.log("not_utf8", |suppressed| {

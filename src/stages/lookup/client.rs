@@ -162,32 +162,34 @@ impl MispClient {
                 b = b.add_root_certificate(c);
             }
         }
-        let base = cfg.url.trim_end_matches('/');
-        let endpoint = reqwest::Url::parse(&format!("{base}/attributes/restSearch"))
+        let given = reqwest::Url::parse(cfg.url.trim())
             .map_err(|e| anyhow::anyhow!("config key `misp.url`: {e}"))?;
         let mut secrets = vec![key.expose().to_owned()];
-        if let Some(password) = endpoint.password() {
+        if let Some(password) = given.password() {
             secrets.push(password.to_owned());
             if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
                 secrets.push(decoded.into_owned());
             }
         }
-        if !endpoint.username().is_empty() {
-            secrets.push(format!("{}:", endpoint.username()));
+        if !given.username().is_empty() {
+            secrets.push(format!("{}:", given.username()));
         }
-        secrets.retain(|s| s.len() >= 3);
-        // MISP reads the API key from the Authorization header, which a
-        // url's userinfo would take over as basic auth (and every request
-        // would be refused). Credentials for a proxy go in HTTPS_PROXY,
-        // which reqwest sends as Proxy-Authorization.
-        let mut endpoint = endpoint;
-        if !endpoint.username().is_empty() || endpoint.password().is_some() {
+        if !given.username().is_empty() || given.password().is_some() {
+            // MISP reads the API key from the Authorization header, which
+            // the url's userinfo would take over as basic auth (and every
+            // request would be refused). Credentials for a proxy go in
+            // HTTPS_PROXY, which reqwest sends as Proxy-Authorization.
             tracing::warn!(
                 "misp.url carries user:password, which is not sent: MISP takes its API key from the Authorization header; put proxy credentials in HTTPS_PROXY instead"
             );
-            let _ = endpoint.set_username("");
-            let _ = endpoint.set_password(None);
         }
+        secrets.retain(|s| s.len() >= 3);
+        let base = crate::config::redact_url(&cfg.url);
+        let endpoint = reqwest::Url::parse(&format!(
+            "{}/attributes/restSearch",
+            base.trim_end_matches('/')
+        ))
+        .map_err(|e| anyhow::anyhow!("config key `misp.url`: {e}"))?;
         Ok(MispClient {
             http: b.build()?,
             endpoint,

@@ -1,4 +1,6 @@
-//! Stage 5, MISP lookup: what MISP knows about one IP.
+//! Stage 5, lookup: what threat intelligence knows about an observable,
+//! behind the [`Intelligence`] port ([`port`]); [`Lookup`], MISP queried
+//! per value, is its implementation today.
 //!
 //! Three layers spare MISP:
 //! - a cache (moka): hits live `misp.cache_ttl_secs`, misses
@@ -9,8 +11,10 @@
 //! - batching: lookups arriving within `misp.batch_window_ms` become one
 //!   restSearch whose `value` is a list, up to `misp.batch_max_values`.
 //!
-//! Failures never drop a lookup: requests are retried with backoff and,
-//! behind an open circuit breaker, wait for MISP to come back.
+//! An outage never drops a lookup: requests are retried with backoff and,
+//! behind an open circuit breaker, wait for MISP to come back. A batch that
+//! keeps failing in a way one value can cause is split until that value is
+//! alone (see [`resolve`]).
 //!
 //! - [`client`]: one HTTP request and its error classes.
 //! - [`model`]: the response, parsed tolerantly.
@@ -29,7 +33,6 @@ pub use port::Intelligence;
 pub use recent::Recent;
 
 use crate::config::MispConfig;
-use crate::extract::canonical;
 use crate::observable::Observable;
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
@@ -37,7 +40,6 @@ use breaker::{Breaker, LastError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use moka::Expiry;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -284,10 +286,7 @@ impl Lookup {
             asks,
             shared: shared.clone(),
         };
-        (
-            lookup,
-            Batcher(Box::pin(batcher(rx, shared, in_flight, stop))),
-        )
+        (lookup, Box::pin(batcher(rx, shared, in_flight, stop)))
     }
 
     /// [`Lookup::new`] with its batcher running on the current runtime,
@@ -443,17 +442,7 @@ impl Intelligence for Lookup {
 
 /// The task that turns asks into batched restSearch requests. It ends
 /// when every [`Lookup`] clone is gone and its requests are answered.
-pub struct Batcher(futures::future::BoxFuture<'static, ()>);
-
-impl std::future::Future for Batcher {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
+pub type Batcher = futures::future::BoxFuture<'static, ()>;
 
 /// The batch being gathered: asks that arrived within one window.
 struct Gathering {
@@ -547,11 +536,7 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
 
 /// The observable MISP's text for it stands for.
 fn observable_of(value: &str) -> Option<Observable> {
-    value
-        .trim()
-        .parse::<IpAddr>()
-        .ok()
-        .map(|ip| Observable::Ip(canonical(ip)))
+    value.parse().ok()
 }
 
 /// One request's outcome, per value asked: the attributes naming it (a
@@ -609,7 +594,7 @@ fn resolve<'a>(
 ) -> futures::future::BoxFuture<'a, ()> {
     Box::pin(async move {
         match fetch(shared, &values, level).await {
-            Ok(attributes) => out((values, Ok((attributes, false)))),
+            Ok(attributes) => out((values, Ok((attributes, level == Level::FirstPage)))),
             Err(Isolate::Split) => {
                 let second = values[values.len() / 2..].to_vec();
                 let mut first = values;
@@ -626,53 +611,14 @@ fn resolve<'a>(
                 );
             }
             Err(Isolate::TooLarge) => {
-                let page = fetch_page(shared, &values).await;
-                out((values, page.map(|a| (a, true))));
+                // What the event's size guard would keep anyway; the event
+                // is marked truncated.
+                tracing::warn!(value = %values.join(","), "MISP's answer for this value is over misp.max_response_bytes; asking for its first page (the event is marked truncated)");
+                resolve(shared, values, Level::FirstPage, out).await;
             }
             Err(Isolate::GaveUp(failed)) => out((values, Err(failed))),
         }
     })
-}
-
-/// The first page of MISP's answer for one value whose whole answer is
-/// over `misp.max_response_bytes`: what the event's size guard would keep
-/// anyway. The event is marked truncated.
-async fn fetch_page(shared: &Shared, values: &[String]) -> Result<Vec<Attribute>, LookupFailed> {
-    let started = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        let pass = shared.breaker.pass().await;
-        let client = shared.client();
-        shared.stats.misp_requests.fetch_add(1, Ordering::Relaxed);
-        match client
-            .search_with(values, Some(FIRST_PAGE_ATTRIBUTES))
-            .await
-        {
-            Ok(a) => {
-                shared.breaker.success();
-                shared.answered();
-                tracing::warn!(value = %values.join(","), kept = a.len(), "MISP's answer for this value is over misp.max_response_bytes; using its first page (the event is marked truncated)");
-                return Ok(a);
-            }
-            Err(err) => {
-                shared.stats.misp_errors.fetch_add(1, Ordering::Relaxed);
-                let last = LastError {
-                    kind: err.event_kind(),
-                    message: err.to_string(),
-                };
-                if value_specific(&err) {
-                    shared.breaker.neutral(pass);
-                } else {
-                    shared.breaker.failure(pass, last);
-                }
-                if let Some(failed) = shared.give_up(values, &err, started) {
-                    return Err(failed);
-                }
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-        }
-    }
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -682,12 +628,14 @@ fn backoff(attempt: u32) -> Duration {
     capped / 2 + capped.mul_f64(fastrand::f64() / 2.0)
 }
 
-/// Whether a request is a batch as the batcher made it, or part of one
-/// being split to isolate a failing value.
+/// Whether a request is a batch as the batcher made it, part of one being
+/// split to isolate a failing value, or the first page of one value's
+/// answer that is too large whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
     Batch,
     Isolating,
+    FirstPage,
 }
 
 /// Why [`fetch`] stopped asking for a set of values.
@@ -695,7 +643,8 @@ enum Isolate {
     /// It keeps failing in a way one of its values can cause: ask about
     /// each half on its own.
     Split,
-    /// One value whose answer is over `misp.max_response_bytes`.
+    /// One value whose answer is over `misp.max_response_bytes` (never
+    /// at [`Level::FirstPage`]).
     TooLarge,
     /// One value that kept failing for `misp.isolated_retry_secs` while
     /// MISP answered other requests.
@@ -740,7 +689,8 @@ async fn fetch(
             .stats
             .misp_values
             .fetch_add(values.len() as u64, Ordering::Relaxed);
-        let result = client.search(values).await;
+        let limit = (level == Level::FirstPage).then_some(FIRST_PAGE_ATTRIBUTES);
+        let result = client.search_with(values, limit).await;
         metrics::histogram!(crate::metrics::MISP_REQUEST_SECONDS)
             .record(begun.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::MISP_VALUES_PER_REQUEST).record(values.len() as f64);
@@ -773,7 +723,7 @@ async fn fetch(
         // are that value's, not MISP's: counting them would let one poison
         // value open the breaker for every other lookup. A real outage
         // opens it through the batches themselves.
-        if level == Level::Isolating && value_specific(&err) {
+        if level != Level::Batch && value_specific(&err) {
             shared.breaker.neutral(pass);
         } else if !matches!(err, MispError::RateLimited { .. }) {
             shared.breaker.failure(pass, last.clone());
@@ -783,7 +733,7 @@ async fn fetch(
             if values.len() > 1 {
                 return Err(Isolate::Split);
             }
-            if is_too_large(&err) {
+            if is_too_large(&err) && level != Level::FirstPage {
                 return Err(Isolate::TooLarge);
             }
             if let Some(failed) = shared.give_up(values, &err, started) {
