@@ -67,6 +67,8 @@ struct Control {
     /// Faults for every request that asks about a value, until cleared.
     value_faults: HashMap<String, Fault>,
     requests: Vec<Vec<String>>,
+    /// Every authenticated request's body.
+    bodies: Vec<Value>,
 }
 
 struct Dataset {
@@ -75,12 +77,18 @@ struct Dataset {
     events: Vec<Value>,
     /// Lowercased value (and each half of a composite) -> attribute indexes.
     by_value: HashMap<String, Vec<usize>>,
+    by_uuid: HashMap<String, usize>,
     warninglist: Vec<IpNet>,
+    next_attr_id: u64,
+    /// The newest attribute timestamp.
+    newest: i64,
 }
 
 struct Inner {
     key: String,
-    data: Dataset,
+    /// Behind a lock so that tests can add, edit and delete attributes
+    /// while it serves, as MISP users do.
+    data: std::sync::RwLock<Dataset>,
     control: Mutex<Control>,
     request_count: AtomicU64,
     value_count: AtomicU64,
@@ -258,32 +266,70 @@ impl Dataset {
             }
             events.push(event);
         }
-        let mut by_value: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, (_, a)) in attributes.iter().enumerate() {
-            let v = s(a.get("value")).to_lowercase();
-            let mut keys = vec![v.clone()];
-            if v.contains('|') {
-                keys.extend(v.split('|').map(str::to_owned));
-            }
-            keys.dedup();
-            for k in keys {
-                by_value.entry(normalise(&k)).or_default().push(i);
-            }
-        }
-        Dataset {
+        let mut d = Dataset {
             attributes,
             events,
-            by_value,
+            by_value: HashMap::new(),
+            by_uuid: HashMap::new(),
             warninglist: data.warninglist.clone(),
+            next_attr_id,
+            newest: 0,
+        };
+        for i in 0..d.attributes.len() {
+            d.index(i);
+        }
+        d
+    }
+
+    /// Makes attribute `i` findable by its value (each half of a
+    /// composite too) and its uuid.
+    fn index(&mut self, i: usize) {
+        let a = &self.attributes[i].1;
+        let v = s(a.get("value")).to_lowercase();
+        let mut keys = vec![v.clone()];
+        if v.contains('|') {
+            keys.extend(v.split('|').map(str::to_owned));
+        }
+        keys.dedup();
+        for k in keys {
+            self.by_value.entry(normalise(&k)).or_default().push(i);
+        }
+        if let Ok(ts) = s(a.get("timestamp")).parse::<i64>() {
+            self.newest = self.newest.max(ts);
+        }
+        let uuid = s(a.get("uuid"));
+        if !uuid.is_empty() {
+            self.by_uuid.insert(uuid, i);
         }
     }
 
+    fn unindex(&mut self, i: usize) {
+        for list in self.by_value.values_mut() {
+            list.retain(|&j| j != i);
+        }
+    }
+
+    /// MISP's cidr warninglists catch an IP inside a listed network, and a
+    /// network value inside one.
     fn warninglisted(&self, value: &str) -> bool {
         value
             .split('|')
-            .filter_map(|h| h.parse::<IpAddr>().ok())
-            .any(|ip| self.warninglist.iter().any(|n| n.contains(&ip)))
+            .filter_map(|h| {
+                h.parse::<IpAddr>()
+                    .map(IpNet::from)
+                    .or_else(|_| h.parse::<IpNet>())
+                    .ok()
+            })
+            .any(|v| self.warninglist.iter().any(|n| n.contains(&v)))
     }
+}
+
+/// Now, or one second after the newest attribute if that is later: an
+/// edit always moves the timestamp forward, as it does in MISP, even when
+/// a test edits twice within one second.
+fn next_timestamp(d: &Dataset) -> i64 {
+    let now = chrono::Utc::now().timestamp();
+    now.max(d.newest + 1)
 }
 
 /// IPs compare in canonical form, as MISP does for ip types.
@@ -331,6 +377,126 @@ fn decay_score(timestamp: i64, now: i64) -> Value {
     }])
 }
 
+/// restSearch's filters on the attribute and its event, as MISP's
+/// `buildFilterConditions` applies them.
+struct Filters {
+    /// `timestamp`: the attribute's, at or after (or within `[from, to]`).
+    timestamp: Option<(i64, i64)>,
+    to_ids: Option<bool>,
+    published: Option<bool>,
+    /// `tags`: any of these on the attribute or its event.
+    tags_any: Vec<String>,
+    /// `tags` given as `!name`: not on the attribute (MISP's attribute
+    /// scope excludes by the attribute's own tags only).
+    tags_not: Vec<String>,
+    uuids: Vec<String>,
+}
+
+fn tag_names(v: Option<&Value>) -> impl Iterator<Item = String> + '_ {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| s(t.get("name")).to_lowercase())
+}
+
+impl Filters {
+    fn of(body: &Value, now: i64) -> Filters {
+        // MISP's resolveTimeDelta: a number, or "1d", "2h", "30m", "10s".
+        let time = |v: &Value| -> Option<i64> {
+            let t = s(Some(v));
+            let t = t.trim();
+            if let Ok(n) = t.parse::<i64>() {
+                return Some(n);
+            }
+            let (num, unit) = t.split_at(t.len().checked_sub(1)?);
+            let n: i64 = num.parse().ok()?;
+            let secs = match unit {
+                "d" => 86400,
+                "h" => 3600,
+                "m" => 60,
+                "s" => 1,
+                _ => return None,
+            };
+            Some(now - n * secs)
+        };
+        let timestamp = match body.get("timestamp") {
+            Some(Value::Array(pair)) if pair.len() == 2 => {
+                let (a, b) = (time(&pair[0]).unwrap_or(0), time(&pair[1]).unwrap_or(0));
+                Some((a.min(b), a.max(b)))
+            }
+            Some(v) if !v.is_null() => time(v).map(|t| (t, i64::MAX)),
+            _ => None,
+        };
+        let flag = |k: &str| match body.get(k) {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(_)) => None,
+            v => Some(truthy(v)),
+        };
+        let mut tags_any = Vec::new();
+        let mut tags_not = Vec::new();
+        let tags = match body.get("tags") {
+            Some(Value::Object(m)) => {
+                tags_not.extend(
+                    string_list(m.get("NOT"))
+                        .into_iter()
+                        .map(|t| t.to_lowercase()),
+                );
+                string_list(m.get("OR"))
+            }
+            other => string_list(other),
+        };
+        for t in tags {
+            match t.strip_prefix('!') {
+                Some(n) => tags_not.push(n.to_lowercase()),
+                None => tags_any.push(t.to_lowercase()),
+            }
+        }
+        Filters {
+            timestamp,
+            to_ids: flag("to_ids"),
+            published: flag("published"),
+            tags_any,
+            tags_not,
+            uuids: string_list(body.get("uuid")),
+        }
+    }
+
+    fn keeps(&self, attr: &Value, event: &Value) -> bool {
+        if let Some((from, to)) = self.timestamp {
+            let ts = s(attr.get("timestamp")).parse::<i64>().unwrap_or(0);
+            if ts < from || ts > to {
+                return false;
+            }
+        }
+        if self
+            .to_ids
+            .is_some_and(|want| truthy(attr.get("to_ids")) != want)
+        {
+            return false;
+        }
+        if self
+            .published
+            .is_some_and(|want| truthy(event.get("published")) != want)
+        {
+            return false;
+        }
+        if !self.uuids.is_empty() && !self.uuids.contains(&s(attr.get("uuid"))) {
+            return false;
+        }
+        if !self.tags_any.is_empty()
+            && !tag_names(attr.get("Tag"))
+                .chain(tag_names(event.get("Tag")))
+                .any(|t| self.tags_any.contains(&t))
+        {
+            return false;
+        }
+        if tag_names(attr.get("Tag")).any(|t| self.tags_not.contains(&t)) {
+            return false;
+        }
+        true
+    }
+}
+
 impl Inner {
     fn search(&self, body: &Value) -> Value {
         let values = string_list(body.get("value"));
@@ -355,17 +521,23 @@ impl Inner {
         };
         let mut skipped = 0;
         let now = chrono::Utc::now().timestamp();
-        let d = &self.data;
-        let mut hits: Vec<usize> = values
-            .iter()
-            .flat_map(|v| {
-                d.by_value
-                    .get(&normalise(&v.to_lowercase()))
-                    .into_iter()
-                    .flatten()
-                    .copied()
-            })
-            .collect();
+        let d = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let filters = Filters::of(body, now);
+        // In attribute id order, as MISP pages them.
+        let mut hits: Vec<usize> = if values.is_empty() {
+            (0..d.attributes.len()).collect()
+        } else {
+            values
+                .iter()
+                .flat_map(|v| {
+                    d.by_value
+                        .get(&normalise(&v.to_lowercase()))
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                })
+                .collect()
+        };
         hits.sort_unstable();
         hits.dedup();
         let mut out = Vec::new();
@@ -379,6 +551,9 @@ impl Inner {
                 continue;
             }
             if truthy(attr.get("deleted")) {
+                continue;
+            }
+            if !filters.keeps(attr, &d.events[*ei]) {
                 continue;
             }
             let event = &d.events[*ei];
@@ -548,12 +723,11 @@ async fn rest_search(
     inner
         .value_count
         .fetch_add(values.len() as u64, Ordering::Relaxed);
-    inner
-        .control
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .requests
-        .push(values);
+    {
+        let mut c = inner.control.lock().unwrap_or_else(|e| e.into_inner());
+        c.requests.push(values);
+        c.bodies.push(request.clone());
+    }
     match fault {
         Some(Fault::Status(code)) => {
             return respond(code, "application/json", json!({"name": "Internal error", "message": "Internal error", "url": "/attributes/restSearch"}).to_string())
@@ -592,7 +766,7 @@ impl MispSim {
     pub async fn start_on(data: &SimData, key: &str, addr: SocketAddr) -> std::io::Result<MispSim> {
         let inner = Arc::new(Inner {
             key: key.to_owned(),
-            data: Dataset::build(data),
+            data: std::sync::RwLock::new(Dataset::build(data)),
             control: Mutex::new(Control::default()),
             request_count: AtomicU64::new(0),
             value_count: AtomicU64::new(0),
@@ -697,11 +871,119 @@ impl MispSim {
             .clone()
     }
 
+    /// Every authenticated request's body, in order.
+    pub fn request_bodies(&self) -> Vec<Value> {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bodies
+            .clone()
+    }
+
+    /// Requests that asked about values (enrichment details or query
+    /// mode), as opposed to a sync's requests, which name none.
+    pub fn value_requests(&self) -> usize {
+        self.request_log().iter().filter(|v| !v.is_empty()).count()
+    }
+
+    /// Adds `attribute` (MISP's attribute JSON: `type`, `value`, ...) to
+    /// the `event_index`-th event, as a user adding it in MISP: it gets an
+    /// id, a uuid when it has none, and the current time as its timestamp.
+    /// Returns its uuid.
+    pub fn add_attribute(&self, event_index: usize, attribute: Value) -> String {
+        let mut d = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
+        d.next_attr_id += 1;
+        let mut out = Map::new();
+        for f in ATTRIBUTE_FIELDS {
+            out.insert(
+                (*f).into(),
+                attribute.get(*f).cloned().unwrap_or(Value::Null),
+            );
+        }
+        for f in ["Tag", "Sighting"] {
+            if let Some(v) = attribute.get(f) {
+                out.insert(f.into(), v.clone());
+            }
+        }
+        out.insert("id".into(), json!(d.next_attr_id.to_string()));
+        let event_id = s(d.events[event_index].get("id"));
+        out.insert("event_id".into(), json!(event_id));
+        out.insert("object_id".into(), json!("0"));
+        out.insert("deleted".into(), json!(false));
+        out.insert("disable_correlation".into(), json!(false));
+        if out.get("to_ids").is_none_or(Value::is_null) {
+            out.insert("to_ids".into(), json!(true));
+        }
+        if out.get("category").is_none_or(Value::is_null) {
+            out.insert("category".into(), json!("Network activity"));
+        }
+        let uuid = match s(attribute.get("uuid")) {
+            u if u.is_empty() => format!("5a1e0000-0000-4000-8000-{:012x}", d.next_attr_id),
+            u => u,
+        };
+        out.insert("uuid".into(), json!(uuid));
+        out.insert("timestamp".into(), json!(next_timestamp(&d).to_string()));
+        d.attributes.push((event_index, Value::Object(out)));
+        let i = d.attributes.len() - 1;
+        d.index(i);
+        uuid
+    }
+
+    /// Edits an attribute as MISP does: `edit` changes its JSON, and its
+    /// timestamp moves to now. False if there is no such uuid.
+    pub fn edit_attribute(&self, uuid: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> bool {
+        let mut d = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
+        let Some(&i) = d.by_uuid.get(uuid) else {
+            return false;
+        };
+        let ts = next_timestamp(&d);
+        let before = s(d.attributes[i].1.get("value"));
+        if let Some(obj) = d.attributes[i].1.as_object_mut() {
+            edit(obj);
+            obj.insert("timestamp".into(), json!(ts.to_string()));
+        }
+        d.newest = d.newest.max(ts);
+        if s(d.attributes[i].1.get("value")) != before {
+            d.unindex(i);
+            d.index(i);
+        }
+        true
+    }
+
+    /// Deletes an attribute as MISP's soft delete does: it is gone from
+    /// every search a normal API key can make.
+    pub fn delete_attribute(&self, uuid: &str) -> bool {
+        self.edit_attribute(uuid, |a| {
+            a.insert("deleted".into(), json!(true));
+        })
+    }
+
+    /// The uuids of the attributes with this value.
+    pub fn uuids_of(&self, value: &str) -> Vec<String> {
+        let d = self.inner.data.read().unwrap_or_else(|e| e.into_inner());
+        d.by_value
+            .get(&normalise(&value.to_lowercase()))
+            .into_iter()
+            .flatten()
+            .map(|&i| s(d.attributes[i].1.get("uuid")))
+            .collect()
+    }
+
+    /// Attributes a normal key sees (not deleted).
+    pub fn attribute_count(&self) -> usize {
+        let d = self.inner.data.read().unwrap_or_else(|e| e.into_inner());
+        d.attributes
+            .iter()
+            .filter(|(_, a)| !truthy(a.get("deleted")))
+            .count()
+    }
+
     /// The response for a search body, without HTTP (for golden tests).
     pub fn answer(data: &SimData, body: &Value) -> Value {
         Inner {
             key: String::new(),
-            data: Dataset::build(data),
+            data: std::sync::RwLock::new(Dataset::build(data)),
             control: Mutex::new(Control::default()),
             request_count: AtomicU64::new(0),
             value_count: AtomicU64::new(0),

@@ -159,6 +159,27 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "misp.breaker_failures" => new.misp.breaker_failures = 13,
             "misp.max_response_bytes" => new.misp.max_response_bytes = 4096,
             "misp.isolated_retry_secs" => new.misp.isolated_retry_secs = 5,
+            "misp.mode" => new.misp.mode = wazuh_misp::config::MispMode::Mirror.into(),
+            "misp.name" => new.misp.name = "other".to_owned().into(),
+            "misp.sync_interval_secs" => new.misp.sync_interval_secs = 5.into(),
+            "misp.sync_overlap_secs" => new.misp.sync_overlap_secs = 5.into(),
+            "misp.full_sync_interval_secs" => new.misp.full_sync_interval_secs = 5.into(),
+            "misp.sync_page_size" => new.misp.sync_page_size = 5.into(),
+            "misp.detail_timeout_secs" => new.misp.detail_timeout_secs = 5.into(),
+            "misp.max_indicators" => new.misp.max_indicators = 5.into(),
+            "misp.sync.to_ids_only" => new.misp.sync.0.to_ids_only = false,
+            "misp.sync.published_only" => new.misp.sync.0.published_only = true,
+            "misp.sync.include_tags" => new.misp.sync.0.include_tags = vec!["tlp:white".into()],
+            "misp.sync.exclude_tags" => new.misp.sync.0.exclude_tags = vec!["tlp:red".into()],
+            "misp.sync.max_age_days" => new.misp.sync.0.max_age_days = 5,
+            "misp.servers" => {
+                new.misp.servers = vec![wazuh_misp::config::ServerConfig {
+                    name: "second".into(),
+                    url: other.url(),
+                    ..Default::default()
+                }]
+                .into()
+            }
             "dedup.window_secs" => new.dedup.window_secs = 17,
             "dedup.max_entries" => new.dedup.max_entries = 100.into(),
             "dedup.persist_secs" => new.dedup.persist_secs = 5.into(),
@@ -195,7 +216,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             daemon: d,
             next_ip: &mut next_ip,
         };
-        let lookup = &d.engine.lookup;
+        let lookup = d.engine.lookup.primary();
         let rules = d.engine.rules.load();
         if change.applies == Applies::AfterRestart {
             assert!(
@@ -298,7 +319,21 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "log.format",
             "metrics.listen",
             "misp.cache_max_entries",
+            "misp.detail_timeout_secs",
+            "misp.full_sync_interval_secs",
             "misp.max_concurrent_requests",
+            "misp.max_indicators",
+            "misp.mode",
+            "misp.name",
+            "misp.servers",
+            "misp.sync.exclude_tags",
+            "misp.sync.include_tags",
+            "misp.sync.max_age_days",
+            "misp.sync.published_only",
+            "misp.sync.to_ids_only",
+            "misp.sync_interval_secs",
+            "misp.sync_overlap_secs",
+            "misp.sync_page_size",
             "output.queue_socket",
             "pipeline.channel_capacity",
             "pipeline.workers",

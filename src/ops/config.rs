@@ -235,9 +235,82 @@ pub enum MatchTypes {
     Direction,
 }
 
+/// How the daemon asks MISP about an alert's observables.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MispMode {
+    /// Every lookup is local, against a synced copy of MISP's indicators;
+    /// MISP is asked only for the details of hits.
+    Mirror,
+    /// Every distinct value is a restSearch (cached and batched).
+    Query,
+}
+
+/// Which attributes the mirror copies (`[misp.sync]`, and per server).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncFilters {
+    /// Only attributes with the IDS flag (MISP's "use for detection").
+    pub to_ids_only: bool,
+    /// Only attributes of published events.
+    pub published_only: bool,
+    /// Only attributes whose event or self carries one of these tags.
+    pub include_tags: Vec<String>,
+    /// No attribute whose event or self carries one of these tags.
+    pub exclude_tags: Vec<String>,
+    /// Attributes older than this (by timestamp) are not hits. 0: off.
+    pub max_age_days: u64,
+}
+
+impl Default for SyncFilters {
+    fn default() -> Self {
+        SyncFilters {
+            to_ids_only: true,
+            published_only: false,
+            include_tags: Vec::new(),
+            exclude_tags: Vec::new(),
+            max_age_days: 0,
+        }
+    }
+}
+
+/// One more MISP server for the mirror (`[[misp.servers]]`). A key left
+/// out takes its value from `[misp]`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub name: String,
+    pub url: String,
+    pub api_key: Option<Secret>,
+    pub api_key_file: Option<PathBuf>,
+    pub verify_tls: Option<bool>,
+    pub ca_file: Option<PathBuf>,
+    pub enforce_warninglist: Option<bool>,
+    pub sync: Option<SyncFilters>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = serde_json::to_value(self).unwrap_or_default();
+        shown["url"] = redact_url(&self.url).into();
+        write!(f, "ServerConfig {shown}")
+    }
+}
+
+/// A MISP server as the daemon uses it: `[misp]` with one server's own
+/// keys laid over it.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    pub misp: MispConfig,
+}
+
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MispConfig {
+    pub mode: Restart<MispMode>,
+    /// The first server's name, in events (`misp_data.server`) and status.
+    pub name: Restart<String>,
     pub url: String,
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
@@ -257,6 +330,14 @@ pub struct MispConfig {
     pub breaker_failures: u32,
     pub max_response_bytes: usize,
     pub isolated_retry_secs: u64,
+    pub sync_interval_secs: Restart<u64>,
+    pub sync_overlap_secs: Restart<u64>,
+    pub full_sync_interval_secs: Restart<u64>,
+    pub sync_page_size: Restart<u32>,
+    pub detail_timeout_secs: Restart<u64>,
+    pub max_indicators: Restart<u64>,
+    pub sync: Restart<SyncFilters>,
+    pub servers: Restart<Vec<ServerConfig>>,
 }
 
 impl fmt::Debug for MispConfig {
@@ -268,9 +349,51 @@ impl fmt::Debug for MispConfig {
     }
 }
 
+impl MispConfig {
+    /// This server's API key; `table` names it in errors (`misp`, or
+    /// `misp.servers[name]`). Only the first server falls back to the
+    /// systemd credential.
+    pub fn resolve_api_key(&self, table: &str, credential: bool) -> Result<Secret, ConfigError> {
+        if let Some(k) = &self.api_key {
+            return Ok(k.clone());
+        }
+        let file_key = format!("{table}.api_key_file");
+        let path = match (
+            &self.api_key_file,
+            std::env::var_os("CREDENTIALS_DIRECTORY"),
+        ) {
+            (Some(p), _) => p.clone(),
+            (None, Some(dir)) if credential => Path::new(&dir).join("misp-api-key"),
+            _ => {
+                return Err(ConfigError::key(
+                    format!("{table}.api_key"),
+                    if credential {
+                        "no API key: set misp.api_key or misp.api_key_file (or the systemd credential misp-api-key)".to_owned()
+                    } else {
+                        format!("no API key: set {table}.api_key or {table}.api_key_file (or misp.api_key for every server)")
+                    },
+                ))
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::key(&file_key, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let k = text.trim();
+        if k.is_empty() {
+            return Err(ConfigError::key(
+                file_key,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Secret::new(k))
+    }
+}
+
 impl Default for MispConfig {
     fn default() -> Self {
         MispConfig {
+            mode: Restart(MispMode::Mirror),
+            name: Restart("misp".to_owned()),
             url: String::new(),
             api_key: None,
             api_key_file: None,
@@ -290,6 +413,14 @@ impl Default for MispConfig {
             breaker_failures: 5,
             max_response_bytes: 32 * 1024 * 1024,
             isolated_retry_secs: 600,
+            sync_interval_secs: Restart(60),
+            sync_overlap_secs: Restart(300),
+            full_sync_interval_secs: Restart(86400),
+            sync_page_size: Restart(5000),
+            detail_timeout_secs: Restart(10),
+            max_indicators: Restart(5_000_000),
+            sync: Restart(SyncFilters::default()),
+            servers: Restart(Vec::new()),
         }
     }
 }
@@ -608,6 +739,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_servers()?;
         self.filter.exclude_nets()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
@@ -632,31 +764,123 @@ impl Config {
     /// The API key from `api_key`, `api_key_file`, or the systemd credential
     /// `misp-api-key`, in that order.
     pub fn resolve_api_key(&self) -> Result<Secret, ConfigError> {
-        if let Some(k) = &self.misp.api_key {
-            return Ok(k.clone());
+        self.misp.resolve_api_key("misp", true)
+    }
+
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        let m = &self.misp;
+        for (key, v) in [
+            ("misp.sync_interval_secs", *m.sync_interval_secs),
+            ("misp.full_sync_interval_secs", *m.full_sync_interval_secs),
+            ("misp.sync_page_size", u64::from(*m.sync_page_size)),
+            ("misp.detail_timeout_secs", *m.detail_timeout_secs),
+            ("misp.max_indicators", *m.max_indicators),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::key(key, "must be greater than 0"));
+            }
         }
-        let (key, path) = match &self.misp.api_key_file {
-            Some(p) => ("misp.api_key_file", p.clone()),
-            None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                Some(dir) => ("misp.api_key_file", Path::new(&dir).join("misp-api-key")),
-                None => {
-                    return Err(ConfigError::key(
-                        "misp.api_key",
-                        "no API key: set misp.api_key or misp.api_key_file (or the systemd credential misp-api-key)",
-                    ))
-                }
-            },
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::key(key, format!("cannot read {}: {e}", path.display())))?;
-        let k = text.trim();
-        if k.is_empty() {
+        if !m.servers.is_empty() && *m.mode != MispMode::Mirror {
             return Err(ConfigError::key(
-                key,
-                format!("{} is empty", path.display()),
+                "misp.servers",
+                "more servers need misp.mode = \"mirror\" (query mode asks one server)",
             ));
         }
-        Ok(Secret::new(k))
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let mut names = vec![m.name.as_str()];
+        if !valid_name(&m.name) {
+            return Err(ConfigError::key(
+                "misp.name",
+                format!(
+                    "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    *m.name
+                ),
+            ));
+        }
+        for (i, s) in m.servers.iter().enumerate() {
+            let table = format!("misp.servers[{i}]");
+            if !valid_name(&s.name) {
+                return Err(ConfigError::key(
+                    format!("{table}.name"),
+                    format!(
+                        "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                        s.name
+                    ),
+                ));
+            }
+            if names.contains(&s.name.as_str()) {
+                return Err(ConfigError::key(
+                    format!("{table}.name"),
+                    format!("{:?} is already the name of another server", s.name),
+                ));
+            }
+            names.push(&s.name);
+            let url = s.url.trim();
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || reqwest::Url::parse(url).is_err()
+            {
+                return Err(ConfigError::key(
+                    format!("{table}.url"),
+                    format!("{:?} is not an http(s) URL", redact_url(url)),
+                ));
+            }
+            if s.api_key.is_some() && s.api_key_file.is_some() {
+                return Err(ConfigError::key(
+                    format!("{table}.api_key"),
+                    "set either api_key or api_key_file, not both",
+                ));
+            }
+            if let Some(ca) = &s.ca_file {
+                if !ca.is_file() {
+                    return Err(ConfigError::key(
+                        format!("{table}.ca_file"),
+                        format!("{} is not a readable file", ca.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every MISP server: `[misp]` first, then each `[[misp.servers]]`
+    /// with the keys it leaves out taken from `[misp]`.
+    pub fn servers(&self) -> Vec<Server> {
+        let mut out = vec![Server {
+            name: self.misp.name.to_string(),
+            misp: self.misp.clone(),
+        }];
+        for s in self.misp.servers.iter() {
+            let mut m = self.misp.clone();
+            m.servers = Restart(Vec::new());
+            m.name = Restart(s.name.clone());
+            m.url = s.url.clone();
+            if s.api_key.is_some() || s.api_key_file.is_some() {
+                m.api_key = s.api_key.clone();
+                m.api_key_file = s.api_key_file.clone();
+            }
+            if let Some(v) = s.verify_tls {
+                m.verify_tls = v;
+            }
+            if s.ca_file.is_some() {
+                m.ca_file = s.ca_file.clone();
+            }
+            if let Some(v) = s.enforce_warninglist {
+                m.enforce_warninglist = v;
+            }
+            if let Some(f) = &s.sync {
+                m.sync = Restart(f.clone());
+            }
+            out.push(Server {
+                name: s.name.clone(),
+                misp: m,
+            });
+        }
+        out
     }
 
     /// Every leaf key whose value differs between two configs, and when

@@ -28,6 +28,8 @@ pub struct Stats {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub misp_requests: AtomicU64,
+    /// Requests of the mirror's syncs (not counted in `misp_requests`).
+    pub sync_requests: AtomicU64,
     pub misp_values: AtomicU64,
     pub misp_errors: AtomicU64,
     pub events_sent: AtomicU64,

@@ -9,7 +9,8 @@ use crate::config::{Applies, Change, Config};
 use crate::dedup::Dedup;
 use crate::input::tail::{self, Waker, BATCH_LINES};
 use crate::input::{bookmark, Checkpointer, TailOptions, Tailer};
-use crate::lookup::{Lookup, MispClient, PROBE_INTERVAL};
+use crate::lookup::mirror::{self, sync::Syncer, Mirror};
+use crate::lookup::{Lookup, MispClient, Source, PROBE_INTERVAL};
 use crate::output::Writer;
 use crate::state::{read_versioned, write_atomic};
 use crate::stats::Stats;
@@ -66,10 +67,77 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), crate::config::ConfigError> {
     Ok(())
 }
 
+/// The intelligence `misp.mode` asks for, with its tasks (each server's
+/// batcher, and in mirror mode its sync) running under `supervisor`.
+/// `client` is the first server's.
+fn start_intelligence(
+    cfg: &Config,
+    client: MispClient,
+    stats: &Arc<Stats>,
+    supervisor: &Supervisor,
+) -> anyhow::Result<Source> {
+    let lookup_for = |client: MispClient, misp: &crate::config::MispConfig| {
+        let (lookup, batcher) = Lookup::new(
+            client,
+            misp,
+            stats.clone(),
+            PROBE_INTERVAL,
+            supervisor.shutdown_token(),
+        );
+        supervisor.spawn("batcher", async move {
+            batcher.await;
+            Ok(())
+        });
+        lookup
+    };
+    if *cfg.misp.mode == crate::config::MispMode::Query {
+        return Ok(Source::Query(lookup_for(client, &cfg.misp)));
+    }
+    let store = Arc::new(std::sync::Mutex::new(
+        mirror::store::Store::open(&cfg.input.state_dir)
+            .context("cannot open the mirror store in input.state_dir")?,
+    ));
+    let mut servers = Vec::new();
+    let mut first = Some(client);
+    for (i, server) in cfg.servers().into_iter().enumerate() {
+        let client = match first.take() {
+            Some(c) => c,
+            None => {
+                let key = server
+                    .misp
+                    .resolve_api_key(&format!("misp.servers[{}]", i - 1), false)?;
+                MispClient::new(&server.misp, &key)
+                    .with_context(|| format!("misp.servers[{}] ({})", i - 1, server.name))?
+            }
+        };
+        let lookup = lookup_for(client, &server.misp);
+        servers.push((server.name, server.misp, lookup, store.clone()));
+    }
+    let settings: Vec<_> = servers
+        .iter()
+        .map(|(_, m, _, _)| mirror::sync::SyncSettings::from_config(m))
+        .collect();
+    let mirror = Mirror::new(&cfg.misp, servers);
+    for (server, settings) in mirror.servers().iter().zip(settings) {
+        let syncer = Syncer {
+            mirror: mirror.clone(),
+            server: server.clone(),
+            settings,
+            stats: stats.clone(),
+        };
+        let stop = supervisor.shutdown_token();
+        supervisor.spawn("mirror sync", async move {
+            syncer.run(stop).await;
+            Ok(())
+        });
+    }
+    Ok(Source::Mirror(mirror))
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub stats: Arc<Stats>,
-    pub engine: Arc<Engine>,
+    pub engine: Arc<Engine<Source>>,
     pub checkpoints: Arc<Checkpointer>,
     /// The config the daemon started with: its restart-only keys are the
     /// ones in force.
@@ -100,20 +168,10 @@ impl Daemon {
         );
         let restored = load_dedup(&state_dir, &dedup);
         tracing::info!(entries = restored, "restored dedup window");
-        let (lookup, batcher) = Lookup::new(
-            client,
-            &cfg.misp,
-            stats.clone(),
-            PROBE_INTERVAL,
-            supervisor.shutdown_token(),
-        );
-        supervisor.spawn("batcher", async move {
-            batcher.await;
-            Ok(())
-        });
+        let source = start_intelligence(&cfg, client, &stats, &supervisor)?;
         let engine = Arc::new(Engine::new(
             Rules::from_config(&cfg)?,
-            lookup,
+            source,
             Some(dedup.clone()),
             stats.clone(),
         ));
@@ -148,7 +206,7 @@ impl Daemon {
         supervisor.spawn(
             "error reporter",
             tasks::report_errors(
-                engine.lookup.clone(),
+                engine.lookup.primary().clone(),
                 out_tx.clone(),
                 report.clone(),
                 stop.clone(),
@@ -327,7 +385,7 @@ impl Daemon {
             }
         }
         self.engine.rules.store(Arc::new(rules));
-        self.engine.lookup.reconfigure(client, &new.misp);
+        self.engine.lookup.primary().reconfigure(client, &new.misp);
         if let Some(d) = &self.engine.dedup {
             d.set_window(Duration::from_secs(new.dedup.window_secs));
         }

@@ -182,6 +182,9 @@ impl Harness {
         );
         std::fs::write(&alerts, b"").unwrap();
         cfg.misp.batch_window_ms = 2;
+        // The tests of query mode's own behaviour (batching, caching,
+        // isolation) ask MISP per value; mirror tests set it back.
+        cfg.misp.mode = wazuh_misp::config::MispMode::Query.into();
         cfg.pipeline.workers = (2).into();
         cfg.pipeline.channel_capacity = (64).into();
         Harness {

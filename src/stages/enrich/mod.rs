@@ -63,6 +63,9 @@ pub struct DetectedIp {
     pub direction: &'static str,
     pub field_path: String,
     pub raw_context: String,
+    /// The mirrored network the IP fell in (absent for an exact match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_network: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +73,10 @@ pub struct MispData {
     pub attributes: Vec<AggregatedAttribute>,
     pub events: Vec<EventSummary>,
     pub summary: Summary,
+    /// The MISP server these attributes come from (`misp.name`, or a
+    /// `[[misp.servers]]` name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -147,6 +154,11 @@ pub struct Summary {
     /// one datagram, largest first (see [`serialize_within`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub omitted_fields: Vec<String>,
+    /// MISP did not give the details in time: the attributes are what the
+    /// mirror holds (type, value, category, to_ids, event id and info,
+    /// tags), without sightings, correlations or event context.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -196,6 +208,12 @@ pub fn wazuh_time(t: chrono::DateTime<chrono::Utc>) -> String {
 /// `md5(ip|rule.id|alert.timestamp|alert.id)`, lowercase hex. Deterministic,
 /// so a replay after a crash carries the same id.
 pub fn event_id(ip: &str, ctx: &AlertContext<'_>) -> String {
+    event_id_from(ip, ctx, None)
+}
+
+/// [`event_id`], with `|server` appended for the events of every server
+/// but the first: one IP's events from two servers differ.
+pub fn event_id_from(ip: &str, ctx: &AlertContext<'_>, server: Option<&str>) -> String {
     let mut h = Md5::new();
     h.update(ip.as_bytes());
     h.update(b"|");
@@ -204,6 +222,10 @@ pub fn event_id(ip: &str, ctx: &AlertContext<'_>) -> String {
     h.update(ctx.timestamp.as_bytes());
     h.update(b"|");
     h.update(ctx.alert_id.as_bytes());
+    if let Some(s) = server {
+        h.update(b"|");
+        h.update(s.as_bytes());
+    }
     // By hand rather than `format!("{:x}")`, which goes through the
     // formatter once per byte: this runs for every event.
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -509,6 +531,7 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
         truncated: false,
         omitted_attributes: None,
         omitted_fields: Vec::new(),
+        partial: false,
     }
 }
 
@@ -593,6 +616,7 @@ fn misp_part(attributes: &[Attribute]) -> Option<(MispData, Option<Recommendatio
             attributes: aggregated,
             events,
             summary,
+            server: None,
         },
         recommendations,
     ))
@@ -616,12 +640,31 @@ pub fn enrich<'a>(
             direction: hit.direction.as_str(),
             field_path: hit.field_path.clone(),
             raw_context: hit.raw_context.clone(),
+            matched_network: None,
         },
         recommendations,
         misp_data,
         context: ctx.clone(),
         data: TopLevelData::of(ctx).to_map(),
     })
+}
+
+/// [`enrich`] with what `answer` says about itself (server, network,
+/// partial, truncated); `selected` are the attributes of it to show.
+pub fn enrich_answer<'a>(
+    ctx: &AlertContext<'a>,
+    hit: &Occurrence,
+    answer: &LookupResult,
+    selected: &[Attribute],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<EnrichedEvent<'a>> {
+    let mut ev = enrich(ctx, hit, selected, now)?;
+    mark(&mut ev.misp_data, answer);
+    ev.detected_ip.matched_network = answer.matched_network.map(|n| n.to_string());
+    if let Some(salt) = id_salt(answer) {
+        ev.event_id = event_id_from(&ev.detected_ip.value, ctx, Some(salt));
+    }
+    Some(ev)
 }
 
 /// The part of an event that depends only on MISP's answer for an IP,
@@ -634,11 +677,10 @@ pub struct Prepared {
     pub recommendations: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// `None` when MISP knows nothing (no event is sent then). `truncated`:
-/// the attributes are only the first page of MISP's answer.
-pub fn prepare(attributes: &[Attribute], truncated: bool) -> Option<Prepared> {
-    let (mut misp_data, recommendations) = misp_part(attributes)?;
-    misp_data.summary.truncated |= truncated;
+/// `None` when MISP knows nothing (no event is sent then).
+pub fn prepare(answer: &LookupResult) -> Option<Prepared> {
+    let (mut misp_data, recommendations) = misp_part(&answer.attributes)?;
+    mark(&mut misp_data, answer);
     let raw = |v: String| {
         serde_json::value::RawValue::from_string(v).expect("serde_json output is valid JSON")
     };
@@ -647,6 +689,21 @@ pub fn prepare(attributes: &[Attribute], truncated: bool) -> Option<Prepared> {
         recommendations: recommendations
             .map(|r| raw(serde_json::to_string(&r).expect("serialises"))),
     })
+}
+
+/// What the answer says about itself, in its MISP part: cut to a first
+/// page, built from the mirror, which server.
+fn mark(misp_data: &mut MispData, answer: &LookupResult) {
+    misp_data.summary.truncated |= answer.truncated;
+    misp_data.summary.partial |= answer.partial;
+    misp_data.server = answer.server.as_deref().map(str::to_owned);
+}
+
+/// The server name that goes into an event's id: none for the first.
+fn id_salt(answer: &LookupResult) -> Option<&str> {
+    (answer.server_position > 0)
+        .then_some(answer.server.as_deref())
+        .flatten()
 }
 
 /// The event for `hit` from a [`Prepared`] MISP part, appended to `out`.
@@ -661,6 +718,7 @@ pub fn prepare(attributes: &[Attribute], truncated: bool) -> Option<Prepared> {
 pub fn write_spliced(
     ctx: &AlertContext<'_>,
     hit: &Occurrence,
+    answer: &LookupResult,
     prepared: &Prepared,
     timestamp: &str,
     limit: usize,
@@ -670,7 +728,7 @@ pub fn write_spliced(
     let text = hit.text();
     let value = text.as_str();
     out.extend_from_slice(br#"{"integration":"misp","event_id":"#);
-    push_str(out, &event_id(value, ctx));
+    push_str(out, &event_id_from(value, ctx, id_salt(answer)));
     out.extend_from_slice(br#","timestamp":"#);
     push_str(out, timestamp);
     out.extend_from_slice(br#","detected_ip":{"value":"#);
@@ -681,6 +739,10 @@ pub fn write_spliced(
     push_str(out, &hit.field_path);
     out.extend_from_slice(br#","raw_context":"#);
     push_str(out, &hit.raw_context);
+    if let Some(n) = &answer.matched_network {
+        out.extend_from_slice(br#","matched_network":"#);
+        push_str(out, &n.to_string());
+    }
     out.extend_from_slice(br#"},"misp_data":"#);
     out.extend_from_slice(prepared.misp_data.get().as_bytes());
     if let Some(r) = &prepared.recommendations {
@@ -932,25 +994,47 @@ pub fn render(
     header: &str,
     out: &mut Datagrams,
 ) -> Rendered {
+    // One event per server that knows the observable.
+    let mut rendered = Rendered::Nothing;
+    for part in answer.parts() {
+        match render_one(ctx, hit, part, match_types, now, timestamp, header, out) {
+            Rendered::Sent => rendered = Rendered::Sent,
+            Rendered::TooLarge if rendered == Rendered::Nothing => rendered = Rendered::TooLarge,
+            _ => {}
+        }
+    }
+    rendered
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_one(
+    ctx: &AlertContext<'_>,
+    hit: &Occurrence,
+    answer: &LookupResult,
+    match_types: MatchTypes,
+    now: chrono::DateTime<chrono::Utc>,
+    timestamp: &str,
+    header: &str,
+    out: &mut Datagrams,
+) -> Rendered {
     let Some(limit) = crate::output::MAX_DATAGRAM.checked_sub(header.len()) else {
         return Rendered::TooLarge;
     };
     if match_types == MatchTypes::All {
-        let prepared = answer.derived(|a| prepare(&a.attributes, a.truncated));
+        let prepared = answer.derived(prepare);
         let Some(prepared) = prepared.and_then(Option::as_ref) else {
             return Rendered::Nothing;
         };
         if out.push_with(header, |buf| {
-            write_spliced(ctx, hit, prepared, timestamp, limit, buf)
+            write_spliced(ctx, hit, answer, prepared, timestamp, limit, buf)
         }) {
             return Rendered::Sent;
         }
     }
     let selected = select(answer, match_types, hit.direction);
-    let Some(mut ev) = enrich(ctx, hit, &selected, now) else {
+    let Some(mut ev) = enrich_answer(ctx, hit, answer, &selected, now) else {
         return Rendered::Nothing;
     };
-    ev.misp_data.summary.truncated |= answer.truncated;
     match serialize_within(&mut ev, limit) {
         Some(payload) if out.push(header, &payload) => {
             let summary = &ev.misp_data.summary;

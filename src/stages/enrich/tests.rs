@@ -329,7 +329,14 @@ fn spliced_event_equals_full_event() {
         ),
     ]);
     let attrs = lookup(&data, "185.6.6.6");
-    let prepared = prepare(&attrs, false).unwrap();
+    let plain = crate::lookup::LookupResult::new(attrs.clone());
+    // What the mirror adds: a second server, a network, a partial answer.
+    let mut marked = crate::lookup::LookupResult::new(attrs.clone());
+    marked.server = Some("second".into());
+    marked.server_position = 1;
+    marked.matched_network = Some("185.6.6.0/24".parse().unwrap());
+    marked.partial = true;
+    marked.truncated = true;
     let now = chrono::Utc::now();
     // The written-by-hand path against serde on alerts of every shape:
     // the demo's, a numeric rule id, no agent ip and no decoder, strings
@@ -343,30 +350,46 @@ fn spliced_event_equals_full_event() {
         .chain(crate::demo::DEMO_ALERTS.lines().map(str::to_owned))
         .collect();
     let mut shapes = 0;
-    for line in
-        std::iter::once(&serde_json::to_string(&alert::Json(alert())).unwrap()).chain(&lines)
-    {
-        let parsed = crate::alert::parse_leaked(line).unwrap();
-        let ctx = AlertContext::from_alert(parsed);
-        let mut full = enrich(&ctx, &hit("185.6.6.6"), &attrs, now).unwrap();
-        let full_bytes = serialize_within(&mut full, 65_000).unwrap();
-        let mut out = b"prefix".to_vec();
-        assert!(write_spliced(
-            &ctx,
-            &hit("185.6.6.6"),
-            &prepared,
-            &wazuh_time(now),
-            65_000,
-            &mut out
-        ));
-        assert_eq!(
-            String::from_utf8_lossy(&full_bytes),
-            String::from_utf8_lossy(&out[6..]),
-            "byte for byte, key order included, for {line}"
-        );
-        shapes += 1;
+    for answer in [&plain, &marked] {
+        let prepared = prepare(answer).unwrap();
+        for line in
+            std::iter::once(&serde_json::to_string(&alert::Json(alert())).unwrap()).chain(&lines)
+        {
+            let parsed = crate::alert::parse_leaked(line).unwrap();
+            let ctx = AlertContext::from_alert(parsed);
+            let mut full = enrich_answer(&ctx, &hit("185.6.6.6"), answer, &attrs, now).unwrap();
+            let full_bytes = serialize_within(&mut full, 65_000).unwrap();
+            let mut out = b"prefix".to_vec();
+            assert!(write_spliced(
+                &ctx,
+                &hit("185.6.6.6"),
+                answer,
+                &prepared,
+                &wazuh_time(now),
+                65_000,
+                &mut out
+            ));
+            assert_eq!(
+                String::from_utf8_lossy(&full_bytes),
+                String::from_utf8_lossy(&out[6..]),
+                "byte for byte, key order included, for {line}"
+            );
+            shapes += 1;
+        }
     }
-    assert!(shapes >= 3);
+    assert!(shapes >= 6);
+    let marked_event: serde_json::Value = {
+        let ctx = AlertContext::from_alert(alert());
+        let ev = enrich_answer(&ctx, &hit("185.6.6.6"), &marked, &attrs, now).unwrap();
+        serde_json::to_value(&ev).unwrap()
+    };
+    assert_eq!(marked_event["misp_data"]["server"], "second");
+    assert_eq!(marked_event["misp_data"]["summary"]["partial"], true);
+    assert_eq!(
+        marked_event["detected_ip"]["matched_network"],
+        "185.6.6.0/24"
+    );
+    let prepared = prepare(&plain).unwrap();
     let parsed = alert();
     let ctx = AlertContext::from_alert(parsed);
     let mut out = b"prefix".to_vec();
@@ -374,6 +397,7 @@ fn spliced_event_equals_full_event() {
     assert!(!write_spliced(
         &ctx,
         &hit("185.6.6.6"),
+        &plain,
         &prepared,
         &wazuh_time(now),
         100,

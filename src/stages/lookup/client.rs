@@ -103,6 +103,17 @@ pub struct MispClient {
     ca_file: Option<std::path::PathBuf>,
 }
 
+/// One page of a mirror sync.
+#[derive(Debug, Clone)]
+pub struct SyncQuery<'a> {
+    pub filters: &'a crate::config::SyncFilters,
+    /// From 1.
+    pub page: u32,
+    pub limit: u32,
+    /// Only attributes whose timestamp is at or after this (Unix seconds).
+    pub since: Option<i64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct QuerySettings {
     pub decay: bool,
@@ -273,10 +284,63 @@ impl MispClient {
         values: &[String],
         limit: Option<u32>,
     ) -> Result<Vec<Attribute>, MispError> {
+        Ok(self.post(&self.request_body(values, limit)).await?.0)
+    }
+
+    /// The body of one page of a mirror sync: every attribute of the IP
+    /// types that passes `q`'s filters, without context (light for MISP).
+    pub fn sync_body(&self, q: &SyncQuery<'_>) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "returnFormat": "json",
+            "type": IP_TYPES,
+            "page": q.page,
+            "limit": q.limit,
+            "deleted": false,
+            "enforceWarninglist": self.settings.enforce_warninglist,
+        });
+        let f = q.filters;
+        if f.to_ids_only {
+            body["to_ids"] = 1.into();
+        }
+        if f.published_only {
+            body["published"] = 1.into();
+        }
+        let tags: Vec<String> = f
+            .include_tags
+            .iter()
+            .cloned()
+            .chain(f.exclude_tags.iter().map(|t| format!("!{t}")))
+            .collect();
+        if !tags.is_empty() {
+            body["tags"] = tags.into();
+        }
+        if !f.exclude_tags.is_empty() {
+            // MISP's attribute search excludes by the attribute's own tags
+            // only; with its event's tags in hand the mirror excludes by
+            // those too.
+            body["includeEventTags"] = true.into();
+        }
+        if let Some(since) = q.since {
+            body["timestamp"] = since.into();
+        }
+        body
+    }
+
+    /// One page of a mirror sync, and the size of MISP's answer in bytes.
+    pub async fn sync_page(&self, q: &SyncQuery<'_>) -> Result<(Vec<Attribute>, usize), MispError> {
+        self.post(&self.sync_body(q))
+            .await
+            .map_err(|e| e.scrubbed(&self.secrets))
+    }
+
+    async fn post(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<(Vec<Attribute>, usize), MispError> {
         let resp = self
             .http
             .post(self.endpoint.clone())
-            .json(&self.request_body(values, limit))
+            .json(request)
             .send()
             .await
             .map_err(classify_transport)?;
@@ -310,10 +374,11 @@ impl MispClient {
                 "HTML instead of JSON (a login page: check misp.url and that the key belongs to an API-enabled user)".into(),
             ));
         }
-        parse_response(&body).map_err(|e| match e {
+        let attributes = parse_response(&body).map_err(|e| match e {
             ParseError::NotJson(m) => MispError::BadBody(format!("not JSON or truncated: {m}")),
             ParseError::WrongShape(m) => MispError::BadBody(format!("unexpected JSON shape: {m}")),
-        })
+        })?;
+        Ok((attributes, body.len()))
     }
 
     async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, MispError> {

@@ -23,14 +23,17 @@
 
 pub mod breaker;
 pub mod client;
+pub mod mirror;
 pub mod model;
 pub mod port;
 pub mod recent;
+pub mod source;
 
 pub use client::{MispClient, MispError};
 pub use model::Attribute;
 pub use port::Intelligence;
 pub use recent::Recent;
+pub use source::Source;
 
 use crate::config::MispConfig;
 use crate::observable::Observable;
@@ -46,6 +49,44 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// What one restSearch `value` asks about: an observable from an alert,
+/// or a network as MISP stores it (the mirror asks for the details of a
+/// network an alert's IP fell in).
+///
+/// Invariant: a network keeps its text's host bits (`10.0.0.5/24` stays
+/// that), because MISP matches `value` on the stored text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Observable(Observable),
+    Network(ipnet::IpNet),
+}
+
+impl Subject {
+    /// The subject MISP's text for a value (or one half of a composite)
+    /// stands for.
+    pub fn parse(text: &str) -> Option<Subject> {
+        if let Ok(o) = text.parse::<Observable>() {
+            return Some(Subject::Observable(o));
+        }
+        text.trim().parse().ok().map(Subject::Network)
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Observable(o) => o.fmt(f),
+            Subject::Network(n) => n.fmt(f),
+        }
+    }
+}
+
+impl From<Observable> for Subject {
+    fn from(o: Observable) -> Self {
+        Subject::Observable(o)
+    }
+}
+
 /// What MISP knows about one observable, shared by every alert that names
 /// it while it is cached.
 #[derive(Debug, Default)]
@@ -54,6 +95,18 @@ pub struct LookupResult {
     /// MISP's answer was over `misp.max_response_bytes`, so this is its
     /// first page only.
     pub truncated: bool,
+    /// The MISP server that answered (`misp_data.server`).
+    pub server: Option<Arc<str>>,
+    /// That server's position among those configured: events from any
+    /// but the first carry its name in their id, so that two servers'
+    /// events for one IP differ.
+    pub server_position: usize,
+    /// The mirrored network the IP fell in, when one did.
+    pub matched_network: Option<ipnet::IpNet>,
+    /// Built from the mirror because MISP did not give the details in time.
+    pub partial: bool,
+    /// The next server's answer for the same observable.
+    pub more: Option<Hits>,
     /// What a consumer derives from this answer, built once and kept as
     /// long as the answer (enrichment keeps the event's serialised MISP
     /// part here). Intelligence neither builds nor reads it.
@@ -64,9 +117,13 @@ impl LookupResult {
     pub fn new(attributes: Vec<Attribute>) -> Self {
         LookupResult {
             attributes,
-            truncated: false,
-            derived: std::sync::OnceLock::new(),
+            ..LookupResult::default()
         }
+    }
+
+    /// This answer and every other server's after it.
+    pub fn parts(&self) -> impl Iterator<Item = &LookupResult> {
+        std::iter::successors(Some(self), |p| p.more.as_deref())
     }
 
     /// The value `build` derives from this answer, built on first use.
@@ -144,8 +201,8 @@ struct Ttls {
 
 struct TtlExpiry(Arc<Ttls>);
 
-impl Expiry<Observable, Hits> for TtlExpiry {
-    fn expire_after_create(&self, _k: &Observable, v: &Hits, _at: Instant) -> Option<Duration> {
+impl Expiry<Subject, Hits> for TtlExpiry {
+    fn expire_after_create(&self, _k: &Subject, v: &Hits, _at: Instant) -> Option<Duration> {
         let secs = if v.is_empty() {
             &self.0.miss_secs
         } else {
@@ -156,7 +213,7 @@ impl Expiry<Observable, Hits> for TtlExpiry {
 }
 
 struct Ask {
-    observable: Observable,
+    subject: Subject,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -236,7 +293,7 @@ impl Shared {
 /// The lookup service. Cheap to clone; clones share cache and batcher.
 #[derive(Clone)]
 pub struct Lookup {
-    cache: moka::future::Cache<Observable, Hits>,
+    cache: moka::future::Cache<Subject, Hits>,
     ttls: Arc<Ttls>,
     asks: mpsc::Sender<Ask>,
     shared: Arc<Shared>,
@@ -372,8 +429,13 @@ impl Lookup {
     /// cached, or the cache would have to wait on its own housekeeping)
     /// sends the caller to [`Lookup::get`].
     pub fn cached(&self, observable: &Observable) -> Option<Hits> {
+        self.cached_subject(&Subject::Observable(observable.clone()))
+    }
+
+    /// [`Lookup::cached`] for any subject.
+    pub fn cached_subject(&self, subject: &Subject) -> Option<Hits> {
         use futures::FutureExt;
-        let hits = self.cache.get(observable).now_or_never().flatten()?;
+        let hits = self.cache.get(subject).now_or_never().flatten()?;
         self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         Some(hits)
     }
@@ -398,15 +460,21 @@ impl Lookup {
     /// Every attribute MISP holds for `observable`. A failure is not
     /// cached: the next alert naming the value asks again.
     pub async fn get(&self, observable: &Observable) -> Result<Hits, LookupError> {
+        self.get_subject(&Subject::Observable(observable.clone()))
+            .await
+    }
+
+    /// [`Lookup::get`] for any subject.
+    pub async fn get_subject(&self, subject: &Subject) -> Result<Hits, LookupError> {
         let asks = self.asks.clone();
-        let key = observable.clone();
+        let key = subject.clone();
         let entry = self
             .cache
-            .entry(observable.clone())
+            .entry(subject.clone())
             .or_try_insert_with(async move {
                 let (reply, rx) = oneshot::channel();
                 asks.send(Ask {
-                    observable: key,
+                    subject: key,
                     reply,
                 })
                 .await
@@ -511,13 +579,13 @@ async fn batcher(
 
 async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let mut values: Vec<String> = Vec::with_capacity(batch.len());
-    let mut waiting: HashMap<Observable, Vec<oneshot::Sender<Answer>>> = HashMap::new();
+    let mut waiting: HashMap<Subject, Vec<oneshot::Sender<Answer>>> = HashMap::new();
     for a in batch {
-        let v = a.observable.to_string();
+        let v = a.subject.to_string();
         if !values.contains(&v) {
             values.push(v);
         }
-        waiting.entry(a.observable).or_default().push(a.reply);
+        waiting.entry(a.subject).or_default().push(a.reply);
     }
     let waiting = std::sync::Mutex::new(waiting);
     // Each part of the batch is answered as soon as it resolves: while one
@@ -525,8 +593,8 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let answer = |(asked, outcome): Resolved| {
         let answers = per_value(&asked, outcome);
         let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
-        for (observable, answer) in answers {
-            for reply in waiting.remove(&observable).into_iter().flatten() {
+        for (subject, answer) in answers {
+            for reply in waiting.remove(&subject).into_iter().flatten() {
                 let _ = reply.send(answer.clone());
             }
         }
@@ -534,18 +602,13 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     resolve(shared, values, Level::Batch, &answer).await;
 }
 
-/// The observable MISP's text for it stands for.
-fn observable_of(value: &str) -> Option<Observable> {
-    value.parse().ok()
-}
-
 /// One request's outcome, per value asked: the attributes naming it (a
 /// composite value such as `ip|port` names its IP half).
 fn per_value(
     asked: &[String],
     outcome: Result<(Vec<Attribute>, bool), LookupFailed>,
-) -> Vec<(Observable, Answer)> {
-    let observables: Vec<Observable> = asked.iter().filter_map(|v| observable_of(v)).collect();
+) -> Vec<(Subject, Answer)> {
+    let observables: Vec<Subject> = asked.iter().filter_map(|v| Subject::parse(v)).collect();
     let (attributes, truncated) = match outcome {
         Ok(found) => found,
         Err(failed) => {
@@ -555,10 +618,10 @@ fn per_value(
                 .collect()
         }
     };
-    let mut found: HashMap<Observable, Vec<Attribute>> = HashMap::new();
+    let mut found: HashMap<Subject, Vec<Attribute>> = HashMap::new();
     for attr in attributes {
         for half in attr.value.split('|') {
-            if let Some(o) = observable_of(half) {
+            if let Some(o) = Subject::parse(half) {
                 if observables.contains(&o) {
                     let list = found.entry(o).or_default();
                     if list.last() != Some(&attr) {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attribute {
     pub id: String,
+    pub uuid: String,
     pub event_id: String,
     pub kind: String,
     pub category: String,
@@ -134,6 +135,8 @@ struct RawAttribute {
     #[serde(deserialize_with = "lenient_string")]
     id: String,
     #[serde(deserialize_with = "lenient_string")]
+    uuid: String,
+    #[serde(deserialize_with = "lenient_string")]
     event_id: String,
     #[serde(rename = "type", deserialize_with = "lenient_string")]
     kind: String,
@@ -247,6 +250,7 @@ impl From<RawAttribute> for Attribute {
                 r.event_id
             },
             id: r.id,
+            uuid: r.uuid,
             kind: r.kind,
             category: r.category,
             to_ids: r.to_ids,

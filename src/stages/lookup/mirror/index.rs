@@ -1,0 +1,452 @@
+//! The mirror's matcher: which mirrored indicators an IP hits, exactly or
+//! by the longest network prefix that holds it.
+//!
+//! Pure and synchronous. It is read on every alert's every IP, so it holds
+//! no strings: a record is an attribute's uuid (to merge and remove by),
+//! the time its age counts from, and a link to the next record filed under
+//! the same key. What an event shows about an attribute comes from MISP
+//! (or, when MISP is away, from the store), never from here.
+//!
+//! Exact IPs are hash lookups (IPv4 and IPv6 in their own maps, keyed by
+//! the address as an integer). Networks are a `prefix-trie` tree bitmap
+//! per family, searched for the longest prefix holding the IP.
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+type Fast = foldhash::fast::FixedState;
+
+/// Where an attribute's value is filed: one address, or one network
+/// (its prefix, host bits cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    V4(u32),
+    V6(u128),
+    Net4(Ipv4Net),
+    Net6(Ipv6Net),
+}
+
+impl Key {
+    /// The keys an attribute value is filed under: its IP or network, or
+    /// for a composite value (`ip|port`, `domain|ip`) its IP half. A value
+    /// that holds none (a domain) has none.
+    pub fn of_value(value: &str) -> impl Iterator<Item = Key> + '_ {
+        let mut seen: Option<Key> = None;
+        value.split('|').filter_map(move |half| {
+            let k = Key::of_text(half)?;
+            // `1.2.3.4|1.2.3.4` files once.
+            if seen == Some(k) {
+                return None;
+            }
+            seen = Some(k);
+            Some(k)
+        })
+    }
+
+    fn of_text(text: &str) -> Option<Key> {
+        let text = text.trim();
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Some(Key::of_ip(ip));
+        }
+        let net: IpNet = text.parse().ok()?;
+        Some(match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => Key::of_ip(IpAddr::V4(n.addr())),
+            IpNet::V6(n) if n.prefix_len() == 128 => Key::of_ip(IpAddr::V6(n.addr())),
+            IpNet::V4(n) => Key::Net4(n.trunc()),
+            IpNet::V6(n) => Key::Net6(n.trunc()),
+        })
+    }
+
+    pub fn of_ip(ip: IpAddr) -> Key {
+        match crate::extract::canonical(ip) {
+            IpAddr::V4(v4) => Key::V4(v4.to_bits()),
+            IpAddr::V6(v6) => Key::V6(v6.to_bits()),
+        }
+    }
+
+    pub fn is_network(&self) -> bool {
+        matches!(self, Key::Net4(_) | Key::Net6(_))
+    }
+}
+
+/// One mirrored attribute, as the matcher needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub uuid: [u8; 16],
+    /// Unix seconds its age counts from: its last sighting, else its
+    /// timestamp. An indicator older than the hit policy's cutoff is not a
+    /// hit (decay, maximum age) without waiting for the next full sync.
+    pub seen: u32,
+    /// The next record under the same key, or [`END`].
+    next: u32,
+}
+
+impl Record {
+    pub fn new(uuid: [u8; 16], seen: u32) -> Record {
+        Record {
+            uuid,
+            seen,
+            next: END,
+        }
+    }
+}
+
+const END: u32 = u32::MAX;
+
+/// What an IP hits in the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Match {
+    /// A live attribute holds this very address.
+    pub exact: bool,
+    /// The longest live network holding it (host bits cleared).
+    pub network: Option<IpNet>,
+}
+
+impl Match {
+    pub fn is_hit(&self) -> bool {
+        self.exact || self.network.is_some()
+    }
+}
+
+/// The matcher. Cloned whole for a change (a clone is a few memcpys), so
+/// that lookups read a complete one while the next is being prepared.
+#[derive(Clone, Default)]
+pub struct Index {
+    records: Vec<Record>,
+    free: Vec<u32>,
+    v4: HashMap<u32, u32, Fast>,
+    v6: HashMap<u128, u32, Fast>,
+    n4: PrefixMap<Ipv4Net, u32>,
+    n6: PrefixMap<Ipv6Net, u32>,
+    /// Records filed under a network key.
+    networks: usize,
+}
+
+impl Index {
+    pub fn with_capacity(exact: usize) -> Index {
+        Index {
+            records: Vec::with_capacity(exact),
+            v4: HashMap::with_capacity_and_hasher(exact, Fast::default()),
+            ..Index::default()
+        }
+    }
+
+    /// Records held (an attribute with two IP halves counts twice).
+    pub fn len(&self) -> usize {
+        self.records.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn networks(&self) -> usize {
+        self.networks
+    }
+
+    fn head(&self, key: &Key) -> Option<u32> {
+        match key {
+            Key::V4(a) => self.v4.get(a).copied(),
+            Key::V6(a) => self.v6.get(a).copied(),
+            Key::Net4(n) => self.n4.get(n).copied(),
+            Key::Net6(n) => self.n6.get(n).copied(),
+        }
+    }
+
+    fn set_head(&mut self, key: Key, head: u32) {
+        if head == END {
+            match key {
+                Key::V4(a) => drop(self.v4.remove(&a)),
+                Key::V6(a) => drop(self.v6.remove(&a)),
+                Key::Net4(n) => drop(self.n4.remove(&n)),
+                Key::Net6(n) => drop(self.n6.remove(&n)),
+            }
+            return;
+        }
+        match key {
+            Key::V4(a) => drop(self.v4.insert(a, head)),
+            Key::V6(a) => drop(self.v6.insert(a, head)),
+            Key::Net4(n) => drop(self.n4.insert(n, head)),
+            Key::Net6(n) => drop(self.n6.insert(n, head)),
+        }
+    }
+
+    /// Files `record` under `key`, replacing a record with the same uuid
+    /// there.
+    pub fn insert(&mut self, key: Key, mut record: Record) {
+        self.remove(key, &record.uuid);
+        record.next = self.head(&key).unwrap_or(END);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.records[s as usize] = record;
+                s
+            }
+            None => {
+                self.records.push(record);
+                (self.records.len() - 1) as u32
+            }
+        };
+        self.set_head(key, slot);
+        if key.is_network() {
+            self.networks += 1;
+        }
+    }
+
+    /// Takes the record with `uuid` out from under `key`; false if it was
+    /// not there.
+    pub fn remove(&mut self, key: Key, uuid: &[u8; 16]) -> bool {
+        let Some(head) = self.head(&key) else {
+            return false;
+        };
+        let mut prev: Option<u32> = None;
+        let mut at = head;
+        while at != END {
+            let r = self.records[at as usize];
+            if &r.uuid == uuid {
+                match prev {
+                    Some(p) => self.records[p as usize].next = r.next,
+                    None => self.set_head(key, r.next),
+                }
+                self.free.push(at);
+                if key.is_network() {
+                    self.networks -= 1;
+                }
+                return true;
+            }
+            prev = Some(at);
+            at = r.next;
+        }
+        false
+    }
+
+    fn any_live(&self, mut at: u32, live: impl Fn(&Record) -> bool) -> bool {
+        while at != END {
+            let r = &self.records[at as usize];
+            if live(r) {
+                return true;
+            }
+            at = r.next;
+        }
+        false
+    }
+
+    /// What `ip` hits among the records `live` keeps (the hit policy: age
+    /// and decay).
+    pub fn matches(&self, ip: IpAddr, live: impl Fn(&Record) -> bool + Copy) -> Match {
+        let exact = self
+            .head(&Key::of_ip(ip))
+            .is_some_and(|h| self.any_live(h, live));
+        let network = if self.networks == 0 {
+            None
+        } else {
+            match crate::extract::canonical(ip) {
+                IpAddr::V4(a) => self
+                    .longest(&self.n4, Ipv4Net::from(a), live)
+                    .map(IpNet::V4),
+                IpAddr::V6(a) => self
+                    .longest(&self.n6, Ipv6Net::from(a), live)
+                    .map(IpNet::V6),
+            }
+        };
+        Match { exact, network }
+    }
+
+    fn longest<P: prefix_trie::Prefix + Copy>(
+        &self,
+        map: &PrefixMap<P, u32>,
+        host: P,
+        live: impl Fn(&Record) -> bool + Copy,
+    ) -> Option<P> {
+        let (prefix, &head) = map.get_lpm(&host)?;
+        if self.any_live(head, live) {
+            return Some(prefix);
+        }
+        // The longest is all expired: the longest live one that covers it.
+        map.cover(&host)
+            .filter(|(_, &h)| self.any_live(h, live))
+            .last()
+            .map(|(p, _)| p)
+    }
+
+    /// Bytes held, roughly (what a `mirror status` reports per server).
+    pub fn memory_bytes(&self) -> usize {
+        self.records.capacity() * std::mem::size_of::<Record>()
+            + self.free.capacity() * 4
+            + self.v4.capacity() * 9
+            + self.v6.capacity() * 21
+            + self.n4.mem_size()
+            + self.n6.mem_size()
+    }
+}
+
+/// A uuid's 16 bytes; a uuid MISP sends without dashes or in capitals
+/// reads the same. Text that is no uuid hashes to 16 bytes, so that it
+/// still identifies its attribute.
+pub fn uuid_bytes(text: &str) -> [u8; 16] {
+    let hex: Vec<u8> = text
+        .bytes()
+        .filter(|b| *b != b'-')
+        .map(|b| b.to_ascii_lowercase())
+        .collect();
+    let mut out = [0u8; 16];
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    if hex.len() == 32 {
+        let mut ok = true;
+        for (i, pair) in hex.chunks(2).enumerate() {
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(h), Some(l)) => out[i] = h << 4 | l,
+                _ => ok = false,
+            }
+        }
+        if ok {
+            return out;
+        }
+    }
+    use md5::Digest;
+    out.copy_from_slice(&md5::Md5::digest(text.as_bytes()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn uuid(i: u32) -> [u8; 16] {
+        let mut u = [0u8; 16];
+        u[..4].copy_from_slice(&i.to_be_bytes());
+        u
+    }
+
+    #[test]
+    fn keys_of_values() {
+        let keys = |v: &str| Key::of_value(v).collect::<Vec<_>>();
+        assert_eq!(keys("1.2.3.4"), vec![Key::V4(0x01020304)]);
+        assert_eq!(keys("1.2.3.4|443"), vec![Key::V4(0x01020304)]);
+        assert_eq!(keys("evil.example|1.2.3.4"), vec![Key::V4(0x01020304)]);
+        assert_eq!(keys("1.2.3.4/32"), vec![Key::V4(0x01020304)]);
+        assert_eq!(
+            keys("10.0.0.5/24"),
+            vec![Key::Net4("10.0.0.0/24".parse().unwrap())]
+        );
+        assert_eq!(keys("::ffff:1.2.3.4"), vec![Key::V4(0x01020304)]);
+        assert!(keys("evil.example").is_empty());
+        assert_eq!(keys("1.2.3.4|1.2.3.4").len(), 1);
+    }
+
+    #[test]
+    fn insert_replace_remove() {
+        let mut ix = Index::default();
+        let k = Key::V4(7);
+        ix.insert(k, Record::new(uuid(1), 10));
+        ix.insert(k, Record::new(uuid(2), 10));
+        ix.insert(k, Record::new(uuid(1), 20));
+        assert_eq!(ix.len(), 2);
+        let ip = IpAddr::V4(std::net::Ipv4Addr::from_bits(7));
+        assert!(ix.matches(ip, |_| true).exact);
+        assert!(ix.matches(ip, |r| r.seen >= 20).exact);
+        assert!(ix.remove(k, &uuid(1)));
+        assert!(!ix.matches(ip, |r| r.seen >= 20).exact);
+        assert!(ix.remove(k, &uuid(2)));
+        assert!(!ix.remove(k, &uuid(2)));
+        assert!(ix.is_empty());
+        assert!(!ix.matches(ip, |_| true).exact);
+    }
+
+    #[test]
+    fn an_expired_longest_network_gives_way_to_a_live_shorter_one() {
+        let mut ix = Index::default();
+        ix.insert(
+            Key::of_value("10.0.0.0/8").next().unwrap(),
+            Record::new(uuid(1), 100),
+        );
+        ix.insert(
+            Key::of_value("10.1.0.0/16").next().unwrap(),
+            Record::new(uuid(2), 1),
+        );
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            ix.matches(ip, |_| true).network,
+            Some("10.1.0.0/16".parse().unwrap())
+        );
+        assert_eq!(
+            ix.matches(ip, |r| r.seen >= 50).network,
+            Some("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(ix.matches(ip, |r| r.seen >= 500).network, None);
+    }
+
+    #[test]
+    fn uuids() {
+        let a = uuid_bytes("5a1e0000-0000-4000-8000-0000000000ff");
+        assert_eq!(a, uuid_bytes("5A1E00000000400080000000000000FF"));
+        assert_eq!(a[15], 0xff);
+        assert_ne!(uuid_bytes("not a uuid"), uuid_bytes("not a uuid either"));
+    }
+
+    fn net_strategy() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            // Few distinct top bits, so that networks nest and overlap.
+            (0u32..4, any::<u32>(), 0u8..=32).prop_map(|(top, rest, len)| {
+                let a = (top << 30) | (rest >> 2);
+                IpNet::V4(Ipv4Net::new(std::net::Ipv4Addr::from_bits(a), len).unwrap())
+            }),
+            (0u128..4, any::<u128>(), 0u8..=128).prop_map(|(top, rest, len)| {
+                let a = (top << 126) | (rest >> 2);
+                IpNet::V6(Ipv6Net::new(std::net::Ipv6Addr::from_bits(a), len).unwrap())
+            }),
+        ]
+    }
+
+    fn ip_strategy() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u32..4, any::<u32>()).prop_map(|(top, rest)| IpAddr::V4(
+                std::net::Ipv4Addr::from_bits((top << 30) | (rest >> 2))
+            )),
+            (0u128..4, any::<u128>()).prop_map(|(top, rest)| IpAddr::V6(
+                std::net::Ipv6Addr::from_bits((top << 126) | (rest >> 2))
+            )),
+        ]
+    }
+
+    proptest! {
+        /// Against a brute force over every network and address: the exact
+        /// hit, and the longest live network holding the IP.
+        #[test]
+        fn matches_like_brute_force(
+            nets in proptest::collection::vec((net_strategy(), 0u32..10), 0..60),
+            removed in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            probes in proptest::collection::vec(ip_strategy(), 1..40),
+            cutoff in 0u32..10,
+        ) {
+            let mut ix = Index::default();
+            let mut model: Vec<(IpNet, [u8; 16], u32)> = Vec::new();
+            for (i, (net, seen)) in nets.iter().enumerate() {
+                let u = uuid(i as u32);
+                ix.insert(Key::of_value(&net.to_string()).next().unwrap(), Record::new(u, *seen));
+                model.push((*net, u, *seen));
+            }
+            for r in removed {
+                if model.is_empty() { break; }
+                let (net, u, _) = model.remove(r.index(model.len()));
+                prop_assert!(ix.remove(Key::of_value(&net.to_string()).next().unwrap(), &u));
+            }
+            // Probe the networks' own addresses too, not only random ones.
+            let probes = probes.into_iter().chain(model.iter().map(|(n, _, _)| n.addr()));
+            for ip in probes {
+                let live = |r: &Record| r.seen >= cutoff;
+                let got = ix.matches(ip, live);
+                let holding = model.iter().filter(|(n, _, seen)| *seen >= cutoff && n.contains(&ip));
+                let exact = holding.clone().any(|(n, _, _)| n.prefix_len() == n.max_prefix_len());
+                let longest = holding
+                    .filter(|(n, _, _)| n.prefix_len() < n.max_prefix_len())
+                    .map(|(n, _, _)| n.trunc())
+                    .max_by_key(|n| n.prefix_len());
+                prop_assert_eq!(got.exact, exact, "exact for {}", ip);
+                prop_assert_eq!(got.network, longest, "network for {}", ip);
+            }
+        }
+    }
+}

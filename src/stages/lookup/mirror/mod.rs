@@ -1,0 +1,427 @@
+//! The mirror: a local, synced copy of every MISP server's IP indicators,
+//! behind the [`Intelligence`] port.
+//!
+//! Every lookup is local ([`index`]): exact IPs by hash, networks by the
+//! longest prefix holding the IP. MISP is asked only about hits, for the
+//! details an event shows (full context, through each server's own
+//! [`Lookup`], so cached, batched and retried as in query mode). When MISP
+//! cannot give them within `misp.detail_timeout_secs`, the event is built
+//! from what the store holds and marked `partial`. Until a server's first
+//! sync completes, its lookups are plain query-mode ones.
+//!
+//! - [`index`]: the in-memory matcher.
+//! - [`store`]: the SQLite file it is rebuilt from at start.
+//! - [`sync`]: the task per server that keeps both up to date.
+
+pub mod index;
+pub mod store;
+pub mod sync;
+
+use super::model::{Attribute, EventInfo, Tag};
+use super::{Hits, Intelligence, Lookup, LookupError, LookupResult, Recent, Subject};
+use crate::config::MispConfig;
+use crate::observable::Observable;
+use arc_swap::ArcSwapOption;
+use index::{Index, Record};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// MISP's NIDS Simple Decaying Model (polynomial): lifetime, decay speed,
+/// threshold and base score. An indicator is decayed once
+/// `base * (1 - (age / lifetime)^(1 / speed)) < threshold`, that is once
+/// its age passes `lifetime * (1 - threshold / base)^speed`.
+pub const DECAY_MODEL: DecayModel = DecayModel {
+    lifetime_days: 120.0,
+    decay_speed: 2.0,
+    threshold: 30.0,
+    base_score: 80.0,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecayModel {
+    pub lifetime_days: f64,
+    pub decay_speed: f64,
+    pub threshold: f64,
+    pub base_score: f64,
+}
+
+impl DecayModel {
+    /// The age at which an indicator's score falls under the threshold.
+    pub fn expires_after(&self) -> Duration {
+        let ratio = (1.0 - self.threshold / self.base_score).clamp(0.0, 1.0);
+        let days = self.lifetime_days * ratio.powf(self.decay_speed);
+        Duration::from_secs_f64(days * 86400.0)
+    }
+}
+
+/// The hit policy: how old an indicator may be and still be a hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// `misp.sync.max_age_days` and, with `misp.decay`, the decay model's
+    /// expiry: the shorter one. `None`: any age.
+    pub max_age: Option<Duration>,
+    /// With `misp.decay`: attributes MISP scores under this are dropped
+    /// from the details.
+    pub min_score: Option<f64>,
+}
+
+impl Policy {
+    pub fn from_config(m: &MispConfig) -> Policy {
+        let age =
+            (m.sync.max_age_days > 0).then(|| Duration::from_secs(m.sync.max_age_days * 86400));
+        let decay = m.decay.then(|| DECAY_MODEL.expires_after());
+        let max_age = match (age, decay) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        Policy {
+            max_age,
+            min_score: m.decay.then_some(DECAY_MODEL.threshold),
+        }
+    }
+
+    /// The oldest `seen` that is still a hit at `now` (0: any).
+    fn cutoff(&self, now: i64) -> u32 {
+        self.max_age.map_or(0, |a| {
+            (now - a.as_secs() as i64).clamp(0, i64::from(u32::MAX)) as u32
+        })
+    }
+}
+
+/// One server's part of the mirror.
+pub struct ServerMirror {
+    pub name: Arc<str>,
+    /// Its position among the servers: events from servers after the first
+    /// carry the name in their event id.
+    pub position: usize,
+    /// `None` until the first sync (or the load from the store)
+    /// completes: lookups are then query-mode ones.
+    index: ArcSwapOption<Index>,
+    /// Details of hits (and lookups before the first sync).
+    pub query: Lookup,
+    pub store: Arc<Mutex<store::Store>>,
+    policy: Policy,
+    /// [`Policy::cutoff`] at the last tick, so that the hot path reads no
+    /// clock.
+    cutoff: AtomicU32,
+    /// The full mirror, for counting it in status and metrics.
+    pub attributes: AtomicU64,
+}
+
+impl ServerMirror {
+    pub fn index(&self) -> Option<Arc<Index>> {
+        self.index.load_full()
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Refreshes the age cutoff from the clock.
+    pub fn tick(&self) {
+        self.cutoff.store(
+            self.policy.cutoff(chrono::Utc::now().timestamp()),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn matches(&self, index: &Index, ip: std::net::IpAddr) -> index::Match {
+        let cutoff = self.cutoff.load(Ordering::Relaxed);
+        index.matches(ip, move |r: &Record| r.seen >= cutoff)
+    }
+}
+
+/// The mirror intelligence: every server's mirror, and the answers
+/// composed from them.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: Vec<Arc<ServerMirror>>,
+    /// Answers for IPs that hit (or asked before a first sync), as events
+    /// need them: every server's part, chained.
+    composed: moka::sync::Cache<Observable, Hits>,
+    /// Bumped at every change of a server's index: memos and composed
+    /// answers from before are stale.
+    generation: AtomicU64,
+    detail_timeout: Duration,
+    empty: Hits,
+}
+
+/// How long a composed answer is kept: a partial one only briefly, so
+/// that the details are asked for again once MISP is back.
+struct ComposedExpiry {
+    hit: Duration,
+    miss: Duration,
+}
+
+const PARTIAL_FOR: Duration = Duration::from_secs(30);
+
+impl moka::Expiry<Observable, Hits> for ComposedExpiry {
+    fn expire_after_create(&self, _: &Observable, v: &Hits, _: Instant) -> Option<Duration> {
+        Some(if v.parts().any(|p| p.partial) {
+            PARTIAL_FOR
+        } else if v.is_empty() && v.more.is_none() {
+            self.miss
+        } else {
+            self.hit
+        })
+    }
+}
+
+impl Mirror {
+    /// A mirror over `servers`, each with its detail [`Lookup`] and store.
+    pub fn new(
+        cfg: &MispConfig,
+        servers: Vec<(String, MispConfig, Lookup, Arc<Mutex<store::Store>>)>,
+    ) -> Mirror {
+        let servers = servers
+            .into_iter()
+            .enumerate()
+            .map(|(position, (name, m, query, store))| {
+                let s = ServerMirror {
+                    name: name.into(),
+                    position,
+                    index: ArcSwapOption::empty(),
+                    query,
+                    store,
+                    policy: Policy::from_config(&m),
+                    cutoff: AtomicU32::new(0),
+                    attributes: AtomicU64::new(0),
+                };
+                s.tick();
+                Arc::new(s)
+            })
+            .collect();
+        Mirror {
+            inner: Arc::new(Inner {
+                servers,
+                composed: moka::sync::Cache::builder()
+                    .max_capacity(*cfg.cache_max_entries)
+                    .expire_after(ComposedExpiry {
+                        hit: Duration::from_secs(cfg.cache_ttl_secs),
+                        miss: Duration::from_secs(cfg.negative_cache_ttl_secs),
+                    })
+                    .build(),
+                generation: AtomicU64::new(0),
+                detail_timeout: Duration::from_secs(*cfg.detail_timeout_secs),
+                empty: Arc::new(LookupResult::default()),
+            }),
+        }
+    }
+
+    pub fn servers(&self) -> &[Arc<ServerMirror>] {
+        &self.inner.servers
+    }
+
+    /// The first server's detail lookup (its breaker and given-up values
+    /// are what the error reporter tells Wazuh about).
+    pub fn primary(&self) -> &Lookup {
+        &self.inner.servers[0].query
+    }
+
+    /// Makes `index` the one `server` matches against. Lookups see the
+    /// old one or the new one, whole.
+    pub fn swap(&self, server: &ServerMirror, index: Index) {
+        server.index.store(Some(Arc::new(index)));
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        self.inner.composed.invalidate_all();
+    }
+
+    fn owner(&self) -> (usize, u64) {
+        (
+            Arc::as_ptr(&self.inner) as usize,
+            self.inner.generation.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Everything every server knows about `observable`, waiting on MISP
+    /// for a hit's details at most `misp.detail_timeout_secs`.
+    pub async fn answer(&self, observable: &Observable) -> Result<Hits, LookupError> {
+        let mut parts: Vec<LookupResult> = Vec::new();
+        for s in &self.inner.servers {
+            let part = match s.index() {
+                Some(index) => {
+                    let Some(ip) = observable.as_ip() else {
+                        continue;
+                    };
+                    let m = s.matches(&index, ip);
+                    if !m.is_hit() {
+                        continue;
+                    }
+                    self.details(s, observable, m).await?
+                }
+                None => {
+                    let hits = s.query.get(observable).await?;
+                    if hits.is_empty() {
+                        continue;
+                    }
+                    LookupResult {
+                        attributes: hits.attributes.clone(),
+                        truncated: hits.truncated,
+                        ..LookupResult::default()
+                    }
+                }
+            };
+            if part.attributes.is_empty() {
+                continue;
+            }
+            parts.push(LookupResult {
+                server: Some(s.name.clone()),
+                server_position: s.position,
+                ..part
+            });
+        }
+        let mut chained: Option<Hits> = None;
+        while let Some(mut part) = parts.pop() {
+            part.more = chained.take();
+            chained = Some(Arc::new(part));
+        }
+        let hits = chained.unwrap_or_else(|| self.inner.empty.clone());
+        self.inner.composed.insert(observable.clone(), hits.clone());
+        Ok(hits)
+    }
+
+    async fn details(
+        &self,
+        s: &ServerMirror,
+        observable: &Observable,
+        m: index::Match,
+    ) -> Result<LookupResult, LookupError> {
+        let mut subjects = Vec::with_capacity(2);
+        if m.exact {
+            subjects.push(Subject::Observable(observable.clone()));
+        }
+        if let Some(n) = m.network {
+            subjects.push(Subject::Network(n));
+        }
+        let asked = futures::future::join_all(subjects.iter().map(|sub| s.query.get_subject(sub)));
+        let answers = tokio::time::timeout(self.inner.detail_timeout, asked).await;
+        let mut part = LookupResult {
+            matched_network: m.network,
+            ..LookupResult::default()
+        };
+        let answers = answers.unwrap_or_default();
+        let complete = answers.len() == subjects.len() && answers.iter().all(Result::is_ok);
+        if answers
+            .iter()
+            .any(|a| matches!(a, Err(LookupError::Abandoned(_))))
+        {
+            return Err(super::Abandoned.into());
+        }
+        if complete {
+            for hits in answers.into_iter().flatten() {
+                part.truncated |= hits.truncated;
+                for a in &hits.attributes {
+                    let decayed = s
+                        .policy
+                        .min_score
+                        .zip(a.decay_score)
+                        .is_some_and(|(min, score)| score < min);
+                    if !decayed && !part.attributes.contains(a) {
+                        part.attributes.push(a.clone());
+                    }
+                }
+            }
+            if m.network.is_some()
+                && !part
+                    .attributes
+                    .iter()
+                    .any(|a| super::mirror::index::Key::of_value(&a.value).any(|k| k.is_network()))
+            {
+                part.matched_network = None;
+            }
+            return Ok(part);
+        }
+        // MISP did not give the details in time: what the mirror holds.
+        let texts: Vec<String> = subjects.iter().map(ToString::to_string).collect();
+        let store = s.store.clone();
+        let name = s.name.to_string();
+        let rows = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rows_for(&name, &texts)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        part.partial = true;
+        part.attributes = rows.into_iter().map(attribute_of_row).collect();
+        tracing::warn!(
+            server = %s.name,
+            value = %observable,
+            attributes = part.attributes.len(),
+            "MISP did not give a hit's details within misp.detail_timeout_secs; the event is built from the mirror (misp_data.summary.partial)"
+        );
+        Ok(part)
+    }
+}
+
+/// A stored row as the attribute an event shows.
+fn attribute_of_row(r: store::Row) -> Attribute {
+    Attribute {
+        id: r.id,
+        uuid: r.uuid,
+        event_id: r.event_id.clone(),
+        kind: r.kind,
+        category: r.category,
+        to_ids: r.to_ids,
+        value: r.value,
+        timestamp: r.timestamp.to_string(),
+        tags: r
+            .tags
+            .into_iter()
+            .map(|name| Tag {
+                name,
+                ..Tag::default()
+            })
+            .collect(),
+        event: Some(EventInfo {
+            id: r.event_id,
+            uuid: r.event_uuid,
+            info: r.event_info,
+            org_name: "Unknown".into(),
+            ..EventInfo::default()
+        }),
+        ..Attribute::default()
+    }
+}
+
+impl Intelligence for Mirror {
+    type Memo = Recent;
+
+    /// A miss costs the index lookups only; a hit (or a server not synced
+    /// yet) goes through the worker's memo to the composed answers.
+    fn known(&self, observable: &Observable, memo: &mut Recent) -> Option<Hits> {
+        let ip = observable.as_ip()?;
+        let mut miss = true;
+        for s in &self.inner.servers {
+            match s.index.load().as_deref() {
+                Some(index) if !s.matches(index, ip).is_hit() => {}
+                _ => miss = false,
+            }
+        }
+        if miss {
+            return Some(self.inner.empty.clone());
+        }
+        let memo = memo.current(self.owner(), Instant::now());
+        if let Some(h) = memo.get(observable) {
+            return Some(h.clone());
+        }
+        let hits = self.inner.composed.get(observable)?;
+        memo.remember(observable, &hits);
+        Some(hits)
+    }
+
+    fn lookup(
+        &self,
+        observable: &Observable,
+    ) -> impl std::future::Future<Output = Result<Hits, LookupError>> + Send {
+        self.answer(observable)
+    }
+}

@@ -1,0 +1,658 @@
+//! The mirror on disk: `state_dir/mirror.sqlite`, one SQLite database
+//! (WAL journal) for every server.
+//!
+//! Why SQLite: a sync is many rows changed at once that must land whole or
+//! not at all, a restart must not download everything again, and the
+//! `mirror status` and `lookup` commands read it while the daemon writes.
+//! SQLite's transactions give the first, its file the second, and WAL
+//! readers in other processes the third; redb and fjall lock the file to
+//! one process.
+//!
+//! Consistency: every sync's writes and its cursor commit in one
+//! transaction per page; a full sync writes a new generation beside the
+//! live one and makes it live in one transaction at the end, so a `kill
+//! -9` at any point leaves the last complete state (a half-written
+//! generation is deleted at the next start). The schema is versioned in
+//! `meta`; an unreadable, corrupt or newer file is set aside and the
+//! mirror rebuilt by a full sync.
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+pub const FILE: &str = "mirror.sqlite";
+/// The schema this code writes; a file of another version is set aside.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// What the store knows of one server's sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServerState {
+    pub name: String,
+    /// The url and filters the mirror was synced with: when they change,
+    /// the mirror is rebuilt.
+    #[serde(skip)]
+    pub fingerprint: String,
+    #[serde(skip)]
+    pub generation: i64,
+    /// A full sync has completed for this fingerprint.
+    #[serde(skip)]
+    pub complete: bool,
+    /// The newest attribute timestamp synced.
+    pub cursor: i64,
+    pub last_sync: Option<i64>,
+    pub last_full_sync: Option<i64>,
+    pub last_error: Option<String>,
+    pub attributes: i64,
+    pub networks: i64,
+}
+
+/// One mirrored attribute as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub uuid: String,
+    pub id: String,
+    pub event_id: String,
+    pub kind: String,
+    pub category: String,
+    pub value: String,
+    pub to_ids: bool,
+    pub timestamp: i64,
+    /// Tag names (the attribute's, and its event's when synced).
+    pub tags: Vec<String>,
+    pub event_uuid: String,
+    pub event_info: String,
+}
+
+impl Row {
+    /// Whether its value is a network (files under a prefix).
+    pub fn is_network(&self) -> bool {
+        super::index::Key::of_value(&self.value).any(|k| k.is_network())
+    }
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("mirror store {path}: {source}")]
+pub struct StoreError {
+    path: String,
+    #[source]
+    source: rusqlite::Error,
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl Store {
+    /// Opens (creating) the store in `dir`. A file that is not a usable
+    /// store of this version is renamed `mirror.sqlite.unreadable-<unix
+    /// time>` and a new one created: the mirror is then rebuilt.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let path = dir.join(FILE);
+        match Self::open_checked(&path) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if path.exists() {
+                    let aside = dir.join(format!(
+                        "{FILE}.unreadable-{}",
+                        chrono::Utc::now().timestamp()
+                    ));
+                    tracing::error!(
+                        error = %e,
+                        set_aside = %aside.display(),
+                        "the mirror store is unreadable; set aside, the mirror is rebuilt by a full sync"
+                    );
+                    let _ = std::fs::rename(&path, &aside);
+                    for ext in ["-wal", "-shm"] {
+                        let _ = std::fs::remove_file(dir.join(format!("{FILE}{ext}")));
+                    }
+                }
+                Self::open_checked(&path)
+            }
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Store> {
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        let store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        store.init().map_err(err)?;
+        Ok(store)
+    }
+
+    fn init(&self) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.pragma_update(None, "journal_mode", "WAL")?;
+        // In WAL mode, NORMAL loses no committed transaction to a process
+        // kill, only (possibly) the last ones to a power cut, and the file
+        // stays consistent either way.
+        c.pragma_update(None, "synchronous", "NORMAL")?;
+        let ok: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!("quick_check: {ok}")),
+            ));
+        }
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS servers(
+                name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, generation INTEGER NOT NULL,
+                complete INTEGER NOT NULL, cursor INTEGER NOT NULL, last_sync INTEGER,
+                last_full_sync INTEGER, last_error TEXT, attributes INTEGER NOT NULL DEFAULT 0,
+                networks INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS attributes(
+                server TEXT NOT NULL, generation INTEGER NOT NULL, uuid TEXT NOT NULL,
+                id TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL, category TEXT NOT NULL,
+                value TEXT NOT NULL, to_ids INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+                tags TEXT NOT NULL, event_uuid TEXT NOT NULL, event_info TEXT NOT NULL,
+                network INTEGER NOT NULL,
+                PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;",
+        )?;
+        let version: Option<String> = c
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match version.as_deref() {
+            None => {
+                c.execute(
+                    "INSERT INTO meta(key, value) VALUES('schema_version', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                    Some(format!(
+                        "schema version {other:?}, this build reads {SCHEMA_VERSION:?}"
+                    )),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens an existing store without writing to it (for `mirror status`
+    /// and `lookup` while the daemon runs). `None` if there is none.
+    pub fn open_read_only(dir: &Path) -> Result<Option<Store>> {
+        let path = dir.join(FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+        Ok(Some(Store { conn, path }))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    pub fn servers(&self) -> Result<Vec<ServerState>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, fingerprint, generation, complete, cursor, last_sync, last_full_sync,
+                        last_error, attributes, networks FROM servers ORDER BY name",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], server_state)
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    pub fn server(&self, name: &str) -> Result<Option<ServerState>> {
+        self.conn
+            .query_row(
+                "SELECT name, fingerprint, generation, complete, cursor, last_sync, last_full_sync,
+                        last_error, attributes, networks FROM servers WHERE name = ?1",
+                [name],
+                server_state,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Starts a full sync of `name`: a new generation, empty, beside the
+    /// live one. Returns its number.
+    pub fn begin_full(&mut self, name: &str, fingerprint: &str) -> Result<i64> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let current: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT generation, fingerprint FROM servers WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let next = current.as_ref().map_or(1, |(g, _)| g + 1);
+        if current.is_none() {
+            tx.execute(
+                "INSERT INTO servers(name, fingerprint, generation, complete, cursor)
+                 VALUES(?1, ?2, 0, 0, 0)",
+                params![name, fingerprint],
+            )
+            .map_err(err)?;
+        }
+        tx.execute(
+            "DELETE FROM attributes WHERE server = ?1 AND generation = ?2",
+            params![name, next],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(next)
+    }
+
+    /// Writes one page of rows into `generation`, in one transaction.
+    /// For each row, the value it replaced in that generation, if any.
+    pub fn write(
+        &mut self,
+        name: &str,
+        generation: i64,
+        rows: &[Row],
+    ) -> Result<Vec<Option<String>>> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut replaced = Vec::with_capacity(rows.len());
+        {
+            let mut old = tx
+                .prepare_cached(
+                    "SELECT value FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
+                )
+                .map_err(err)?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO attributes(server, generation, uuid, id, event_id, type,
+                        category, value, to_ids, timestamp, tags, event_uuid, event_info, network)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .map_err(err)?;
+            for r in rows {
+                let was: Option<String> = old
+                    .query_row(params![name, generation, r.uuid], |x| x.get(0))
+                    .optional()
+                    .map_err(err)?;
+                replaced.push(was);
+                put.execute(params![
+                    name,
+                    generation,
+                    r.uuid,
+                    r.id,
+                    r.event_id,
+                    r.kind,
+                    r.category,
+                    r.value,
+                    r.to_ids,
+                    r.timestamp,
+                    serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()),
+                    r.event_uuid,
+                    r.event_info,
+                    r.is_network(),
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(replaced)
+    }
+
+    /// Removes rows (an attribute that no longer passes the filters, seen
+    /// by an incremental sync). Returns the values removed.
+    pub fn remove(&mut self, name: &str, generation: i64, uuids: &[String]) -> Result<Vec<String>> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut removed = Vec::new();
+        {
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3 RETURNING value",
+                )
+                .map_err(err)?;
+            for u in uuids {
+                if let Some(v) = del
+                    .query_row(params![name, generation, u], |r| r.get::<_, String>(0))
+                    .optional()
+                    .map_err(err)?
+                {
+                    removed.push(v);
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(removed)
+    }
+
+    /// Makes `generation` the live one after a full sync, and drops every
+    /// other generation of `name`.
+    pub fn finish_full(
+        &mut self,
+        name: &str,
+        fingerprint: &str,
+        generation: i64,
+        cursor: i64,
+        now: i64,
+    ) -> Result<()> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE servers SET fingerprint = ?2, generation = ?3, complete = 1, cursor = ?4,
+                last_sync = ?5, last_full_sync = ?5, last_error = NULL WHERE name = ?1",
+            params![name, fingerprint, generation, cursor, now],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "DELETE FROM attributes WHERE server = ?1 AND generation != ?2",
+            params![name, generation],
+        )
+        .map_err(err)?;
+        Self::count_in(&tx, name, generation).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn count_in(
+        tx: &rusqlite::Transaction<'_>,
+        name: &str,
+        generation: i64,
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "UPDATE servers SET
+                attributes = (SELECT COUNT(*) FROM attributes WHERE server = ?1 AND generation = ?2),
+                networks = (SELECT COUNT(*) FROM attributes WHERE server = ?1 AND generation = ?2 AND network = 1)
+             WHERE name = ?1",
+            params![name, generation],
+        )?;
+        Ok(())
+    }
+
+    /// Records an incremental sync that completed.
+    pub fn finish_incremental(&mut self, name: &str, cursor: i64, now: i64) -> Result<()> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let generation: i64 = tx
+            .query_row(
+                "SELECT generation FROM servers WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE servers SET cursor = MAX(cursor, ?2), last_sync = ?3, last_error = NULL
+             WHERE name = ?1",
+            params![name, cursor, now],
+        )
+        .map_err(err)?;
+        Self::count_in(&tx, name, generation).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    pub fn record_error(&mut self, name: &str, message: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE servers SET last_error = ?2 WHERE name = ?1",
+                params![name, message],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes what a full sync interrupted by a crash left: every
+    /// generation of `name` but the live one.
+    pub fn drop_stale(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM attributes WHERE server = ?1
+                   AND generation != (SELECT generation FROM servers WHERE name = ?1)",
+                [name],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Calls `visit(value, uuid, timestamp)` for every row of the live
+    /// generation of `name`.
+    pub fn each(&self, name: &str, mut visit: impl FnMut(&str, &str, i64)) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT value, uuid, timestamp FROM attributes
+                 WHERE server = ?1 AND generation = (SELECT generation FROM servers WHERE name = ?1)",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([name]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let value = r
+                .get_ref(0)
+                .map_err(|e| self.err(e))?
+                .as_str()
+                .unwrap_or("");
+            let uuid = r
+                .get_ref(1)
+                .map_err(|e| self.err(e))?
+                .as_str()
+                .unwrap_or("");
+            let ts: i64 = r.get(2).map_err(|e| self.err(e))?;
+            visit(value, uuid, ts);
+        }
+        Ok(())
+    }
+
+    /// The live rows of `name` whose value is `value` or has it as one
+    /// half (what a partial event shows).
+    pub fn rows_for(&self, name: &str, values: &[String]) -> Result<Vec<Row>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT uuid, id, event_id, type, category, value, to_ids, timestamp, tags,
+                        event_uuid, event_info FROM attributes
+                 WHERE server = ?1 AND generation = (SELECT generation FROM servers WHERE name = ?1)
+                   AND (value = ?2 OR value LIKE ?2 || '|%' OR value LIKE '%|' || ?2)",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for v in values {
+            let rows = st
+                .query_map(params![name, v], |r| {
+                    let tags: String = r.get(8)?;
+                    Ok(Row {
+                        uuid: r.get(0)?,
+                        id: r.get(1)?,
+                        event_id: r.get(2)?,
+                        kind: r.get(3)?,
+                        category: r.get(4)?,
+                        value: r.get(5)?,
+                        to_ids: r.get(6)?,
+                        timestamp: r.get(7)?,
+                        tags: serde_json::from_str(&tags).unwrap_or_default(),
+                        event_uuid: r.get(9)?,
+                        event_info: r.get(10)?,
+                    })
+                })
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                out.push(r.map_err(|e| self.err(e))?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn server_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerState> {
+    Ok(ServerState {
+        name: r.get(0)?,
+        fingerprint: r.get(1)?,
+        generation: r.get(2)?,
+        complete: r.get(3)?,
+        cursor: r.get(4)?,
+        last_sync: r.get(5)?,
+        last_full_sync: r.get(6)?,
+        last_error: r.get(7)?,
+        attributes: r.get(8)?,
+        networks: r.get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(uuid: &str, value: &str, ts: i64) -> Row {
+        Row {
+            uuid: uuid.into(),
+            value: value.into(),
+            kind: "ip-dst".into(),
+            timestamp: ts,
+            ..Row::default()
+        }
+    }
+
+    fn live(store: &Store, name: &str) -> Vec<(String, String, i64)> {
+        let mut out = Vec::new();
+        store
+            .each(name, |v, u, t| out.push((v.into(), u.into(), t)))
+            .unwrap();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_full_sync_becomes_live_only_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let g1 = s.begin_full("a", "f").unwrap();
+        s.write("a", g1, &[row("u1", "1.2.3.4", 10)]).unwrap();
+        s.finish_full("a", "f", g1, 10, 100).unwrap();
+        let g2 = s.begin_full("a", "f").unwrap();
+        s.write("a", g2, &[row("u2", "10.0.0.0/8", 20)]).unwrap();
+        // Not finished (a crash here): the first generation is live.
+        drop(s);
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(live(&s, "a"), vec![("1.2.3.4".into(), "u1".into(), 10)]);
+        s.drop_stale("a").unwrap();
+        let g3 = s.begin_full("a", "f").unwrap();
+        s.write("a", g3, &[row("u2", "10.0.0.0/8", 20)]).unwrap();
+        s.finish_full("a", "f", g3, 20, 200).unwrap();
+        assert_eq!(live(&s, "a"), vec![("10.0.0.0/8".into(), "u2".into(), 20)]);
+        let st = s.server("a").unwrap().unwrap();
+        assert_eq!((st.attributes, st.networks, st.cursor), (1, 1, 20));
+        assert!(st.complete);
+    }
+
+    #[test]
+    fn incremental_writes_merge_by_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let g = s.begin_full("a", "f").unwrap();
+        s.write(
+            "a",
+            g,
+            &[row("u1", "1.2.3.4", 10), row("u2", "5.6.7.8", 10)],
+        )
+        .unwrap();
+        s.finish_full("a", "f", g, 10, 100).unwrap();
+        let replaced = s
+            .write(
+                "a",
+                g,
+                &[row("u1", "1.2.3.5", 30), row("u3", "9.9.9.9", 30)],
+            )
+            .unwrap();
+        assert_eq!(replaced, vec![Some("1.2.3.4".into()), None]);
+        s.finish_incremental("a", 30, 130).unwrap();
+        assert_eq!(s.remove("a", g, &["u2".into()]).unwrap(), vec!["5.6.7.8"]);
+        assert_eq!(
+            live(&s, "a"),
+            vec![
+                ("1.2.3.5".into(), "u1".into(), 30),
+                ("9.9.9.9".into(), "u3".into(), 30)
+            ]
+        );
+        let st = s.server("a").unwrap().unwrap();
+        assert_eq!((st.cursor, st.last_sync), (30, Some(130)));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"this is not a database, it is text").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.servers().unwrap().is_empty());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("unreadable"));
+        assert!(aside);
+    }
+
+    #[test]
+    fn rows_for_a_value_include_composites() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let g = s.begin_full("a", "f").unwrap();
+        s.write(
+            "a",
+            g,
+            &[
+                row("u1", "1.2.3.4", 10),
+                row("u2", "1.2.3.4|443", 10),
+                row("u3", "evil.example|1.2.3.4", 10),
+                row("u4", "1.2.3.44", 10),
+            ],
+        )
+        .unwrap();
+        s.finish_full("a", "f", g, 10, 100).unwrap();
+        let mut got: Vec<String> = s
+            .rows_for("a", &["1.2.3.4".into()])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.uuid)
+            .collect();
+        got.sort();
+        assert_eq!(got, vec!["u1", "u2", "u3"]);
+    }
+}

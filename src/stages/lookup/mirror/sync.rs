@@ -1,0 +1,508 @@
+//! One server's sync: the task that keeps its mirror (index and store) up
+//! to date with MISP.
+//!
+//! - At start, the index is rebuilt from the store, if a full sync of the
+//!   same url and filters had completed: no download.
+//! - **Full sync** (first, then every `misp.full_sync_interval_secs`):
+//!   every page of `restSearch` with the filters, written into a new
+//!   generation of the store and a new index beside the live ones; both
+//!   become live at the end, at once. This is how deletions and
+//!   attributes that stopped passing the filters leave: a normal API key
+//!   never sees them go.
+//! - **Incremental sync** (every `misp.sync_interval_secs`): attributes
+//!   whose timestamp is at or after the cursor minus
+//!   `misp.sync_overlap_secs` (MISP's own sync can import attributes with
+//!   older timestamps), merged by uuid into a copy of the index that then
+//!   replaces it.
+//!
+//! Pages are streamed: one page is held at a time, so memory is the
+//! mirror plus one page however large MISP's set is. A failing request is
+//! retried with backoff; a sync that still fails leaves the last good
+//! mirror in force, records the error, and is tried again next interval.
+
+use super::index::{uuid_bytes, Index, Key, Record};
+use super::store::{Row, Store};
+use super::{Mirror, ServerMirror};
+use crate::config::SyncFilters;
+use crate::lookup::client::{MispClient, MispError, SyncQuery};
+use crate::lookup::model::Attribute;
+use crate::stats::Stats;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub interval: Duration,
+    pub overlap: Duration,
+    pub full_interval: Duration,
+    pub page_size: u32,
+    pub max_indicators: u64,
+    pub retries: u32,
+    pub filters: SyncFilters,
+}
+
+impl SyncSettings {
+    pub fn from_config(m: &crate::config::MispConfig) -> SyncSettings {
+        SyncSettings {
+            interval: Duration::from_secs(*m.sync_interval_secs),
+            overlap: Duration::from_secs(*m.sync_overlap_secs),
+            full_interval: Duration::from_secs(*m.full_sync_interval_secs),
+            page_size: *m.sync_page_size,
+            max_indicators: *m.max_indicators,
+            retries: m.retries,
+            filters: (*m.sync).clone(),
+        }
+    }
+}
+
+/// Why a sync round stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Misp(#[from] MispError),
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+    #[error("shutting down")]
+    Stopped,
+}
+
+impl SyncError {
+    fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Misp(e) => e.kind(),
+            SyncError::Store(_) => "store",
+            SyncError::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the url and filters a mirror was built with come to: a mirror
+/// built with others is rebuilt.
+pub fn fingerprint(client: &MispClient, s: &SyncSettings) -> String {
+    serde_json::json!({
+        "url": client.endpoint().as_str(),
+        "warninglist": client.query_settings().enforce_warninglist,
+        "to_ids_only": s.filters.to_ids_only,
+        "published_only": s.filters.published_only,
+        "include_tags": s.filters.include_tags,
+        "exclude_tags": s.filters.exclude_tags,
+    })
+    .to_string()
+}
+
+pub struct Syncer {
+    pub mirror: Mirror,
+    pub server: Arc<ServerMirror>,
+    pub settings: SyncSettings,
+    pub stats: Arc<Stats>,
+}
+
+/// A full or incremental sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Full,
+    Incremental,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Incremental => "incremental",
+        }
+    }
+}
+
+impl Syncer {
+    fn client(&self) -> Arc<MispClient> {
+        self.server.query.client()
+    }
+
+    fn store(&self) -> Arc<Mutex<Store>> {
+        self.server.store.clone()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, super::store::StoreError> + Send + 'static,
+    ) -> Result<T, SyncError> {
+        let store = self.store();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|_| SyncError::Stopped)?
+            .map_err(SyncError::from)
+    }
+
+    /// Syncs until `stop`. Returns only then.
+    pub async fn run(self, stop: CancellationToken) {
+        let name = self.server.name.to_string();
+        if let Err(e) = self.load().await {
+            tracing::error!(server = %name, error = %e, "cannot load the mirror from its store; a full sync rebuilds it");
+        }
+        let mut last_full: Option<Instant> = None;
+        loop {
+            self.server.tick();
+            let kind = self.due(&mut last_full).await;
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.sync(kind) => r,
+            };
+            let secs = started.elapsed().as_secs_f64();
+            metrics::histogram!("wazuh_misp_mirror_sync_duration_seconds", "server" => name.clone(), "kind" => kind.as_str())
+                .record(secs);
+            match result {
+                Ok(()) => {
+                    if kind == Kind::Full {
+                        last_full = Some(Instant::now());
+                    }
+                    metrics::gauge!("wazuh_misp_mirror_last_sync_timestamp_seconds", "server" => name.clone())
+                        .set(chrono::Utc::now().timestamp() as f64);
+                }
+                Err(SyncError::Stopped) => return,
+                Err(e) => {
+                    metrics::counter!("wazuh_misp_mirror_sync_errors_total", "server" => name.clone(), "kind" => e.kind())
+                        .increment(1);
+                    tracing::warn!(
+                        server = %name,
+                        sync = kind.as_str(),
+                        error = %e,
+                        "mirror sync failed; the last good mirror stays in force, next try in misp.sync_interval_secs"
+                    );
+                    let message = e.to_string();
+                    let n = name.clone();
+                    let _ = self.blocking(move |s| s.record_error(&n, &message)).await;
+                }
+            }
+            self.publish();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.interval) => {}
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let name = self.server.name.to_string();
+        if let Some(ix) = self.server.index() {
+            metrics::gauge!("wazuh_misp_mirror_attributes", "server" => name.clone())
+                .set(self.server.attributes.load(Ordering::Relaxed) as f64);
+            metrics::gauge!("wazuh_misp_mirror_networks", "server" => name)
+                .set(ix.networks() as f64);
+        }
+    }
+
+    /// Which sync is due: a full one when no full sync of these settings
+    /// has completed, or the last is `misp.full_sync_interval_secs` old.
+    async fn due(&self, last_full: &mut Option<Instant>) -> Kind {
+        let fp = fingerprint(&self.client(), &self.settings);
+        let name = self.server.name.to_string();
+        let state = self.blocking(move |s| s.server(&name)).await.ok().flatten();
+        let Some(state) = state else {
+            return Kind::Full;
+        };
+        if !state.complete || state.fingerprint != fp || self.server.index().is_none() {
+            return Kind::Full;
+        }
+        let full_age = match last_full {
+            Some(t) => t.elapsed(),
+            None => {
+                let age = chrono::Utc::now().timestamp() - state.last_full_sync.unwrap_or(0);
+                Duration::from_secs(age.max(0) as u64)
+            }
+        };
+        if full_age >= self.settings.full_interval {
+            Kind::Full
+        } else {
+            Kind::Incremental
+        }
+    }
+
+    /// Rebuilds the index from the store, when a complete mirror of the
+    /// same url and filters is there.
+    pub async fn load(&self) -> Result<(), SyncError> {
+        let fp = fingerprint(&self.client(), &self.settings);
+        let name = self.server.name.to_string();
+        let loaded = self
+            .blocking(move |s| {
+                s.drop_stale(&name)?;
+                let Some(state) = s.server(&name)? else {
+                    return Ok(None);
+                };
+                if !state.complete || state.fingerprint != fp {
+                    return Ok(None);
+                }
+                let mut index = Index::with_capacity(state.attributes.max(0) as usize);
+                let mut count = 0u64;
+                s.each(&name, |value, uuid, ts| {
+                    count += 1;
+                    for key in Key::of_value(value) {
+                        index.insert(key, Record::new(uuid_bytes(uuid), seen(ts)));
+                    }
+                })?;
+                Ok(Some((index, count)))
+            })
+            .await?;
+        if let Some((index, count)) = loaded {
+            tracing::info!(
+                server = %self.server.name,
+                attributes = count,
+                networks = index.networks(),
+                "mirror loaded from its store"
+            );
+            self.server.attributes.store(count, Ordering::Relaxed);
+            self.mirror.swap(&self.server, index);
+            self.publish();
+        }
+        Ok(())
+    }
+
+    pub async fn sync(&self, kind: Kind) -> Result<(), SyncError> {
+        match kind {
+            Kind::Full => self.full().await,
+            Kind::Incremental => self.incremental().await,
+        }
+    }
+
+    /// One page, retried with backoff `misp.retries` times.
+    async fn page(&self, page: u32, since: Option<i64>) -> Result<Vec<Attribute>, SyncError> {
+        let mut attempt = 0;
+        loop {
+            let client = self.client();
+            let q = SyncQuery {
+                filters: &self.settings.filters,
+                page,
+                limit: self.settings.page_size,
+                since,
+            };
+            self.stats.sync_requests.fetch_add(1, Ordering::Relaxed);
+            match client.sync_page(&q).await {
+                Ok((attributes, _bytes)) => return Ok(attributes),
+                Err(e) if attempt < self.settings.retries => {
+                    let delay = match &e {
+                        MispError::RateLimited {
+                            retry_after: Some(d),
+                        } => (*d).min(Duration::from_secs(300)),
+                        _ => Duration::from_millis(500) * 2u32.pow(attempt.min(5)),
+                    };
+                    tracing::debug!(server = %self.server.name, error = %e, page, "sync page failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The oldest timestamp worth asking for, by `max_age_days`.
+    fn age_floor(&self) -> Option<i64> {
+        (self.settings.filters.max_age_days > 0).then(|| {
+            chrono::Utc::now().timestamp() - (self.settings.filters.max_age_days * 86400) as i64
+        })
+    }
+
+    async fn full(&self) -> Result<(), SyncError> {
+        let started = Instant::now();
+        let fp = fingerprint(&self.client(), &self.settings);
+        let name = self.server.name.to_string();
+        let n = name.clone();
+        let f = fp.clone();
+        let generation = self.blocking(move |s| s.begin_full(&n, &f)).await?;
+        let previous = self.server.index().map_or(0, |i| i.len());
+        let mut index = Index::with_capacity(previous);
+        let mut cursor = 0i64;
+        let mut count = 0u64;
+        let since = self.age_floor();
+        let mut page = 1;
+        loop {
+            let attributes = self.page(page, since).await?;
+            let got = attributes.len();
+            let (rows, _excluded) = rows_of(attributes, &self.settings.filters);
+            count += rows.len() as u64;
+            if count > self.settings.max_indicators {
+                tracing::error!(
+                    server = %name,
+                    max = self.settings.max_indicators,
+                    "MISP holds more indicators than misp.max_indicators; the mirror keeps the first ones"
+                );
+                break;
+            }
+            cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
+            index = self.write(generation, rows, index).await?;
+            if got < self.settings.page_size as usize {
+                break;
+            }
+            page += 1;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let n = name.clone();
+        self.blocking(move |s| s.finish_full(&n, &fp, generation, cursor, now))
+            .await?;
+        let attributes = self.count().await;
+        tracing::info!(
+            server = %name,
+            attributes,
+            networks = index.networks(),
+            pages = page,
+            secs = started.elapsed().as_secs_f64(),
+            "mirror full sync done"
+        );
+        self.mirror.swap(&self.server, index);
+        Ok(())
+    }
+
+    async fn count(&self) -> u64 {
+        let name = self.server.name.to_string();
+        let n = self
+            .blocking(move |s| Ok(s.server(&name)?.map_or(0, |st| st.attributes)))
+            .await
+            .unwrap_or(0)
+            .max(0) as u64;
+        self.server.attributes.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Writes `rows` into the store's `generation` and files them in
+    /// `index`, moving any whose value changed.
+    async fn write(
+        &self,
+        generation: i64,
+        rows: Vec<Row>,
+        mut index: Index,
+    ) -> Result<Index, SyncError> {
+        let name = self.server.name.to_string();
+        let (rows, replaced) = self
+            .blocking(move |s| {
+                let replaced = s.write(&name, generation, &rows)?;
+                Ok((rows, replaced))
+            })
+            .await?;
+        for (row, old) in rows.iter().zip(replaced) {
+            let uuid = uuid_bytes(&row.uuid);
+            if let Some(old) = old {
+                for key in Key::of_value(&old) {
+                    index.remove(key, &uuid);
+                }
+            }
+            for key in Key::of_value(&row.value) {
+                index.insert(key, Record::new(uuid, seen(row.timestamp)));
+            }
+        }
+        Ok(index)
+    }
+
+    async fn incremental(&self) -> Result<(), SyncError> {
+        let name = self.server.name.to_string();
+        let n = name.clone();
+        let Some(state) = self.blocking(move |s| s.server(&n)).await? else {
+            return self.full().await;
+        };
+        let Some(current) = self.server.index() else {
+            return self.full().await;
+        };
+        let overlap = self.settings.overlap.as_secs() as i64;
+        let from = (state.cursor - overlap).max(0);
+        let since = Some(self.age_floor().map_or(from, |floor| from.max(floor)));
+        let mut index: Option<Index> = None;
+        let mut cursor = state.cursor;
+        let mut changes = 0usize;
+        let mut page = 1;
+        loop {
+            let attributes = self.page(page, since).await?;
+            let got = attributes.len();
+            let (rows, excluded) = rows_of(attributes, &self.settings.filters);
+            if !rows.is_empty() || !excluded.is_empty() {
+                let mut ix = index.take().unwrap_or_else(|| (*current).clone());
+                cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
+                changes += rows.len();
+                ix = self.write(state.generation, rows, ix).await?;
+                if !excluded.is_empty() {
+                    let n = name.clone();
+                    let uuids = excluded.clone();
+                    let gone = self
+                        .blocking(move |s| s.remove(&n, state.generation, &uuids))
+                        .await?;
+                    for (uuid, value) in excluded.iter().zip(gone) {
+                        for key in Key::of_value(&value) {
+                            ix.remove(key, &uuid_bytes(uuid));
+                        }
+                    }
+                }
+                index = Some(ix);
+            }
+            if got < self.settings.page_size as usize {
+                break;
+            }
+            page += 1;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let n = name.clone();
+        self.blocking(move |s| s.finish_incremental(&n, cursor, now))
+            .await?;
+        self.count().await;
+        tracing::debug!(server = %name, changes, "mirror incremental sync done");
+        if let Some(ix) = index {
+            self.mirror.swap(&self.server, ix);
+        }
+        Ok(())
+    }
+}
+
+/// The time an indicator's age counts from, as the index holds it.
+fn seen(ts: i64) -> u32 {
+    ts.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// MISP's attributes as rows to mirror, and the uuids of those that fail
+/// the filters MISP cannot apply itself (event tags in `exclude_tags`).
+pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, Vec<String>) {
+    let excluded_tag = |a: &Attribute| {
+        a.tags
+            .iter()
+            .chain(a.event.iter().flat_map(|e| &e.tags))
+            .any(|t| {
+                filters
+                    .exclude_tags
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(&t.name))
+            })
+    };
+    let mut rows = Vec::with_capacity(attributes.len());
+    let mut excluded = Vec::new();
+    for a in attributes {
+        if a.uuid.is_empty() || Key::of_value(&a.value).next().is_none() {
+            continue;
+        }
+        if excluded_tag(&a) {
+            excluded.push(a.uuid);
+            continue;
+        }
+        let timestamp = a.timestamp.trim().parse().unwrap_or(0);
+        let (event_uuid, event_info) = a
+            .event
+            .as_ref()
+            .map(|e| (e.uuid.clone(), e.info.clone()))
+            .unwrap_or_default();
+        rows.push(Row {
+            tags: a
+                .tags
+                .iter()
+                .map(|t| t.name.clone())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            uuid: a.uuid,
+            id: a.id,
+            event_id: a.event_id,
+            kind: a.kind,
+            category: a.category,
+            value: a.value,
+            to_ids: a.to_ids,
+            timestamp,
+            event_uuid,
+            event_info,
+        });
+    }
+    (rows, excluded)
+}
