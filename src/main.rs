@@ -46,6 +46,18 @@ enum Command {
         #[arg(default_value = "-")]
         file: String,
     },
+    /// The local mirror of MISP's indicators.
+    Mirror {
+        #[command(subcommand)]
+        action: MirrorCommand,
+    },
+    /// For each IP: the mirror's match and the misp_data an alert naming it would carry.
+    Lookup {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(required = true)]
+        ips: Vec<String>,
+    },
     /// Run the whole pipeline offline against a built-in MISP simulator and sample alerts.
     #[cfg(feature = "demo")]
     Demo,
@@ -62,6 +74,15 @@ enum Command {
         /// Further arguments integratord may pass; ignored.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         rest: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MirrorCommand {
+    /// Print the mirror's state on disk as one JSON object (works while the daemon runs).
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -127,6 +148,10 @@ fn main() -> ExitCode {
         Command::Run { config } => rt.block_on(run(&config)),
         Command::CheckConfig { config } => rt.block_on(check::run(&config, &mut std::io::stdout())),
         Command::Enrich { config, file } => rt.block_on(enrich(&config, &file)),
+        Command::Mirror {
+            action: MirrorCommand::Status { config },
+        } => mirror_status(&config),
+        Command::Lookup { config, ips } => rt.block_on(lookup(&config, &ips)),
         #[cfg(feature = "demo")]
         Command::Demo => rt.block_on(run_demo()),
         Command::Integratord {
@@ -312,6 +337,43 @@ async fn enrich(path: &Path, file: &str) -> ExitCode {
     };
     match enrich_lines::run(&cfg, client, input, std::io::stdout().lock()).await {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wazuh-misp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mirror_status(path: &Path) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match wazuh_misp::commands::mirror::status(&cfg) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wazuh-misp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn lookup(path: &Path, ips: &[String]) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging("warn", LogFormat::Text);
+    match wazuh_misp::commands::mirror::lookup(&cfg, ips).await {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("wazuh-misp: {e:#}");
             ExitCode::FAILURE

@@ -66,6 +66,8 @@ struct Control {
     faults: Vec<(Fault, u32)>,
     /// Faults for every request that asks about a value, until cleared.
     value_faults: HashMap<String, Fault>,
+    /// A fault for every request that names no value (a mirror's sync).
+    sync_fault: Option<Fault>,
     requests: Vec<Vec<String>>,
     /// Every authenticated request's body.
     bodies: Vec<Value>,
@@ -717,6 +719,9 @@ async fn rest_search(
     let values = string_list(request.get("value"));
     let fault = fault.or_else(|| {
         let c = inner.control.lock().unwrap_or_else(|e| e.into_inner());
+        if values.is_empty() {
+            return c.sync_fault.clone();
+        }
         values.iter().find_map(|v| c.value_faults.get(v).cloned())
     });
     inner.request_count.fetch_add(1, Ordering::Relaxed);
@@ -849,6 +854,16 @@ impl MispSim {
             Some(f) => c.value_faults.insert(value.to_owned(), f),
             None => c.value_faults.remove(value),
         };
+    }
+
+    /// Applies `fault` to every request that names no value, as a sync's
+    /// do (`None` clears it).
+    pub fn fail_sync(&self, fault: Option<Fault>) {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync_fault = fault;
     }
 
     /// Authenticated restSearch requests answered so far.

@@ -231,6 +231,19 @@ impl Mirror {
         self.inner.composed.invalidate_all();
     }
 
+    /// What `observable` hits on `server`'s `index`, by the hit policy.
+    pub fn matches_on(
+        &self,
+        server: &ServerMirror,
+        index: &Index,
+        observable: &Observable,
+    ) -> index::Match {
+        observable
+            .as_ip()
+            .map(|ip| server.matches(index, ip))
+            .unwrap_or_default()
+    }
+
     fn owner(&self) -> (usize, u64) {
         (
             Arc::as_ptr(&self.inner) as usize,

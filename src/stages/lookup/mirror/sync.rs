@@ -138,6 +138,10 @@ impl Syncer {
     /// Syncs until `stop`. Returns only then.
     pub async fn run(self, stop: CancellationToken) {
         let name = self.server.name.to_string();
+        let n = name.clone();
+        if let Err(e) = self.blocking(move |s| s.drop_stale(&n)).await {
+            tracing::warn!(server = %name, error = %e, "cannot drop what an interrupted full sync left in the store");
+        }
         if let Err(e) = self.load().await {
             tracing::error!(server = %name, error = %e, "cannot load the mirror from its store; a full sync rebuilds it");
         }
@@ -227,7 +231,6 @@ impl Syncer {
         let name = self.server.name.to_string();
         let loaded = self
             .blocking(move |s| {
-                s.drop_stale(&name)?;
                 let Some(state) = s.server(&name)? else {
                     return Ok(None);
                 };

@@ -1,0 +1,151 @@
+//! `wazuh-misp mirror status` and `wazuh-misp lookup IP...`: the mirror as
+//! an operator sees it, read from the store on disk (the daemon may be
+//! running: SQLite's WAL lets it write while these read).
+
+use crate::config::{Config, MispMode};
+use crate::enrich;
+use crate::lookup::mirror::store::{ServerState, Store};
+use crate::lookup::mirror::sync::{SyncSettings, Syncer};
+use crate::lookup::mirror::Mirror;
+use crate::lookup::{Intelligence, Lookup, MispClient, Recent};
+use crate::observable::Observable;
+use crate::stats::Stats;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+fn time(t: Option<i64>) -> Value {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map_or(Value::Null, |d| enrich::wazuh_time(d).into())
+}
+
+/// `{"servers":[{"name","attributes","networks","last_sync",
+/// "last_full_sync","stale_secs","last_error",...}]}`, for every server
+/// the config names (and any other the store holds).
+pub fn status(cfg: &Config) -> anyhow::Result<Value> {
+    let store = Store::open_read_only(&cfg.input.state_dir)?;
+    let stored: Vec<ServerState> = match &store {
+        Some(s) => s.servers()?,
+        None => Vec::new(),
+    };
+    let now = chrono::Utc::now().timestamp();
+    let mut names: Vec<String> = cfg.servers().into_iter().map(|s| s.name).collect();
+    for s in &stored {
+        if !names.contains(&s.name) {
+            names.push(s.name.clone());
+        }
+    }
+    let servers: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let st = stored.iter().find(|s| &s.name == name);
+            let configured = cfg.servers().iter().any(|s| &s.name == name);
+            json!({
+                "name": name,
+                "configured": configured,
+                "complete": st.is_some_and(|s| s.complete),
+                "attributes": st.map_or(0, |s| s.attributes),
+                "networks": st.map_or(0, |s| s.networks),
+                "last_sync": time(st.and_then(|s| s.last_sync)),
+                "last_full_sync": time(st.and_then(|s| s.last_full_sync)),
+                "stale_secs": st.and_then(|s| s.last_sync).map(|t| (now - t).max(0)),
+                "cursor": st.map_or(0, |s| s.cursor),
+                "last_error": st.and_then(|s| s.last_error.clone()),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "mode": match *cfg.misp.mode { MispMode::Mirror => "mirror", MispMode::Query => "query" },
+        "store": cfg.input.state_dir.join(crate::lookup::mirror::store::FILE),
+        "servers": servers,
+    }))
+}
+
+/// For each IP: what the mirror matches on every server, and the
+/// `misp_data` an alert naming it would carry (one per server).
+pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> {
+    let stats = Arc::new(Stats::default());
+    let mut lookups = Vec::new();
+    for (i, server) in cfg.servers().into_iter().enumerate() {
+        let table = if i == 0 {
+            "misp".to_owned()
+        } else {
+            format!("misp.servers[{}]", i - 1)
+        };
+        let key = server.misp.resolve_api_key(&table, i == 0)?;
+        let client = MispClient::new(&server.misp, &key)?;
+        lookups.push((server, Lookup::start(client, &cfg.misp, stats.clone())));
+    }
+    let mirror = match (*cfg.misp.mode, Store::open_read_only(&cfg.input.state_dir)?) {
+        (MispMode::Mirror, Some(_)) => {
+            let mut servers = Vec::new();
+            let mut settings = Vec::new();
+            for (server, lookup) in lookups.iter() {
+                let store = Store::open_read_only(&cfg.input.state_dir)?
+                    .ok_or_else(|| anyhow::anyhow!("the mirror store is gone"))?;
+                settings.push(SyncSettings::from_config(&server.misp));
+                servers.push((
+                    server.name.clone(),
+                    server.misp.clone(),
+                    lookup.clone(),
+                    Arc::new(Mutex::new(store)),
+                ));
+            }
+            let mirror = Mirror::new(&cfg.misp, servers);
+            for (server, settings) in mirror.servers().iter().zip(settings) {
+                Syncer {
+                    mirror: mirror.clone(),
+                    server: server.clone(),
+                    settings,
+                    stats: stats.clone(),
+                }
+                .load()
+                .await?;
+            }
+            Some(mirror)
+        }
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for text in ips {
+        let Ok(observable) = text.parse::<Observable>() else {
+            out.push(json!({"ip": text, "error": "not an IP address"}));
+            continue;
+        };
+        let (matched, hits) = match &mirror {
+            Some(m) => {
+                let matched: Vec<Value> = m
+                    .servers()
+                    .iter()
+                    .map(|s| {
+                        let found = s.index().map(|ix| m.matches_on(s, &ix, &observable));
+                        json!({
+                            "server": &*s.name,
+                            "synced": found.is_some(),
+                            "exact": found.is_some_and(|f| f.exact),
+                            "network": found.and_then(|f| f.network).map(|n| n.to_string()),
+                        })
+                    })
+                    .collect();
+                let hits = match m.known(&observable, &mut Recent::default()) {
+                    Some(h) => h,
+                    None => m.answer(&observable).await?,
+                };
+                (Value::from(matched), hits)
+            }
+            None => (Value::Null, lookups[0].1.get(&observable).await?),
+        };
+        let events: Vec<Value> = hits
+            .parts()
+            .filter_map(|part| {
+                let prepared = enrich::prepare(part)?;
+                Some(json!({
+                    "server": part.server.as_deref().unwrap_or(lookups[0].0.name.as_str()),
+                    "matched_network": part.matched_network.map(|n| n.to_string()),
+                    "misp_data": serde_json::from_str::<Value>(prepared.misp_data.get()).unwrap_or_default(),
+                }))
+            })
+            .collect();
+        out.push(json!({"ip": observable.to_string(), "mirror": matched, "events": events}));
+    }
+    Ok(out)
+}

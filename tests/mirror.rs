@@ -1,0 +1,330 @@
+//! Mirror mode end to end, in process: the daemon syncs from the MISP
+//! simulator over real HTTP, matches alerts locally, and asks MISP only
+//! about hits.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use wazuh_misp::config::MispMode;
+use wazuh_misp::lookup::Intelligence;
+use wazuh_misp::observable::Observable;
+use wazuh_misp::runtime::Daemon;
+use wazuh_misp::sim::SimData;
+use wazuh_misp::stats::Stats;
+
+const WAIT: Duration = Duration::from_secs(30);
+const NETWORK: &str = "185.220.101.0/24";
+const INSIDE: &str = "185.220.101.7";
+const OUTSIDE: &str = "93.184.216.34";
+
+/// A MISP event whose attributes are networks (ip-dst), as MISP stores
+/// a Tor exit range.
+fn event_with_networks(id: usize, nets: &[&str]) -> Value {
+    let mut e = event_with_ips(id, &nets.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+    for a in e["Event"]["Attribute"].as_array_mut().unwrap() {
+        a["type"] = "ip-dst".into();
+    }
+    e["Event"]["info"] = "Tor exit nodes".into();
+    e
+}
+
+fn data(exact: &[String]) -> SimData {
+    SimData::from_events([
+        event_with_ips(1, exact),
+        event_with_networks(2, &[NETWORK, "2a0b:f4c0:bad::/48"]),
+    ])
+}
+
+async fn mirror_harness(data: &SimData) -> Harness {
+    let mut h = Harness::new(data).await;
+    h.cfg.misp.mode = MispMode::Mirror.into();
+    h.cfg.misp.sync_interval_secs = 1.into();
+    h.cfg.misp.sync_page_size = 2.into();
+    h
+}
+
+/// Waits for the first sync of every server.
+async fn ready(d: &Daemon) {
+    let mirror = d.engine.lookup.mirror().expect("mirror mode").clone();
+    eventually("the first sync", WAIT, || {
+        mirror.servers().iter().all(|s| s.index().is_some())
+    })
+    .await;
+}
+
+fn hit(d: &Daemon, ip: &str) -> bool {
+    let m = d.engine.lookup.mirror().unwrap();
+    let o: Observable = ip.parse().unwrap();
+    m.servers()
+        .iter()
+        .filter_map(|s| s.index().map(|ix| m.matches_on(s, &ix, &o)))
+        .any(|x| x.is_hit())
+}
+
+fn values_asked(h: &Harness) -> Vec<String> {
+    h.sim.request_log().into_iter().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_indicator_matches_every_ip_inside_and_misp_hears_only_of_hits() {
+    let exact = vec![pool_ip(1)];
+    let h = mirror_harness(&data(&exact)).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    let before = h.sim.requests();
+    h.append(&format!(
+        "{}\n{}\n{}\n{}\n",
+        sshd_alert(1, INSIDE, "001"),
+        sshd_alert(2, &exact[0], "001"),
+        sshd_alert(3, OUTSIDE, "001"),
+        sshd_alert(4, "2a0b:f4c0:bad:1::5", "001"),
+    ));
+    q.received.wait_for(3, WAIT).await;
+    eventually("all lines handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 4
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    assert_eq!(events.len(), 3, "{events:?}");
+    let by_ip = |ip: &str| {
+        events
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e["detected_ip"]["value"] == ip)
+            .unwrap_or_else(|| panic!("no event for {ip}"))
+            .clone()
+    };
+    let inside = by_ip(INSIDE);
+    assert_eq!(inside["detected_ip"]["matched_network"], NETWORK);
+    assert_eq!(inside["misp_data"]["attributes"][0]["value"], NETWORK);
+    assert_eq!(inside["misp_data"]["events"][0]["info"], "Tor exit nodes");
+    assert_eq!(inside["misp_data"]["server"], "misp");
+    assert!(inside["misp_data"]["summary"].get("partial").is_none());
+    let v6 = by_ip("2a0b:f4c0:bad:1::5");
+    assert_eq!(v6["detected_ip"]["matched_network"], "2a0b:f4c0:bad::/48");
+    let exact_ev = by_ip(&exact[0]);
+    assert!(exact_ev["detected_ip"].get("matched_network").is_none());
+    assert_eq!(exact_ev["misp_data"]["attributes"][0]["value"], exact[0]);
+    // Details for the hits only: the networks and the exact IP, never an
+    // alert's clean IP nor the IPs inside a network.
+    let asked = values_asked(&h);
+    for clean in [OUTSIDE, INSIDE, "2a0b:f4c0:bad:1::5"] {
+        assert!(
+            !asked.iter().any(|v| v == clean),
+            "{clean} asked: {asked:?}"
+        );
+    }
+    assert!(asked.iter().any(|v| v == NETWORK), "{asked:?}");
+    assert!(h.sim.requests() > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attribute_added_in_misp_matches_after_the_next_incremental_sync() {
+    let h = mirror_harness(&data(&[pool_ip(1)])).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    let new_ip = pool_ip(77);
+    assert!(!hit(&daemon, &new_ip));
+    h.sim.add_attribute(
+        0,
+        json!({"type": "ip-src", "value": new_ip, "to_ids": true}),
+    );
+    // Not a flag of its own: an attribute without the IDS flag is left out.
+    h.sim.add_attribute(
+        0,
+        json!({"type": "ip-src", "value": pool_ip(78), "to_ids": false}),
+    );
+    eventually("the new attribute synced", WAIT, || hit(&daemon, &new_ip)).await;
+    assert!(!hit(&daemon, &pool_ip(78)), "to_ids_only keeps it out");
+    h.append(&format!("{}\n", sshd_alert(1, &new_ip, "001")));
+    q.received.wait_for(1, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let (_, ev) = q.received.events().remove(0);
+    assert_eq!(ev["detected_ip"]["value"], new_ip);
+    // The incremental syncs asked from a cursor, not for everything.
+    let incremental = h
+        .sim
+        .request_bodies()
+        .into_iter()
+        .filter(|b| b.get("timestamp").is_some())
+        .count();
+    assert!(incremental >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attribute_deleted_in_misp_stops_matching_after_the_full_reconciliation() {
+    let exact = vec![pool_ip(1), pool_ip(2)];
+    let mut h = mirror_harness(&data(&exact)).await;
+    h.cfg.misp.full_sync_interval_secs = 2.into();
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    assert!(hit(&daemon, &exact[0]) && hit(&daemon, INSIDE));
+    for uuid in h
+        .sim
+        .uuids_of(&exact[0])
+        .into_iter()
+        .chain(h.sim.uuids_of(NETWORK))
+    {
+        assert!(h.sim.delete_attribute(&uuid));
+    }
+    eventually("the deletions reconciled", WAIT, || {
+        !hit(&daemon, &exact[0]) && !hit(&daemon, INSIDE)
+    })
+    .await;
+    assert!(hit(&daemon, &exact[1]), "the others stay");
+    h.append(&format!(
+        "{}\n{}\n{}\n",
+        sshd_alert(1, &exact[0], "001"),
+        sshd_alert(2, INSIDE, "001"),
+        sshd_alert(3, &exact[1], "001"),
+    ));
+    q.received.wait_for(1, WAIT).await;
+    eventually("all lines handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 3
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["detected_ip"]["value"], exact[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_misp_stopped_after_the_first_sync_known_indicators_are_still_enriched() {
+    let exact: Vec<String> = (1..=3).map(pool_ip).collect();
+    let mut h = mirror_harness(&data(&exact)).await;
+    h.cfg.misp.detail_timeout_secs = 1.into();
+    h.cfg.misp.timeout_secs = 1;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    // One hit's details are fetched (and cached) while MISP is up.
+    h.append(&format!("{}\n", sshd_alert(1, &exact[0], "001")));
+    q.received.wait_for(1, WAIT).await;
+    h.sim.stop().await;
+    // Another rule, so that dedup does not take it for the first.
+    let again = sshd_alert(2, &exact[0], "002").replace("\"5712\"", "\"5710\"");
+    h.append(&format!(
+        "{}\n{}\n{}\n{}\n",
+        again,
+        sshd_alert(3, &exact[1], "001"),
+        sshd_alert(4, INSIDE, "001"),
+        sshd_alert(5, OUTSIDE, "001"),
+    ));
+    q.received.wait_for(4, WAIT).await;
+    eventually("all lines handled", WAIT, || {
+        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 5
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    assert_eq!(events.len(), 4, "{events:?}");
+    let find = |ip: &str, agent: &str| {
+        events
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e["detected_ip"]["value"] == ip && e["agent"]["id"] == agent)
+            .unwrap_or_else(|| panic!("no event for {ip} from {agent}"))
+            .clone()
+    };
+    // Cached details: a full event.
+    let cached = find(&exact[0], "002");
+    assert!(cached["misp_data"]["summary"].get("partial").is_none());
+    assert_eq!(cached["misp_data"]["events"][0]["org_name"], "TEST-ORG");
+    // No details to be had: built from the mirror.
+    let partial = find(&exact[1], "001");
+    assert_eq!(partial["misp_data"]["summary"]["partial"], true);
+    assert_eq!(partial["misp_data"]["attributes"][0]["value"], exact[1]);
+    assert_eq!(partial["misp_data"]["attributes"][0]["type"], "ip-src");
+    assert_eq!(partial["misp_data"]["events"][0]["info"], "test event 1");
+    let net = find(INSIDE, "001");
+    assert_eq!(net["misp_data"]["summary"]["partial"], true);
+    assert_eq!(net["detected_ip"]["matched_network"], NETWORK);
+    assert_eq!(net["misp_data"]["attributes"][0]["value"], NETWORK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_on_two_servers_gives_one_event_per_server() {
+    let first = mirror_harness(&data(&[pool_ip(1)])).await;
+    let second = wazuh_misp::sim::MispSim::start(
+        &SimData::from_events([event_with_ips(5, &[pool_ip(1), pool_ip(2)])]),
+        KEY,
+    )
+    .await
+    .unwrap();
+    let mut h = first;
+    h.cfg.misp.servers = vec![wazuh_misp::config::ServerConfig {
+        name: "partner".into(),
+        url: second.url(),
+        ..Default::default()
+    }]
+    .into();
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    h.append(&format!(
+        "{}\n{}\n",
+        sshd_alert(1, &pool_ip(1), "001"),
+        sshd_alert(2, &pool_ip(2), "001")
+    ));
+    q.received.wait_for(3, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let mut seen: Vec<(String, String, String)> = q
+        .received
+        .events()
+        .into_iter()
+        .map(|(_, e)| {
+            (
+                e["detected_ip"]["value"].as_str().unwrap().to_owned(),
+                e["misp_data"]["server"].as_str().unwrap().to_owned(),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        (seen[0].0.as_str(), seen[0].1.as_str()),
+        (pool_ip(1).as_str(), "misp")
+    );
+    assert_eq!(
+        (seen[1].0.as_str(), seen[1].1.as_str()),
+        (pool_ip(1).as_str(), "partner")
+    );
+    assert_ne!(
+        seen[0].2, seen[1].2,
+        "the two servers' events have their own ids"
+    );
+    assert_eq!(
+        (seen[2].0.as_str(), seen[2].1.as_str()),
+        (pool_ip(2).as_str(), "partner")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_the_first_sync_completes_lookups_ask_misp_per_value() {
+    let h = mirror_harness(&data(&[pool_ip(1)])).await;
+    // Every sync request fails, so the first sync never completes.
+    h.sim.fail_sync(Some(wazuh_misp::sim::Fault::Status(500)));
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    h.append(&format!("{}\n", sshd_alert(1, &pool_ip(1), "001")));
+    q.received.wait_for(1, WAIT).await;
+    assert!(daemon.engine.lookup.mirror().unwrap().servers()[0]
+        .index()
+        .is_none());
+    assert!(values_asked(&h).contains(&pool_ip(1)));
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let (_, ev) = q.received.events().remove(0);
+    assert_eq!(ev["misp_data"]["server"], "misp");
+}
