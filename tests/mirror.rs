@@ -8,7 +8,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use wazuh_misp::config::MispMode;
-use wazuh_misp::lookup::Intelligence;
 use wazuh_misp::observable::Observable;
 use wazuh_misp::runtime::Daemon;
 use wazuh_misp::sim::SimData;
