@@ -265,8 +265,9 @@ fn demo_runs_offline_and_prints_a_summary() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("events sent:        6"), "{text}");
+    assert!(text.contains("events sent:        7"), "{text}");
     assert!(text.contains("\"integration\": \"misp\""));
+    assert!(text.contains("\"matched_network\": \"162.247.74.0/24\""), "the demo shows a network match");
 }
 
 /// integratord's calling convention: `<alert-file> <api-key> <hook-url>`.

@@ -182,6 +182,7 @@ async fn demo_pipeline_produces_the_expected_events() {
         .collect();
     seen.sort();
     let want = [
+        ("162.247.74.201", "source", "[001] (web-01) 10.0.1.50->misp"),
         (
             "185.220.101.42",
             "source",
@@ -210,12 +211,27 @@ async fn demo_pipeline_produces_the_expected_events() {
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         .collect();
     assert_eq!(seen, want);
-    // 8.8.8.8 is in MISP but on the warninglist; 93.184.216.34 is clean.
-    // Each distinct public IP is asked about once (single flight, then the
-    // cache), however the batcher's windows fall: 6 known, 8.8.8.8 and
-    // 93.184.216.34.
-    assert_eq!(outcome.misp_values, 8, "each value asked once");
+    // The network hit: the alert's IP, the network as MISP stores it.
+    let tor = outcome
+        .datagrams
+        .iter()
+        .map(|d| {
+            let (_, _, msg) = wazuh_misp::output::frame::parse(d).unwrap();
+            serde_json::from_slice::<serde_json::Value>(msg).unwrap()
+        })
+        .find(|v| v["detected_ip"]["value"] == "162.247.74.201")
+        .unwrap();
+    assert_eq!(tor["detected_ip"]["matched_network"], "162.247.74.0/24");
+    assert_eq!(
+        tor["misp_data"]["attributes"][0]["value"],
+        "162.247.74.0/24"
+    );
+    // Matching is local: MISP is asked for the details of the 7 hits
+    // (6 IPs, 1 network) once each, never about 8.8.8.8 (warninglisted,
+    // so not mirrored) or the clean 93.184.216.34.
+    assert_eq!(outcome.misp_values, 7, "each hit's details asked once");
     assert!(outcome.misp_requests >= 1 && outcome.misp_requests <= outcome.misp_values);
+    assert_eq!(outcome.mirrored.1, 2, "two networks mirrored");
     assert_eq!(Stats::get(&outcome.stats.dedup_hits), 1);
 }
 

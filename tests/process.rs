@@ -383,3 +383,96 @@ async fn sighup_applies_the_log_level_and_the_stats_interval() {
     d.wait_log("DEBUG", 1).await;
     d.wait_log(" stats ", 1).await;
 }
+
+/// A config for mirror mode: small sync pages, a sync every second.
+fn write_mirror_config(h: &Harness) -> PathBuf {
+    let path = h.dir.path().join("wazuh-misp.toml");
+    let text = format!(
+        "[input]\nalerts_file = {:?}\nstate_dir = {:?}\nstart_position = \"beginning\"\n\
+         [misp]\nmode = \"mirror\"\nurl = {:?}\napi_key = {:?}\nsync_page_size = 100\n\
+         sync_interval_secs = 1\ntimeout_secs = 30\n\
+         [output]\nqueue_socket = {:?}\n",
+        h.alerts,
+        h.cfg.input.state_dir,
+        h.sim.url(),
+        KEY,
+        h.socket
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn mirror_status(config: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["mirror", "status", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_syncs_leaves_a_consistent_mirror_and_no_second_full_download() {
+    let ips: Vec<String> = (0..1500).map(pool_ip).collect();
+    let mut net = event_with_ips(2, &["185.220.101.0/24".to_owned()]);
+    net["Event"]["Attribute"][0]["type"] = "ip-dst".into();
+    let h = Harness::new(&SimData::from_events([event_with_ips(1, &ips), net])).await;
+    let config = write_mirror_config(&h);
+    let held = h.sim.attribute_count() as i64;
+
+    // Killed in the middle of the first full sync (15 pages, 100 ms each).
+    h.sim.set_latency(Duration::from_millis(100));
+    let d = Daemon::spawn(&config);
+    eventually("a few pages synced", WAIT, || h.sim.requests() >= 5).await;
+    d.kill9();
+    let status = mirror_status(&config);
+    assert_eq!(status["servers"][0]["complete"], false, "{status}");
+    assert_eq!(status["servers"][0]["attributes"], 0, "{status}");
+
+    // Restarted: the first full sync is done again, whole.
+    h.sim.set_latency(Duration::ZERO);
+    let d = Daemon::spawn(&config);
+    d.wait_log("mirror full sync done", 1).await;
+    let status = mirror_status(&config);
+    let server = &status["servers"][0];
+    assert_eq!(server["attributes"], held, "{status}");
+    assert_eq!(server["networks"], 1, "{status}");
+    assert!(server["last_sync"].is_string() && server["stale_secs"].is_number());
+
+    // Killed in the middle of an incremental sync of 300 changes.
+    for i in 0..300 {
+        h.sim.add_attribute(
+            0,
+            serde_json::json!({"type": "ip-dst", "value": pool_ip(5000 + i)}),
+        );
+    }
+    let before = h.sim.requests();
+    h.sim.set_latency(Duration::from_millis(300));
+    eventually("incremental pages answered", WAIT, || {
+        h.sim.requests() >= before + 2
+    })
+    .await;
+    d.kill9();
+
+    // Restarted: loaded from the store, then incremental syncs only.
+    h.sim.set_latency(Duration::ZERO);
+    let asked_before = h.sim.request_bodies().len();
+    let d = Daemon::spawn(&config);
+    d.wait_log("mirror loaded from its store", 1).await;
+    eventually("the 300 changes synced", WAIT, || {
+        mirror_status(&config)["servers"][0]["attributes"] == held + 300
+    })
+    .await;
+    drop(d);
+    let after: Vec<serde_json::Value> = h.sim.request_bodies()[asked_before..].to_vec();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|b| b.get("timestamp").is_some()),
+        "no full download after the restart: {after:?}"
+    );
+}

@@ -20,6 +20,7 @@ pub const DEMO_EVENTS: &[&str] = &[
     include_str!("../../config/demo/misp-events/01-emotet-c2.json"),
     include_str!("../../config/demo/misp-events/02-apt28-phishing.json"),
     include_str!("../../config/demo/misp-events/03-ssh-scanners.json"),
+    include_str!("../../config/demo/misp-events/04-tor-exit-ranges.json"),
 ];
 pub const DEMO_WARNINGLIST: &str = include_str!("../../config/demo/warninglist-public-dns-v4.json");
 pub const DEMO_ALERTS: &str = include_str!("../../config/demo/alerts.jsonl");
@@ -37,8 +38,13 @@ pub fn demo_data() -> SimData {
 pub struct DemoOutcome {
     pub datagrams: Vec<Vec<u8>>,
     pub stats: Arc<Stats>,
+    /// Requests for the details of hits (the sync's not counted).
     pub misp_requests: u64,
     pub misp_values: u64,
+    /// Requests of the mirror's first sync.
+    pub sync_requests: u64,
+    /// Attributes and networks the mirror held.
+    pub mirrored: (u64, usize),
     pub elapsed: Duration,
 }
 
@@ -66,20 +72,51 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
         received
     });
 
-    let cfg = Config::in_dir(dir.path(), &sim.url(), DEMO_KEY);
+    let mut cfg = Config::in_dir(dir.path(), &sim.url(), DEMO_KEY);
+    // The honeypot event flags its IPs to_ids = false, as honeypot feeds
+    // often do; the demo mirrors them too, to show every kind of match.
+    cfg.misp.sync.0.to_ids_only = false;
     let alerts_path = cfg.input.alerts_file.clone();
-    // Written before the daemon starts, the way analysisd appends (one
-    // write per line): the tailer reads them all at once, so their
-    // lookups reach the batcher together.
-    let mut f = std::fs::File::create(&alerts_path)?;
-    for line in alerts.lines().filter(|l| !l.trim().is_empty()) {
-        f.write_all(line.as_bytes())?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()?;
-    let total = std::fs::metadata(&alerts_path)?.len();
+    std::fs::File::create(&alerts_path)?;
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key()?)?;
     let daemon = Daemon::start(cfg, client)?;
+    // The mirror's first sync, so that every lookup is local (before it,
+    // lookups would ask MISP per value, and networks would not match).
+    let mirror = daemon
+        .engine
+        .lookup
+        .mirror()
+        .expect("the demo runs in mirror mode")
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mirror.servers().iter().any(|s| s.index().is_none()) {
+        if Instant::now() > deadline {
+            anyhow::bail!("the demo's mirror did not sync within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sync_requests = sim.requests();
+    let mirrored = mirror.servers()[0].index().map_or((0, 0), |ix| {
+        (
+            mirror.servers()[0]
+                .attributes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ix.networks(),
+        )
+    });
+    // Appended as analysisd appends (one write per line), all at once, so
+    // that the details of their hits reach the batcher together.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&alerts_path)?;
+    let mut text = Vec::new();
+    for line in alerts.lines().filter(|l| !l.trim().is_empty()) {
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
+    }
+    f.write_all(&text)?;
+    f.flush()?;
+    let total = std::fs::metadata(&alerts_path)?.len();
 
     // Done when the checkpointer says every byte is handled: by then every
     // event has been sent to our socket.
@@ -96,7 +133,7 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
     }
     let stats = daemon.stats.clone();
     daemon.shutdown(Duration::from_secs(5)).await;
-    let misp_requests = sim.requests();
+    let misp_requests = sim.requests() - sync_requests;
     let misp_values = sim.values_asked();
     sim.stop().await;
     std::os::unix::net::UnixDatagram::unbound()?.send_to(SENTINEL, &socket_path)?;
@@ -106,6 +143,8 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
         stats,
         misp_requests,
         misp_values,
+        sync_requests,
+        mirrored,
         elapsed: started.elapsed(),
     })
 }
@@ -148,7 +187,12 @@ pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()>
     )?;
     writeln!(
         out,
-        "MISP requests:      {} ({} values)",
+        "mirror:             {} attributes ({} networks), first sync in {} request(s)",
+        outcome.mirrored.0, outcome.mirrored.1, outcome.sync_requests
+    )?;
+    writeln!(
+        out,
+        "MISP requests:      {} for the details of hits ({} values; misses are never asked about)",
         outcome.misp_requests, outcome.misp_values
     )?;
     writeln!(out, "events sent:        {}", g(&s.events_sent))?;
