@@ -267,7 +267,10 @@ fn demo_runs_offline_and_prints_a_summary() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("events sent:        7"), "{text}");
     assert!(text.contains("\"integration\": \"misp\""));
-    assert!(text.contains("\"matched_network\": \"162.247.74.0/24\""), "the demo shows a network match");
+    assert!(
+        text.contains("\"matched_network\": \"162.247.74.0/24\""),
+        "the demo shows a network match"
+    );
 }
 
 /// integratord's calling convention: `<alert-file> <api-key> <hook-url>`.
@@ -368,4 +371,127 @@ async fn check_config_reports_each_broken_item() {
         "{text}"
     );
     assert_eq!(text.matches("    fix: ").count(), 5, "{text}");
+}
+
+/// `check-config` in mirror mode reports the first sync page; `mirror
+/// status` and `lookup` read the mirror on disk while the daemon runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_status_lookup_and_check_config_read_the_mirror() {
+    let ips: Vec<String> = (0..3).map(pool_ip).collect();
+    let mut net = event_with_ips(8, &["185.220.101.0/24".to_owned()]);
+    net["Event"]["Attribute"][0]["type"] = "ip-dst".into();
+    let h = Harness::new(&SimData::from_events([event_with_ips(7, &ips), net])).await;
+    let cfg = write_config(
+        h.dir.path(),
+        &format!(
+            "[input]\nalerts_file = {:?}\nstate_dir = {:?}\n[misp]\nurl = \"{}\"\napi_key = \"{KEY}\"\nsync_page_size = 2\n[output]\nqueue_socket = {:?}\n",
+            h.alerts,
+            h.cfg.input.state_dir,
+            h.sim.url(),
+            h.socket,
+        ),
+    );
+    let run = |args: Vec<String>| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(&args)
+                .arg("--config")
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec!["check-config".into()]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("✓ mirror sync: the first page holds 2 attributes")
+                && l.contains("more pages follow")
+        ),
+        "{text}"
+    );
+    let daemon = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || {
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Kill(daemon);
+    let mut status = serde_json::Value::Null;
+    eventually(
+        "the first sync, seen by mirror status",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = std::process::Command::new(BIN)
+                .args(["mirror", "status", "--config"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            status = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            status["servers"][0]["complete"] == true
+        },
+    )
+    .await;
+    let server = &status["servers"][0];
+    assert_eq!(server["name"], "misp");
+    assert_eq!(server["attributes"], 4, "{status}");
+    assert_eq!(server["networks"], 1, "{status}");
+    assert!(server["last_error"].is_null(), "{status}");
+    let out = run(vec![
+        "lookup".into(),
+        "185.220.101.9".into(),
+        ips[0].clone(),
+        "93.184.216.34".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["mirror"][0]["network"], "185.220.101.0/24");
+    assert_eq!(lines[0]["events"][0]["matched_network"], "185.220.101.0/24");
+    assert_eq!(
+        lines[0]["events"][0]["misp_data"]["attributes"][0]["value"],
+        "185.220.101.0/24"
+    );
+    assert_eq!(lines[1]["mirror"][0]["exact"], true);
+    assert_eq!(
+        lines[1]["events"][0]["misp_data"]["summary"]["total_attributes"],
+        1
+    );
+    assert_eq!(lines[2]["mirror"][0]["exact"], false);
+    assert_eq!(lines[2]["events"], serde_json::json!([]));
+    assert!(
+        !h.sim
+            .request_log()
+            .iter()
+            .flatten()
+            .any(|v| v == "93.184.216.34"),
+        "a miss is never asked about"
+    );
 }

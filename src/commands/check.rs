@@ -60,6 +60,41 @@ pub async fn run(path: &Path, out: &mut impl Write) -> ExitCode {
     }
 }
 
+/// The mirror's first sync page, as the daemon will ask for it: the key
+/// may run a paged restSearch with the sync filters, and how large the
+/// answer is.
+async fn check_sync<W: Write>(cfg: &Config, client: &MispClient, r: &mut Report<'_, W>) {
+    let q = crate::lookup::client::SyncQuery {
+        filters: &cfg.misp.sync,
+        page: 1,
+        limit: *cfg.misp.sync_page_size,
+        since: None,
+    };
+    let started = std::time::Instant::now();
+    let page = client.sync_page(&q).await;
+    let what = match &page {
+        Ok((attributes, bytes)) => format!(
+            "mirror sync: the first page holds {} attributes ({} bytes, {} ms){}",
+            attributes.len(),
+            bytes,
+            started.elapsed().as_millis(),
+            if attributes.len() as u32 >= *cfg.misp.sync_page_size {
+                " and more pages follow"
+            } else {
+                ""
+            }
+        ),
+        Err(_) => "mirror sync: the key may run a paged restSearch with the sync filters".into(),
+    };
+    r.item(page.is_ok(), &what, || match &page {
+        Err(e) => format!(
+            "{e} ({}): the daemon falls back to per-value queries until a sync succeeds; check [misp.sync] and misp.sync_page_size",
+            e.kind()
+        ),
+        Ok(_) => String::new(),
+    });
+}
+
 async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
     let key = cfg.resolve_api_key();
     r.item(key.is_ok(), "MISP API key is present", || {
@@ -95,6 +130,9 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
                     Err(e) => format!("{e} ({}: check misp.url, the key, and TLS: misp.ca_file for a private CA)", e.kind()),
                     Ok(_) => String::new(),
                 });
+                if ok && *cfg.misp.mode == crate::config::MispMode::Mirror {
+                    check_sync(cfg, &client, r).await;
+                }
             }
             Err(e) => r.item(false, "MISP client can be built", || format!("{e:#}")),
         }

@@ -122,6 +122,11 @@ pub struct Index {
     n6: PrefixMap<Ipv6Net, u32>,
     /// Records filed under a network key.
     networks: usize,
+    /// A network's text as MISP stores it, where that is not the
+    /// network's canonical text (`10.0.0.5/24`, a long-form IPv6): the
+    /// details of a hit are asked for by the stored text. Rare, so kept
+    /// apart from the records.
+    texts: HashMap<IpNet, Vec<Box<str>>, Fast>,
 }
 
 impl Index {
@@ -192,6 +197,46 @@ impl Index {
         if key.is_network() {
             self.networks += 1;
         }
+    }
+
+    /// Files `record` under every key of `value` (see [`Key::of_value`]).
+    pub fn file(&mut self, value: &str, record: Record) {
+        for key in Key::of_value(value) {
+            self.insert(key, record);
+        }
+        for half in value.split('|') {
+            let half = half.trim();
+            if let (Ok(net), Err(_)) = (half.parse::<IpNet>(), half.parse::<IpAddr>()) {
+                let canonical = net.trunc();
+                if net.prefix_len() < net.max_prefix_len() && canonical.to_string() != half {
+                    let texts = self.texts.entry(canonical).or_default();
+                    if !texts.iter().any(|t| &**t == half) {
+                        texts.push(half.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the record with `uuid` out from under every key of `value`.
+    pub fn unfile(&mut self, value: &str, uuid: &[u8; 16]) {
+        for key in Key::of_value(value) {
+            self.remove(key, uuid);
+        }
+    }
+
+    /// The texts MISP stores a matched network under: its canonical one,
+    /// and any other an attribute used.
+    pub fn network_texts(&self, network: &IpNet) -> Vec<String> {
+        let mut out = vec![network.to_string()];
+        out.extend(
+            self.texts
+                .get(network)
+                .into_iter()
+                .flatten()
+                .map(|t| t.to_string()),
+        );
+        out
     }
 
     /// Takes the record with `uuid` out from under `key`; false if it was
@@ -376,6 +421,27 @@ mod tests {
             Some("10.0.0.0/8".parse().unwrap())
         );
         assert_eq!(ix.matches(ip, |r| r.seen >= 500).network, None);
+    }
+
+    #[test]
+    fn a_network_stored_in_another_form_is_asked_for_by_that_form() {
+        let mut ix = Index::default();
+        ix.file("10.0.0.5/24", Record::new(uuid(1), 1));
+        ix.file("2620:0007:6001:0000::/48", Record::new(uuid(2), 1));
+        ix.file("192.0.2.0/24", Record::new(uuid(3), 1));
+        let n: IpNet = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(ix.network_texts(&n), vec!["10.0.0.0/24", "10.0.0.5/24"]);
+        let v6: IpNet = "2620:7:6001::/48".parse().unwrap();
+        assert_eq!(
+            ix.network_texts(&v6),
+            vec!["2620:7:6001::/48", "2620:0007:6001:0000::/48"]
+        );
+        let plain: IpNet = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(ix.network_texts(&plain), vec!["192.0.2.0/24"]);
+        assert_eq!(
+            ix.matches("10.0.0.77".parse().unwrap(), |_| true).network,
+            Some(n)
+        );
     }
 
     #[test]

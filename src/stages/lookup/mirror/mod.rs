@@ -265,7 +265,7 @@ impl Mirror {
                     if !m.is_hit() {
                         continue;
                     }
-                    self.details(s, observable, m).await?
+                    self.details(s, &index, observable, m).await?
                 }
                 None => {
                     let hits = s.query.get(observable).await?;
@@ -301,6 +301,7 @@ impl Mirror {
     async fn details(
         &self,
         s: &ServerMirror,
+        index: &Index,
         observable: &Observable,
         m: index::Match,
     ) -> Result<LookupResult, LookupError> {
@@ -309,10 +310,21 @@ impl Mirror {
             subjects.push(Subject::Observable(observable.clone()));
         }
         if let Some(n) = m.network {
-            subjects.push(Subject::Network(n));
+            subjects.extend(
+                index
+                    .network_texts(&n)
+                    .iter()
+                    .filter_map(|t| Subject::parse(t)),
+            );
         }
+        // With MISP known to be down, waiting would only delay the event.
+        let wait = if s.query.breaker().is_open() {
+            Duration::ZERO
+        } else {
+            self.inner.detail_timeout
+        };
         let asked = futures::future::join_all(subjects.iter().map(|sub| s.query.get_subject(sub)));
-        let answers = tokio::time::timeout(self.inner.detail_timeout, asked).await;
+        let answers = tokio::time::timeout(wait, asked).await;
         let mut part = LookupResult {
             matched_network: m.network,
             ..LookupResult::default()

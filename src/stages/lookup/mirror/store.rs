@@ -331,8 +331,13 @@ impl Store {
     }
 
     /// Removes rows (an attribute that no longer passes the filters, seen
-    /// by an incremental sync). Returns the values removed.
-    pub fn remove(&mut self, name: &str, generation: i64, uuids: &[String]) -> Result<Vec<String>> {
+    /// by an incremental sync). Returns the (uuid, value) of each removed.
+    pub fn remove(
+        &mut self,
+        name: &str,
+        generation: i64,
+        uuids: &[String],
+    ) -> Result<Vec<(String, String)>> {
         let path = self.path.display().to_string();
         let err = |source| StoreError {
             path: path.clone(),
@@ -352,7 +357,7 @@ impl Store {
                     .optional()
                     .map_err(err)?
                 {
-                    removed.push(v);
+                    removed.push((u.clone(), v));
                 }
             }
         }
@@ -604,7 +609,10 @@ mod tests {
             .unwrap();
         assert_eq!(replaced, vec![Some("1.2.3.4".into()), None]);
         s.finish_incremental("a", 30, 130).unwrap();
-        assert_eq!(s.remove("a", g, &["u2".into()]).unwrap(), vec!["5.6.7.8"]);
+        assert_eq!(
+            s.remove("a", g, &["u9".into(), "u2".into()]).unwrap(),
+            vec![("u2".to_owned(), "5.6.7.8".to_owned())]
+        );
         assert_eq!(
             live(&s, "a"),
             vec![

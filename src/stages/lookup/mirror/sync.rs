@@ -241,9 +241,7 @@ impl Syncer {
                 let mut count = 0u64;
                 s.each(&name, |value, uuid, ts| {
                     count += 1;
-                    for key in Key::of_value(value) {
-                        index.insert(key, Record::new(uuid_bytes(uuid), seen(ts)));
-                    }
+                    index.file(value, Record::new(uuid_bytes(uuid), seen(ts)));
                 })?;
                 Ok(Some((index, count)))
             })
@@ -385,13 +383,9 @@ impl Syncer {
         for (row, old) in rows.iter().zip(replaced) {
             let uuid = uuid_bytes(&row.uuid);
             if let Some(old) = old {
-                for key in Key::of_value(&old) {
-                    index.remove(key, &uuid);
-                }
+                index.unfile(&old, &uuid);
             }
-            for key in Key::of_value(&row.value) {
-                index.insert(key, Record::new(uuid, seen(row.timestamp)));
-            }
+            index.file(&row.value, Record::new(uuid, seen(row.timestamp)));
         }
         Ok(index)
     }
@@ -423,14 +417,12 @@ impl Syncer {
                 ix = self.write(state.generation, rows, ix).await?;
                 if !excluded.is_empty() {
                     let n = name.clone();
-                    let uuids = excluded.clone();
+                    let uuids = excluded;
                     let gone = self
                         .blocking(move |s| s.remove(&n, state.generation, &uuids))
                         .await?;
-                    for (uuid, value) in excluded.iter().zip(gone) {
-                        for key in Key::of_value(&value) {
-                            ix.remove(key, &uuid_bytes(uuid));
-                        }
+                    for (uuid, value) in gone {
+                        ix.unfile(&value, &uuid_bytes(&uuid));
                     }
                 }
                 index = Some(ix);
