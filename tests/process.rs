@@ -259,7 +259,9 @@ async fn the_metrics_endpoint_serves_the_counters() {
     for _ in 0..100 {
         if let Ok(r) = reqwest::get(&url).await {
             body = r.text().await.unwrap_or_default();
-            if body.contains("wazuh_misp_events_sent_total 1") {
+            if body.contains("wazuh_misp_events_sent_total 1")
+                && body.contains("wazuh_misp_mirror_attributes")
+            {
                 break;
             }
         }
@@ -271,6 +273,13 @@ async fn the_metrics_endpoint_serves_the_counters() {
         "wazuh_misp_misp_requests_total",
         "wazuh_misp_misp_request_duration_seconds_bucket",
         "wazuh_misp_lag_bytes 0",
+        // Mirror mode (the default): the mirror and requests by purpose.
+        "wazuh_misp_mirror_attributes{server=\"misp\"} 2",
+        "wazuh_misp_mirror_networks{server=\"misp\"} 0",
+        "wazuh_misp_mirror_stale_seconds{server=\"misp\"}",
+        "wazuh_misp_mirror_sync_duration_seconds",
+        "wazuh_misp_misp_requests_by_purpose_total{purpose=\"sync\"}",
+        "wazuh_misp_misp_requests_by_purpose_total{purpose=\"detail\"}",
     ] {
         assert!(body.contains(needle), "{needle} missing from:\n{body}");
     }

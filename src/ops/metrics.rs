@@ -68,6 +68,15 @@ pub fn publish_once(src: &Sources) {
     for (name, v) in counters {
         metrics::counter!(name).absolute(v);
     }
+    let purpose = if s.mirror_mode.load(std::sync::atomic::Ordering::Relaxed) {
+        "detail"
+    } else {
+        "query"
+    };
+    metrics::counter!("wazuh_misp_misp_requests_by_purpose_total", "purpose" => purpose)
+        .absolute(g(&s.misp_requests));
+    metrics::counter!("wazuh_misp_misp_requests_by_purpose_total", "purpose" => "sync")
+        .absolute(g(&s.sync_requests));
     for (reason, v) in s.skipped() {
         metrics::counter!("wazuh_misp_alerts_skipped_total", "reason" => reason).absolute(v);
     }

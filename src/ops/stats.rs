@@ -30,6 +30,9 @@ pub struct Stats {
     pub misp_requests: AtomicU64,
     /// Requests of the mirror's syncs (not counted in `misp_requests`).
     pub sync_requests: AtomicU64,
+    /// `misp_requests` are the details of mirror hits (mirror mode), not
+    /// per-value queries.
+    pub mirror_mode: std::sync::atomic::AtomicBool,
     pub misp_values: AtomicU64,
     pub misp_errors: AtomicU64,
     pub events_sent: AtomicU64,

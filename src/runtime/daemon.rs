@@ -93,6 +93,9 @@ fn start_intelligence(
     if *cfg.misp.mode == crate::config::MispMode::Query {
         return Ok(Source::Query(lookup_for(client, &cfg.misp)));
     }
+    stats
+        .mirror_mode
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let store = Arc::new(std::sync::Mutex::new(
         mirror::store::Store::open(&cfg.input.state_dir)
             .context("cannot open the mirror store in input.state_dir")?,

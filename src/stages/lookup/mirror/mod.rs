@@ -107,6 +107,8 @@ pub struct ServerMirror {
     cutoff: AtomicU32,
     /// The full mirror, for counting it in status and metrics.
     pub attributes: AtomicU64,
+    /// Unix seconds of the last sync that completed (0: none yet).
+    pub last_sync: std::sync::atomic::AtomicI64,
 }
 
 impl ServerMirror {
@@ -191,6 +193,7 @@ impl Mirror {
                     policy: Policy::from_config(&m),
                     cutoff: AtomicU32::new(0),
                     attributes: AtomicU64::new(0),
+                    last_sync: std::sync::atomic::AtomicI64::new(0),
                 };
                 s.tick();
                 Arc::new(s)

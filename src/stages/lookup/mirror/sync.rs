@@ -162,8 +162,9 @@ impl Syncer {
                     if kind == Kind::Full {
                         last_full = Some(Instant::now());
                     }
-                    metrics::gauge!("wazuh_misp_mirror_last_sync_timestamp_seconds", "server" => name.clone())
-                        .set(chrono::Utc::now().timestamp() as f64);
+                    self.server
+                        .last_sync
+                        .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
                 }
                 Err(SyncError::Stopped) => return,
                 Err(e) => {
@@ -190,6 +191,13 @@ impl Syncer {
 
     fn publish(&self) {
         let name = self.server.name.to_string();
+        let last = self.server.last_sync.load(Ordering::Relaxed);
+        if last > 0 {
+            metrics::gauge!("wazuh_misp_mirror_last_sync_timestamp_seconds", "server" => name.clone())
+                .set(last as f64);
+            metrics::gauge!("wazuh_misp_mirror_stale_seconds", "server" => name.clone())
+                .set((chrono::Utc::now().timestamp() - last).max(0) as f64);
+        }
         if let Some(ix) = self.server.index() {
             metrics::gauge!("wazuh_misp_mirror_attributes", "server" => name.clone())
                 .set(self.server.attributes.load(Ordering::Relaxed) as f64);
@@ -237,16 +245,18 @@ impl Syncer {
                 if !state.complete || state.fingerprint != fp {
                     return Ok(None);
                 }
+                let last_sync = state.last_sync.unwrap_or(0);
                 let mut index = Index::with_capacity(state.attributes.max(0) as usize);
                 let mut count = 0u64;
                 s.each(&name, |value, uuid, ts| {
                     count += 1;
                     index.file(value, Record::new(uuid_bytes(uuid), seen(ts)));
                 })?;
-                Ok(Some((index, count)))
+                Ok(Some((index, count, last_sync)))
             })
             .await?;
-        if let Some((index, count)) = loaded {
+        if let Some((index, count, last_sync)) = loaded {
+            self.server.last_sync.store(last_sync, Ordering::Relaxed);
             tracing::info!(
                 server = %self.server.name,
                 attributes = count,
