@@ -84,6 +84,8 @@ struct Dataset {
     next_attr_id: u64,
     /// The newest attribute timestamp.
     newest: i64,
+    /// Bumped at every change.
+    version: u64,
 }
 
 struct Inner {
@@ -94,6 +96,10 @@ struct Inner {
     control: Mutex<Control>,
     request_count: AtomicU64,
     value_count: AtomicU64,
+    /// Where the last page of a search over everything ended: (the search
+    /// without its page, that page, the next attribute index, the data's
+    /// version).
+    resume: Mutex<Option<(String, usize, usize, u64)>>,
 }
 
 /// A running simulator. Dropping it does not stop it; call [`MispSim::stop`].
@@ -266,6 +272,11 @@ impl Dataset {
                     push(a, if oid.is_empty() { "0" } else { &oid });
                 }
             }
+            // Rendered above; the event keeps only its own fields.
+            if let Some(o) = event.as_object_mut() {
+                o.remove("Attribute");
+                o.remove("Object");
+            }
             events.push(event);
         }
         let mut d = Dataset {
@@ -276,6 +287,7 @@ impl Dataset {
             warninglist: data.warninglist.clone(),
             next_attr_id,
             newest: 0,
+            version: 0,
         };
         for i in 0..d.attributes.len() {
             d.index(i);
@@ -286,6 +298,7 @@ impl Dataset {
     /// Makes attribute `i` findable by its value (each half of a
     /// composite too) and its uuid.
     fn index(&mut self, i: usize) {
+        self.version += 1;
         let a = &self.attributes[i].1;
         let v = s(a.get("value")).to_lowercase();
         let mut keys = vec![v.clone()];
@@ -513,11 +526,10 @@ impl Inner {
             .get("limit")
             .and_then(|l| s(Some(l)).parse::<usize>().ok());
         // MISP's pages count from 1; `page` without `limit` is ignored.
-        let skip = match (
-            limit,
-            body.get("page")
-                .and_then(|p| s(Some(p)).parse::<usize>().ok()),
-        ) {
+        let page = body
+            .get("page")
+            .and_then(|p| s(Some(p)).parse::<usize>().ok());
+        let mut skip = match (limit, page) {
             (Some(l), Some(p)) if p > 1 => l * (p - 1),
             _ => 0,
         };
@@ -525,9 +537,32 @@ impl Inner {
         let now = chrono::Utc::now().timestamp();
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
         let filters = Filters::of(body, now);
+        // A search over everything (a sync) asking for the page after the
+        // one it just got resumes where that one ended, as a database's
+        // index would: scanning from the start for every page of a
+        // million attributes would make the simulator, not the daemon,
+        // what a sync benchmark measures.
+        let query_key = {
+            let mut b = body.clone();
+            if let Some(o) = b.as_object_mut() {
+                o.remove("page");
+            }
+            b.to_string()
+        };
+        let mut start = 0;
+        if values.is_empty() && skip > 0 {
+            let c = self.resume.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((key, last_page, next, version)) = &*c {
+                if *key == query_key && Some(last_page + 1) == page && *version == d.version {
+                    start = *next;
+                    skip = 0;
+                }
+            }
+        }
+        let mut ended_at = None;
         // In attribute id order, as MISP pages them.
         let mut hits: Vec<usize> = if values.is_empty() {
-            (0..d.attributes.len()).collect()
+            (start..d.attributes.len()).collect()
         } else {
             values
                 .iter()
@@ -556,6 +591,10 @@ impl Inner {
                 continue;
             }
             if !filters.keeps(attr, &d.events[*ei]) {
+                continue;
+            }
+            if skipped < skip {
+                skipped += 1;
                 continue;
             }
             let event = &d.events[*ei];
@@ -637,14 +676,15 @@ impl Inner {
                 ev["Orgc"] = event.get("Orgc").cloned().unwrap_or(json!({}));
             }
             obj.insert("Event".into(), ev);
-            if skipped < skip {
-                skipped += 1;
-                continue;
-            }
             out.push(a);
             if limit.is_some_and(|l| out.len() >= l) {
+                ended_at = Some(i + 1);
                 break;
             }
+        }
+        if let (true, Some(next), Some(p)) = (values.is_empty(), ended_at, page) {
+            *self.resume.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((query_key, p, next, d.version));
         }
         json!({"response": {"Attribute": out}})
     }
@@ -775,6 +815,7 @@ impl MispSim {
             control: Mutex::new(Control::default()),
             request_count: AtomicU64::new(0),
             value_count: AtomicU64::new(0),
+            resume: Mutex::new(None),
         });
         Self::serve(inner, addr).await
     }
@@ -959,6 +1000,7 @@ impl MispSim {
             obj.insert("timestamp".into(), json!(ts.to_string()));
         }
         d.newest = d.newest.max(ts);
+        d.version += 1;
         if s(d.attributes[i].1.get("value")) != before {
             d.unindex(i);
             d.index(i);
@@ -1002,6 +1044,7 @@ impl MispSim {
             control: Mutex::new(Control::default()),
             request_count: AtomicU64::new(0),
             value_count: AtomicU64::new(0),
+            resume: Mutex::new(None),
         }
         .search(body)
     }

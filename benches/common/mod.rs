@@ -9,6 +9,7 @@ pub const KEY: &str = "benchkey000000000000000000000000000000000";
 /// back at the top level of the enriched event. Built by formatting rather
 /// than through `serde_json::Value`, so the writer thread stays cheap and
 /// does not steal CPU from the pipeline it measures.
+#[allow(dead_code)] // Not every bench uses every shape.
 pub fn alert(seq: usize, rule: usize, ip: &str, level: u32) -> String {
     format!(
         concat!(
@@ -24,6 +25,7 @@ pub fn alert(seq: usize, rule: usize, ip: &str, level: u32) -> String {
     )
 }
 
+#[allow(dead_code)]
 pub fn event(ips: &[String]) -> Value {
     let attrs: Vec<Value> = ips
         .iter()

@@ -266,10 +266,16 @@ impl Index {
         false
     }
 
-    fn any_live(&self, mut at: u32, live: impl Fn(&Record) -> bool) -> bool {
+    /// Whether a record from `at` on was seen at or after `cutoff` (0:
+    /// any record is live, and none is read: the common case, no age
+    /// limit, costs no memory access past the map).
+    fn any_live(&self, mut at: u32, cutoff: u32) -> bool {
+        if cutoff == 0 {
+            return at != END;
+        }
         while at != END {
             let r = &self.records[at as usize];
-            if live(r) {
+            if r.seen >= cutoff {
                 return true;
             }
             at = r.next;
@@ -277,40 +283,60 @@ impl Index {
         false
     }
 
-    /// What `ip` hits among the records `live` keeps (the hit policy: age
-    /// and decay).
-    pub fn matches(&self, ip: IpAddr, live: impl Fn(&Record) -> bool + Copy) -> Match {
+    /// Whether `ip` hits at all, exactly or in a network, among the
+    /// records seen at or after `cutoff`: the hot path, which stops at the
+    /// first hit.
+    pub fn hit(&self, ip: IpAddr, cutoff: u32) -> bool {
+        let ip = crate::extract::canonical(ip);
+        if self
+            .head(&Key::of_ip(ip))
+            .is_some_and(|h| self.any_live(h, cutoff))
+        {
+            return true;
+        }
+        self.network_of(ip, cutoff).is_some()
+    }
+
+    /// What `ip` hits among the records seen at or after `cutoff` (the
+    /// hit policy: age and decay; 0: any age).
+    pub fn matches(&self, ip: IpAddr, cutoff: u32) -> Match {
+        let ip = crate::extract::canonical(ip);
         let exact = self
             .head(&Key::of_ip(ip))
-            .is_some_and(|h| self.any_live(h, live));
-        let network = if self.networks == 0 {
-            None
-        } else {
-            match crate::extract::canonical(ip) {
-                IpAddr::V4(a) => self
-                    .longest(&self.n4, Ipv4Net::from(a), live)
-                    .map(IpNet::V4),
-                IpAddr::V6(a) => self
-                    .longest(&self.n6, Ipv6Net::from(a), live)
-                    .map(IpNet::V6),
-            }
-        };
-        Match { exact, network }
+            .is_some_and(|h| self.any_live(h, cutoff));
+        Match {
+            exact,
+            network: self.network_of(ip, cutoff),
+        }
+    }
+
+    fn network_of(&self, ip: IpAddr, cutoff: u32) -> Option<IpNet> {
+        if self.networks == 0 {
+            return None;
+        }
+        match ip {
+            IpAddr::V4(a) => self
+                .longest(&self.n4, Ipv4Net::from(a), cutoff)
+                .map(IpNet::V4),
+            IpAddr::V6(a) => self
+                .longest(&self.n6, Ipv6Net::from(a), cutoff)
+                .map(IpNet::V6),
+        }
     }
 
     fn longest<P: prefix_trie::Prefix + Copy>(
         &self,
         map: &PrefixMap<P, u32>,
         host: P,
-        live: impl Fn(&Record) -> bool + Copy,
+        cutoff: u32,
     ) -> Option<P> {
         let (prefix, &head) = map.get_lpm(&host)?;
-        if self.any_live(head, live) {
+        if self.any_live(head, cutoff) {
             return Some(prefix);
         }
         // The longest is all expired: the longest live one that covers it.
         map.cover(&host)
-            .filter(|(_, &h)| self.any_live(h, live))
+            .filter(|(_, &h)| self.any_live(h, cutoff))
             .last()
             .map(|(p, _)| p)
     }
@@ -390,14 +416,14 @@ mod tests {
         ix.insert(k, Record::new(uuid(1), 20));
         assert_eq!(ix.len(), 2);
         let ip = IpAddr::V4(std::net::Ipv4Addr::from_bits(7));
-        assert!(ix.matches(ip, |_| true).exact);
-        assert!(ix.matches(ip, |r| r.seen >= 20).exact);
+        assert!(ix.matches(ip, 0).exact);
+        assert!(ix.matches(ip, 20).exact && ix.hit(ip, 20));
         assert!(ix.remove(k, &uuid(1)));
-        assert!(!ix.matches(ip, |r| r.seen >= 20).exact);
+        assert!(!ix.matches(ip, 20).exact && !ix.hit(ip, 20));
         assert!(ix.remove(k, &uuid(2)));
         assert!(!ix.remove(k, &uuid(2)));
         assert!(ix.is_empty());
-        assert!(!ix.matches(ip, |_| true).exact);
+        assert!(!ix.matches(ip, 0).exact && !ix.hit(ip, 0));
     }
 
     #[test]
@@ -413,14 +439,15 @@ mod tests {
         );
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert_eq!(
-            ix.matches(ip, |_| true).network,
+            ix.matches(ip, 0).network,
             Some("10.1.0.0/16".parse().unwrap())
         );
         assert_eq!(
-            ix.matches(ip, |r| r.seen >= 50).network,
+            ix.matches(ip, 50).network,
             Some("10.0.0.0/8".parse().unwrap())
         );
-        assert_eq!(ix.matches(ip, |r| r.seen >= 500).network, None);
+        assert_eq!(ix.matches(ip, 500).network, None);
+        assert!(!ix.hit(ip, 500));
     }
 
     #[test]
@@ -438,10 +465,7 @@ mod tests {
         );
         let plain: IpNet = "192.0.2.0/24".parse().unwrap();
         assert_eq!(ix.network_texts(&plain), vec!["192.0.2.0/24"]);
-        assert_eq!(
-            ix.matches("10.0.0.77".parse().unwrap(), |_| true).network,
-            Some(n)
-        );
+        assert_eq!(ix.matches("10.0.0.77".parse().unwrap(), 0).network, Some(n));
     }
 
     #[test]
@@ -502,8 +526,8 @@ mod tests {
             // Probe the networks' own addresses too, not only random ones.
             let probes = probes.into_iter().chain(model.iter().map(|(n, _, _)| n.addr()));
             for ip in probes {
-                let live = |r: &Record| r.seen >= cutoff;
-                let got = ix.matches(ip, live);
+                let got = ix.matches(ip, cutoff);
+                prop_assert_eq!(ix.hit(ip, cutoff), got.is_hit());
                 let holding = model.iter().filter(|(n, _, seen)| *seen >= cutoff && n.contains(&ip));
                 let exact = holding.clone().any(|(n, _, _)| n.prefix_len() == n.max_prefix_len());
                 let longest = holding

@@ -22,7 +22,7 @@ use super::{Hits, Intelligence, Lookup, LookupError, LookupResult, Recent, Subje
 use crate::config::MispConfig;
 use crate::observable::Observable;
 use arc_swap::ArcSwapOption;
-use index::{Index, Record};
+use index::Index;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,8 +129,11 @@ impl ServerMirror {
     }
 
     fn matches(&self, index: &Index, ip: std::net::IpAddr) -> index::Match {
-        let cutoff = self.cutoff.load(Ordering::Relaxed);
-        index.matches(ip, move |r: &Record| r.seen >= cutoff)
+        index.matches(ip, self.cutoff.load(Ordering::Relaxed))
+    }
+
+    fn hit(&self, index: &Index, ip: std::net::IpAddr) -> bool {
+        index.hit(ip, self.cutoff.load(Ordering::Relaxed))
     }
 }
 
@@ -232,6 +235,12 @@ impl Mirror {
         server.index.store(Some(Arc::new(index)));
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
         self.inner.composed.invalidate_all();
+    }
+
+    /// Whether `observable` hits on `server`'s `index` at all: the hot
+    /// path's question.
+    pub fn hit_on(&self, server: &ServerMirror, index: &Index, observable: &Observable) -> bool {
+        observable.as_ip().is_some_and(|ip| server.hit(index, ip))
     }
 
     /// What `observable` hits on `server`'s `index`, by the hit policy.
@@ -430,7 +439,7 @@ impl Intelligence for Mirror {
         let mut miss = true;
         for s in &self.inner.servers {
             match s.index.load().as_deref() {
-                Some(index) if !s.matches(index, ip).is_hit() => {}
+                Some(index) if !s.hit(index, ip) => {}
                 _ => miss = false,
             }
         }

@@ -288,6 +288,7 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(err)?;
         let mut replaced = Vec::with_capacity(rows.len());
+        let (mut attributes, mut networks) = (0i64, 0i64);
         {
             let mut old = tx
                 .prepare_cached(
@@ -306,6 +307,15 @@ impl Store {
                     .query_row(params![name, generation, r.uuid], |x| x.get(0))
                     .optional()
                     .map_err(err)?;
+                let net =
+                    |v: &str| i64::from(super::index::Key::of_value(v).any(|k| k.is_network()));
+                match &was {
+                    None => {
+                        attributes += 1;
+                        networks += net(&r.value);
+                    }
+                    Some(old) => networks += net(&r.value) - net(old),
+                }
                 replaced.push(was);
                 put.execute(params![
                     name,
@@ -326,6 +336,14 @@ impl Store {
                 .map_err(err)?;
             }
         }
+        // The live generation's counts follow its changes; a new one is
+        // counted whole when it becomes live.
+        tx.execute(
+            "UPDATE servers SET attributes = attributes + ?3, networks = networks + ?4
+             WHERE name = ?1 AND generation = ?2",
+            params![name, generation, attributes, networks],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(replaced)
     }
@@ -361,6 +379,16 @@ impl Store {
                 }
             }
         }
+        let networks = removed
+            .iter()
+            .filter(|(_, v)| super::index::Key::of_value(v).any(|k| k.is_network()))
+            .count() as i64;
+        tx.execute(
+            "UPDATE servers SET attributes = attributes - ?3, networks = networks - ?4
+             WHERE name = ?1 AND generation = ?2",
+            params![name, generation, removed.len() as i64, networks],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(removed)
     }
@@ -622,6 +650,11 @@ mod tests {
         );
         let st = s.server("a").unwrap().unwrap();
         assert_eq!((st.cursor, st.last_sync), (30, Some(130)));
+        assert_eq!((st.attributes, st.networks), (2, 0));
+        // Counts follow changes without a recount: an IP becoming a network.
+        s.write("a", g, &[row("u3", "9.9.9.0/24", 40)]).unwrap();
+        let st = s.server("a").unwrap().unwrap();
+        assert_eq!((st.attributes, st.networks), (2, 1));
     }
 
     #[test]
