@@ -222,7 +222,9 @@ fn main() {
         .build()
         .unwrap();
     if let Some(i) = args.iter().position(|a| a == "--restart") {
-        rt.block_on(restart(&args[i + 1], &args[i + 2], n));
+        for _ in 0..env("BENCH_MIRROR_REPEAT", 1) {
+            rt.block_on(restart(&args[i + 1], &args[i + 2], n));
+        }
         return;
     }
     rt.block_on(async {
@@ -233,6 +235,9 @@ fn main() {
             built.elapsed().as_secs_f64()
         );
         let dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("BENCH_MIRROR_KEEP").is_some() {
+            eprintln!("keeping the mirror in {}", dir.path().display());
+        }
         let cfg = config(dir.path(), &sim.url());
         let (mirror, syncer) = mirror_for(&cfg);
         let round = |x: f64| (x * 1000.0).round() / 1000.0;
@@ -278,6 +283,9 @@ fn main() {
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
             eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        if std::env::var_os("BENCH_MIRROR_KEEP").is_some() {
+            let _ = dir.keep();
         }
     });
 }

@@ -9,7 +9,9 @@
 //!
 //! Scenarios: `hot` (offered at `BENCH_HOT_RATE`, default 105 000 alerts/s:
 //! latency below saturation), `hot_max` (the same mix as fast as it can be
-//! appended: the ceiling), `cold`, `noip`, `burst`. `BENCH_SCALE=0.1` runs a
+//! appended: the ceiling), `cold`, `noip`, `burst` (query mode, as before
+//! the mirror), and `mirror_cold` (mirror mode: `cold`'s traffic with 1 %
+//! of the IPs known). `BENCH_SCALE=0.1` runs a
 //! tenth of the alerts (for profiling); `BENCH_TIMELINE=1` prints the worst
 //! latency per 20 ms of append time (where a stall happened);
 //! `BENCH_WORKERS=N` sets `pipeline.workers`, `BENCH_THREADS=N` the
@@ -21,7 +23,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wazuh_misp::config::Config;
+use wazuh_misp::config::{Config, MispMode};
 use wazuh_misp::lookup::MispClient;
 use wazuh_misp::runtime::Daemon;
 use wazuh_misp::sim::{pool_ip, MispSim, SimData};
@@ -58,6 +60,8 @@ struct Scenario {
     burst: bool,
     /// Alerts per second the writer holds to (0: as fast as it can).
     rate: u64,
+    /// `misp.mode = "mirror"` (synced before the clock starts), else query.
+    mirror: bool,
 }
 
 /// Receives up to `slots` datagrams per system call (recvmmsg): the
@@ -197,6 +201,12 @@ async fn run(s: Scenario) -> Value {
     };
 
     let mut cfg = Config::in_dir(dir.path(), &sim.url(), KEY);
+    cfg.misp.mode = if s.mirror {
+        MispMode::Mirror
+    } else {
+        MispMode::Query
+    }
+    .into();
     cfg.misp.max_concurrent_requests = (16).into();
     if let Some(w) = std::env::var("BENCH_WORKERS")
         .ok()
@@ -206,6 +216,11 @@ async fn run(s: Scenario) -> Value {
     }
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key().unwrap()).unwrap();
     let daemon = Daemon::start(cfg, client).unwrap();
+    if let Some(m) = daemon.engine.lookup.mirror() {
+        while m.servers().iter().any(|s| s.index().is_none()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -222,6 +237,7 @@ async fn run(s: Scenario) -> Value {
     let received_before = received.load(Ordering::Relaxed);
     let sent_before = Stats::get(&daemon.stats.events_sent);
     let (req0, val0) = (sim.requests(), sim.values_asked());
+    let sync0 = Stats::get(&daemon.stats.sync_requests);
     measuring.store(true, Ordering::Relaxed);
     reset_peak_rss();
 
@@ -277,6 +293,7 @@ async fn run(s: Scenario) -> Value {
     let peak = peak_rss_mb();
     let events_sent = Stats::get(&daemon.stats.events_sent) - sent_before;
     let (misp_requests, misp_values) = (sim.requests() - req0, sim.values_asked() - val0);
+    let sync_requests = Stats::get(&daemon.stats.sync_requests) - sync0;
     daemon.shutdown(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     let timed: Vec<(u64, f64)> = recv_thread
@@ -310,6 +327,7 @@ async fn run(s: Scenario) -> Value {
         "alerts_per_sec": (s.alerts as f64 / secs).round(),
         "offered_per_sec": s.rate,
         "misp_requests": misp_requests,
+        "sync_requests": sync_requests,
         "misp_values": misp_values,
         "misp_values_per_sec": (misp_values as f64 / secs).round(),
         "events_sent": events_sent,
@@ -358,6 +376,7 @@ fn scenarios() -> Vec<Scenario> {
             warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
             burst: false,
             rate,
+            mirror: false,
         });
     }
     // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
@@ -372,6 +391,22 @@ fn scenarios() -> Vec<Scenario> {
         warmup: Vec::new(),
         burst: false,
         rate: 0,
+        mirror: false,
+    });
+    // Mirror mode: 20 000 distinct IPs, 1 % known to MISP, 20 ms per
+    // request; every lookup local, MISP asked only for hits' details.
+    let ips = cold_ips.clone();
+    out.push(Scenario {
+        name: "mirror_cold",
+        alerts: scaled(50_000),
+        lines: Box::new(move |i| alert(i, 0, &ips[(i * 7919) % 20_000], 10)),
+        expected_events: 0,
+        misp_ips: cold_ips.iter().step_by(100).cloned().collect(),
+        misp_latency: Duration::from_millis(20),
+        warmup: Vec::new(),
+        burst: false,
+        rate: 0,
+        mirror: true,
     });
     // No public IP, or filtered by level.
     out.push(Scenario {
@@ -395,6 +430,7 @@ fn scenarios() -> Vec<Scenario> {
         warmup: Vec::new(),
         burst: false,
         rate: 0,
+        mirror: false,
     });
     // A million lines as fast as they can be written; (rule, ip) unique, so
     // the dedup table ends with a million live entries.
@@ -409,6 +445,7 @@ fn scenarios() -> Vec<Scenario> {
         warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
         burst: true,
         rate: 0,
+        mirror: false,
     });
     out
 }

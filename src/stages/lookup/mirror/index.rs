@@ -8,11 +8,11 @@
 //! (or, when MISP is away, from the store), never from here.
 //!
 //! Exact IPs are hash lookups (IPv4 and IPv6 in their own maps, keyed by
-//! the address as an integer). Networks are a `prefix-trie` tree bitmap
-//! per family, searched for the longest prefix holding the IP.
+//! the address as an integer). Networks are one map per prefix length
+//! ([`super::prefixes`]), searched from the longest length down.
 
+use super::prefixes::Prefixes;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use prefix_trie::PrefixMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -118,8 +118,8 @@ pub struct Index {
     free: Vec<u32>,
     v4: HashMap<u32, u32, Fast>,
     v6: HashMap<u128, u32, Fast>,
-    n4: PrefixMap<Ipv4Net, u32>,
-    n6: PrefixMap<Ipv6Net, u32>,
+    n4: Prefixes<u32>,
+    n6: Prefixes<u128>,
     /// Records filed under a network key.
     networks: usize,
     /// A network's text as MISP stores it, where that is not the
@@ -155,8 +155,8 @@ impl Index {
         match key {
             Key::V4(a) => self.v4.get(a).copied(),
             Key::V6(a) => self.v6.get(a).copied(),
-            Key::Net4(n) => self.n4.get(n).copied(),
-            Key::Net6(n) => self.n6.get(n).copied(),
+            Key::Net4(n) => self.n4.get(n.addr().to_bits(), n.prefix_len()),
+            Key::Net6(n) => self.n6.get(n.addr().to_bits(), n.prefix_len()),
         }
     }
 
@@ -165,16 +165,16 @@ impl Index {
             match key {
                 Key::V4(a) => drop(self.v4.remove(&a)),
                 Key::V6(a) => drop(self.v6.remove(&a)),
-                Key::Net4(n) => drop(self.n4.remove(&n)),
-                Key::Net6(n) => drop(self.n6.remove(&n)),
+                Key::Net4(n) => self.n4.remove(n.addr().to_bits(), n.prefix_len()),
+                Key::Net6(n) => self.n6.remove(n.addr().to_bits(), n.prefix_len()),
             }
             return;
         }
         match key {
             Key::V4(a) => drop(self.v4.insert(a, head)),
             Key::V6(a) => drop(self.v6.insert(a, head)),
-            Key::Net4(n) => drop(self.n4.insert(n, head)),
-            Key::Net6(n) => drop(self.n6.insert(n, head)),
+            Key::Net4(n) => self.n4.insert(n.addr().to_bits(), n.prefix_len(), head),
+            Key::Net6(n) => self.n6.insert(n.addr().to_bits(), n.prefix_len(), head),
         }
     }
 
@@ -314,31 +314,19 @@ impl Index {
         if self.networks == 0 {
             return None;
         }
+        let live = |head| self.any_live(head, cutoff);
         match ip {
-            IpAddr::V4(a) => self
-                .longest(&self.n4, Ipv4Net::from(a), cutoff)
-                .map(IpNet::V4),
-            IpAddr::V6(a) => self
-                .longest(&self.n6, Ipv6Net::from(a), cutoff)
-                .map(IpNet::V6),
+            IpAddr::V4(a) => self.n4.longest(a.to_bits(), live).and_then(|(n, len)| {
+                Ipv4Net::new(std::net::Ipv4Addr::from_bits(n), len)
+                    .ok()
+                    .map(IpNet::V4)
+            }),
+            IpAddr::V6(a) => self.n6.longest(a.to_bits(), live).and_then(|(n, len)| {
+                Ipv6Net::new(std::net::Ipv6Addr::from_bits(n), len)
+                    .ok()
+                    .map(IpNet::V6)
+            }),
         }
-    }
-
-    fn longest<P: prefix_trie::Prefix + Copy>(
-        &self,
-        map: &PrefixMap<P, u32>,
-        host: P,
-        cutoff: u32,
-    ) -> Option<P> {
-        let (prefix, &head) = map.get_lpm(&host)?;
-        if self.any_live(head, cutoff) {
-            return Some(prefix);
-        }
-        // The longest is all expired: the longest live one that covers it.
-        map.cover(&host)
-            .filter(|(_, &h)| self.any_live(h, cutoff))
-            .last()
-            .map(|(p, _)| p)
     }
 
     /// Bytes held, roughly (what a `mirror status` reports per server).
@@ -347,8 +335,8 @@ impl Index {
             + self.free.capacity() * 4
             + self.v4.capacity() * 9
             + self.v6.capacity() * 21
-            + self.n4.mem_size()
-            + self.n6.mem_size()
+            + self.n4.memory_bytes()
+            + self.n6.memory_bytes()
     }
 }
 

@@ -9,11 +9,12 @@
 //! from what the store holds and marked `partial`. Until a server's first
 //! sync completes, its lookups are plain query-mode ones.
 //!
-//! - [`index`]: the in-memory matcher.
+//! - [`index`]: the in-memory matcher ([`prefixes`]: its networks).
 //! - [`store`]: the SQLite file it is rebuilt from at start.
 //! - [`sync`]: the task per server that keeps both up to date.
 
 pub mod index;
+pub mod prefixes;
 pub mod store;
 pub mod sync;
 
