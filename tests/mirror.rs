@@ -327,3 +327,27 @@ async fn until_the_first_sync_completes_lookups_ask_misp_per_value() {
     let (_, ev) = q.received.events().remove(0);
     assert_eq!(ev["misp_data"]["server"], "misp");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_syncs_are_reported_to_wazuh_as_an_error_event() {
+    let mut h = mirror_harness(&data(&[pool_ip(1)])).await;
+    h.cfg.output.error_event_after_secs = 1;
+    h.cfg.misp.timeout_secs = 1;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    // No alert at all: only the syncs can notice that MISP is gone.
+    h.sim.stop().await;
+    q.received.wait_for(1, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let (loc, ev) = q.received.events().remove(0);
+    assert_eq!(loc, "misp");
+    assert_eq!(ev["misp_error"]["kind"], "unreachable");
+    assert!(
+        ev["misp_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mirror sync of misp"),
+        "{ev}"
+    );
+}

@@ -209,7 +209,7 @@ impl Daemon {
         supervisor.spawn(
             "error reporter",
             tasks::report_errors(
-                engine.lookup.primary().clone(),
+                engine.lookup.clone(),
                 out_tx.clone(),
                 report.clone(),
                 stop.clone(),

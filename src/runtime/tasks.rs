@@ -5,7 +5,7 @@ use super::daemon::save_dedup;
 use crate::dedup::Dedup;
 use crate::enrich;
 use crate::input::{bookmark, Checkpointer};
-use crate::lookup::Lookup;
+use crate::lookup::Source;
 use crate::output::{self, Outgoing};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,12 +35,13 @@ impl ReportSettings {
     }
 }
 
-/// Tells Wazuh when MISP has been failing for `output.error_event_after_secs`,
+/// Tells Wazuh when MISP has been failing (lookups, or a mirror's syncs)
+/// for `output.error_event_after_secs`,
 /// at most once per `output.error_event_interval_secs`, and names each
 /// value given up on: the SOC then sees the integration's own trouble as
 /// an alert.
 pub async fn report_errors(
-    lookup: Lookup,
+    source: Source,
     out: mpsc::Sender<Outgoing>,
     settings: Arc<ReportSettings>,
     stop: CancellationToken,
@@ -52,7 +53,7 @@ pub async fn report_errors(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for failed in lookup.take_given_up() {
+        for failed in source.primary().take_given_up() {
             let payload =
                 enrich::lookup_failed_event(&failed.value, &failed.message, chrono::Utc::now());
             if let Some(msg) = manager_event(&payload) {
@@ -61,7 +62,7 @@ pub async fn report_errors(
                 }
             }
         }
-        let Some((since, error)) = lookup.breaker().failing() else {
+        let Some((since, error)) = source.failing() else {
             continue;
         };
         let after = Duration::from_secs(settings.after_secs.load(Ordering::Relaxed));

@@ -23,6 +23,17 @@ impl Source {
         }
     }
 
+    /// Since when MISP has been failing, and how: the first server's
+    /// lookups, else any server's syncs.
+    pub fn failing(&self) -> Option<(std::time::SystemTime, super::breaker::LastError)> {
+        self.primary().breaker().failing().or_else(|| {
+            self.mirror()?
+                .servers()
+                .iter()
+                .find_map(|s| s.sync_failing())
+        })
+    }
+
     pub fn mirror(&self) -> Option<&Mirror> {
         match self {
             Source::Mirror(m) => Some(m),

@@ -110,6 +110,9 @@ pub struct ServerMirror {
     pub attributes: AtomicU64,
     /// Unix seconds of the last sync that completed (0: none yet).
     pub last_sync: std::sync::atomic::AtomicI64,
+    /// Since when this server's syncs have been failing, and how: the
+    /// error reporter tells Wazuh, as it does for lookups.
+    sync_failing: Mutex<Option<(std::time::SystemTime, super::breaker::LastError)>>,
 }
 
 impl ServerMirror {
@@ -119,6 +122,34 @@ impl ServerMirror {
 
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    /// Records a failed sync (`Some`) or a successful one (`None`).
+    pub fn sync_failed(&self, error: Option<&super::MispError>) {
+        let mut f = self.sync_failing.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            None => *f = None,
+            Some(e) => {
+                let since = f
+                    .as_ref()
+                    .map_or_else(std::time::SystemTime::now, |(t, _)| *t);
+                *f = Some((
+                    since,
+                    super::breaker::LastError {
+                        kind: e.event_kind(),
+                        message: format!("mirror sync of {}: {e}", self.name),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Since when syncs have been failing, and how, if they are.
+    pub fn sync_failing(&self) -> Option<(std::time::SystemTime, super::breaker::LastError)> {
+        self.sync_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Refreshes the age cutoff from the clock.
@@ -198,6 +229,7 @@ impl Mirror {
                     cutoff: AtomicU32::new(0),
                     attributes: AtomicU64::new(0),
                     last_sync: std::sync::atomic::AtomicI64::new(0),
+                    sync_failing: Mutex::new(None),
                 };
                 s.tick();
                 Arc::new(s)

@@ -159,6 +159,7 @@ impl Syncer {
                 .record(secs);
             match result {
                 Ok(()) => {
+                    self.server.sync_failed(None);
                     if kind == Kind::Full {
                         last_full = Some(Instant::now());
                     }
@@ -168,6 +169,9 @@ impl Syncer {
                 }
                 Err(SyncError::Stopped) => return,
                 Err(e) => {
+                    if let SyncError::Misp(m) = &e {
+                        self.server.sync_failed(Some(m));
+                    }
                     metrics::counter!("wazuh_misp_mirror_sync_errors_total", "server" => name.clone(), "kind" => e.kind())
                         .increment(1);
                     tracing::warn!(
