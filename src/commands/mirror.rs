@@ -12,6 +12,7 @@ use crate::observable::Observable;
 use crate::stats::Stats;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 fn time(t: Option<i64>) -> Value {
     t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
@@ -105,6 +106,12 @@ pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> 
         }
         _ => None,
     };
+    // A lookup that MISP keeps unanswered (query mode, or a server not
+    // synced yet) must not hang a triage command.
+    let patience = Duration::from_secs(
+        cfg.misp.timeout_secs * u64::from(cfg.misp.retries + 1) + *cfg.misp.detail_timeout_secs,
+    );
+    let unanswered = || anyhow::anyhow!("MISP did not answer within {} s", patience.as_secs());
     let mut out = Vec::new();
     for text in ips {
         let Ok(observable) = text.parse::<Observable>() else {
@@ -128,11 +135,18 @@ pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> 
                     .collect();
                 let hits = match m.known(&observable, &mut Recent::default()) {
                     Some(h) => h,
-                    None => m.answer(&observable).await?,
+                    None => tokio::time::timeout(patience, m.answer(&observable))
+                        .await
+                        .map_err(|_| unanswered())??,
                 };
                 (Value::from(matched), hits)
             }
-            None => (Value::Null, lookups[0].1.get(&observable).await?),
+            None => (
+                Value::Null,
+                tokio::time::timeout(patience, lookups[0].1.get(&observable))
+                    .await
+                    .map_err(|_| unanswered())??,
+            ),
         };
         let events: Vec<Value> = hits
             .parts()
