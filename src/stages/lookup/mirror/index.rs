@@ -11,6 +11,7 @@
 //! the address as an integer). Networks are one map per prefix length
 //! ([`super::prefixes`]), searched from the longest length down.
 
+use super::exact::ExactSet;
 use super::prefixes::Prefixes;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
@@ -127,6 +128,8 @@ pub struct Index {
     /// details of a hit are asked for by the stored text. Rare, so kept
     /// apart from the records.
     texts: HashMap<IpNet, Vec<Box<str>>, Fast>,
+    /// `v4`'s keys packed for the hot path, when current ([`Index::seal`]).
+    sealed: Option<ExactSet>,
 }
 
 impl Index {
@@ -160,7 +163,16 @@ impl Index {
         }
     }
 
+    /// Packs what the hot path reads; done before the index is swapped in.
+    /// Any change afterwards unseals it (lookups then read the map).
+    pub fn seal(&mut self) {
+        self.sealed = Some(ExactSet::build(self.v4.keys().copied()));
+    }
+
     fn set_head(&mut self, key: Key, head: u32) {
+        if matches!(key, Key::V4(_)) {
+            self.sealed = None;
+        }
         if head == END {
             match key {
                 Key::V4(a) => drop(self.v4.remove(&a)),
@@ -288,13 +300,14 @@ impl Index {
     /// first hit.
     pub fn hit(&self, ip: IpAddr, cutoff: u32) -> bool {
         let ip = crate::extract::canonical(ip);
-        if self
-            .head(&Key::of_ip(ip))
-            .is_some_and(|h| self.any_live(h, cutoff))
-        {
-            return true;
-        }
-        self.network_of(ip, cutoff).is_some()
+        let exact = match (&self.sealed, ip) {
+            // Without an age limit, holding the address is the answer.
+            (Some(set), IpAddr::V4(a)) if cutoff == 0 => set.contains(a.to_bits()),
+            _ => self
+                .head(&Key::of_ip(ip))
+                .is_some_and(|h| self.any_live(h, cutoff)),
+        };
+        exact || self.network_of(ip, cutoff).is_some()
     }
 
     /// What `ip` hits among the records seen at or after `cutoff` (the
@@ -337,6 +350,7 @@ impl Index {
             + self.v6.capacity() * 21
             + self.n4.memory_bytes()
             + self.n6.memory_bytes()
+            + self.sealed.as_ref().map_or(0, ExactSet::memory_bytes)
     }
 }
 
@@ -498,6 +512,7 @@ mod tests {
             removed in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
             probes in proptest::collection::vec(ip_strategy(), 1..40),
             cutoff in 0u32..10,
+            seal in any::<bool>(),
         ) {
             let mut ix = Index::default();
             let mut model: Vec<(IpNet, [u8; 16], u32)> = Vec::new();
@@ -510,6 +525,9 @@ mod tests {
                 if model.is_empty() { break; }
                 let (net, u, _) = model.remove(r.index(model.len()));
                 prop_assert!(ix.remove(Key::of_value(&net.to_string()).next().unwrap(), &u));
+            }
+            if seal {
+                ix.seal();
             }
             // Probe the networks' own addresses too, not only random ones.
             let probes = probes.into_iter().chain(model.iter().map(|(n, _, _)| n.addr()));

@@ -9,10 +9,12 @@
 //! from what the store holds and marked `partial`. Until a server's first
 //! sync completes, its lookups are plain query-mode ones.
 //!
-//! - [`index`]: the in-memory matcher ([`prefixes`]: its networks).
+//! - [`index`]: the in-memory matcher ([`prefixes`]: its networks;
+//!   [`exact`]: its IPv4 addresses, packed for the hot path).
 //! - [`store`]: the SQLite file it is rebuilt from at start.
 //! - [`sync`]: the task per server that keeps both up to date.
 
+pub mod exact;
 pub mod index;
 pub mod prefixes;
 pub mod store;
@@ -264,7 +266,8 @@ impl Mirror {
 
     /// Makes `index` the one `server` matches against. Lookups see the
     /// old one or the new one, whole.
-    pub fn swap(&self, server: &ServerMirror, index: Index) {
+    pub fn swap(&self, server: &ServerMirror, mut index: Index) {
+        index.seal();
         server.index.store(Some(Arc::new(index)));
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
         self.inner.composed.invalidate_all();
