@@ -146,14 +146,15 @@ async fn an_attribute_added_in_misp_matches_after_the_next_incremental_sync() {
     daemon.shutdown(Duration::from_secs(5)).await;
     let (_, ev) = q.received.events().remove(0);
     assert_eq!(ev["detected_ip"]["value"], new_ip);
-    // The incremental syncs asked from a cursor, not for everything.
-    let incremental = h
+    // The incremental syncs asked from the newest timestamp synced (the
+    // fixtures' 1763164800) minus misp.sync_overlap_secs, not for all.
+    let since: Vec<i64> = h
         .sim
         .request_bodies()
         .into_iter()
-        .filter(|b| b.get("timestamp").is_some())
-        .count();
-    assert!(incremental >= 1);
+        .filter_map(|b| b.get("timestamp").and_then(Value::as_i64))
+        .collect();
+    assert!(since.contains(&(1_763_164_800 - 300)), "{since:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -498,3 +498,123 @@ impl Intelligence for Mirror {
         self.answer(observable)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lookup::mirror::index::{Key, Record};
+
+    #[test]
+    fn the_decay_model_is_misps_nids_simple_model() {
+        // 120 days' lifetime, speed 2, threshold 30 of 80: decayed after
+        // 120 * (1 - 30/80)^2 = 46.875 days.
+        let days = DECAY_MODEL.expires_after().as_secs_f64() / 86400.0;
+        assert!((days - 46.875).abs() < 1e-6, "{days}");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/corpus/misp/decaying-models/nids-simple-model.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!(
+                "SKIPPED: {} not found (../shared is not beside the checkout)",
+                path.display()
+            );
+            return;
+        };
+        let model: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let p = &model["parameters"];
+        assert_eq!(p["lifetime"].as_f64(), Some(DECAY_MODEL.lifetime_days));
+        assert_eq!(p["decay_speed"].as_f64(), Some(DECAY_MODEL.decay_speed));
+        assert_eq!(p["threshold"].as_f64(), Some(DECAY_MODEL.threshold));
+        assert_eq!(
+            p["default_base_score"].as_f64(),
+            Some(DECAY_MODEL.base_score)
+        );
+    }
+
+    #[test]
+    fn the_hit_policy_takes_the_shorter_of_decay_and_maximum_age() {
+        let mut m = MispConfig::default();
+        assert_eq!(Policy::from_config(&m).max_age, None);
+        m.decay = true;
+        assert_eq!(
+            Policy::from_config(&m).max_age,
+            Some(DECAY_MODEL.expires_after())
+        );
+        m.sync.0.max_age_days = 10;
+        let p = Policy::from_config(&m);
+        assert_eq!(p.max_age, Some(Duration::from_secs(10 * 86400)));
+        assert_eq!(p.cutoff(100 * 86400), 90 * 86400);
+        m.decay = false;
+        m.sync.0.max_age_days = 400;
+        assert_eq!(
+            Policy::from_config(&m).max_age,
+            Some(Duration::from_secs(400 * 86400))
+        );
+    }
+
+    fn index_of(ips: impl Iterator<Item = String>) -> Index {
+        let mut ix = Index::default();
+        for (i, ip) in ips.enumerate() {
+            let mut uuid = [0u8; 16];
+            uuid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            ix.insert(Key::of_value(&ip).next().unwrap(), Record::new(uuid, 1));
+        }
+        ix
+    }
+
+    /// Lookups running while the index is swapped back and forth see one
+    /// index or the other, whole: never a mix of the two.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_swap_under_concurrent_lookups_is_atomic() {
+        let cfg = MispConfig {
+            url: "http://127.0.0.1:9".into(),
+            ..MispConfig::default()
+        };
+        let client =
+            super::super::MispClient::new(&cfg, &crate::config::Secret::new("k3y")).unwrap();
+        let lookup = Lookup::start(client, &cfg, Arc::new(crate::stats::Stats::default()));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mutex::new(store::Store::open(dir.path()).unwrap()));
+        let mirror = Mirror::new(&cfg, vec![("misp".into(), cfg.clone(), lookup, store)]);
+        let a: Vec<String> = (0..200)
+            .map(|i| format!("185.1.{}.{}", i / 250, i % 250 + 1))
+            .collect();
+        let b: Vec<String> = (0..200)
+            .map(|i| format!("185.2.{}.{}", i / 250, i % 250 + 1))
+            .collect();
+        let (ia, ib) = (index_of(a.iter().cloned()), index_of(b.iter().cloned()));
+        let server = mirror.servers()[0].clone();
+        mirror.swap(&server, ia.clone());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let split = a.len();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (mirror, server, stop) = (mirror.clone(), server.clone(), stop.clone());
+                let probes: Vec<Observable> =
+                    a.iter().chain(&b).map(|s| s.parse().unwrap()).collect();
+                std::thread::spawn(move || {
+                    let mut seen = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let ix = server.index().unwrap();
+                        let hits: Vec<bool> = probes
+                            .iter()
+                            .map(|o| mirror.hit_on(&server, &ix, o))
+                            .collect();
+                        let (in_a, in_b) = hits.split_at(split);
+                        let whole_a = in_a.iter().all(|h| *h) && !in_b.iter().any(|h| *h);
+                        let whole_b = in_b.iter().all(|h| *h) && !in_a.iter().any(|h| *h);
+                        assert!(whole_a || whole_b, "a lookup saw a mix of two indexes");
+                        seen += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            mirror.swap(&server, if i % 2 == 0 { ib.clone() } else { ia.clone() });
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+    }
+}
