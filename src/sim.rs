@@ -86,6 +86,8 @@ struct Dataset {
     newest: i64,
     /// Bumped at every change.
     version: u64,
+    /// Attribute timestamp -> attribute indexes.
+    by_timestamp: std::collections::BTreeMap<i64, Vec<usize>>,
 }
 
 struct Inner {
@@ -288,6 +290,7 @@ impl Dataset {
             next_attr_id,
             newest: 0,
             version: 0,
+            by_timestamp: Default::default(),
         };
         for i in 0..d.attributes.len() {
             d.index(i);
@@ -311,6 +314,7 @@ impl Dataset {
         }
         if let Ok(ts) = s(a.get("timestamp")).parse::<i64>() {
             self.newest = self.newest.max(ts);
+            self.by_timestamp.entry(ts).or_default().push(i);
         }
         let uuid = s(a.get("uuid"));
         if !uuid.is_empty() {
@@ -561,20 +565,30 @@ impl Inner {
         }
         let mut ended_at = None;
         // In attribute id order, as MISP pages them.
-        let mut hits: Vec<usize> = if values.is_empty() {
-            (start..d.attributes.len()).collect()
-        } else {
-            values
-                .iter()
-                .flat_map(|v| {
-                    d.by_value
-                        .get(&normalise(&v.to_lowercase()))
-                        .into_iter()
-                        .flatten()
-                        .copied()
-                })
-                .collect()
-        };
+        let mut hits: Vec<usize> =
+            if let (true, Some((from, to))) = (values.is_empty(), filters.timestamp) {
+                // MISP answers a timestamp filter from an index on it; so does
+                // the simulator, or an incremental sync of a million
+                // attributes would measure its scan.
+                d.by_timestamp
+                    .range(from..=to)
+                    .flat_map(|(_, ids)| ids.iter().copied())
+                    .filter(|&i| i >= start)
+                    .collect()
+            } else if values.is_empty() {
+                (start..d.attributes.len()).collect()
+            } else {
+                values
+                    .iter()
+                    .flat_map(|v| {
+                        d.by_value
+                            .get(&normalise(&v.to_lowercase()))
+                            .into_iter()
+                            .flatten()
+                            .copied()
+                    })
+                    .collect()
+            };
         hits.sort_unstable();
         hits.dedup();
         let mut out = Vec::new();
@@ -995,6 +1009,11 @@ impl MispSim {
         };
         let ts = next_timestamp(&d);
         let before = s(d.attributes[i].1.get("value"));
+        if let Ok(old) = s(d.attributes[i].1.get("timestamp")).parse::<i64>() {
+            if let Some(list) = d.by_timestamp.get_mut(&old) {
+                list.retain(|&j| j != i);
+            }
+        }
         if let Some(obj) = d.attributes[i].1.as_object_mut() {
             edit(obj);
             obj.insert("timestamp".into(), json!(ts.to_string()));
@@ -1004,6 +1023,8 @@ impl MispSim {
         if s(d.attributes[i].1.get("value")) != before {
             d.unindex(i);
             d.index(i);
+        } else {
+            d.by_timestamp.entry(ts).or_default().push(i);
         }
         true
     }

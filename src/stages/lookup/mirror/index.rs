@@ -169,6 +169,10 @@ impl Index {
         self.sealed = Some(ExactSet::build(self.v4.keys().copied()));
     }
 
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
     fn set_head(&mut self, key: Key, head: u32) {
         if matches!(key, Key::V4(_)) {
             self.sealed = None;

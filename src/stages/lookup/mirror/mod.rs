@@ -266,8 +266,11 @@ impl Mirror {
 
     /// Makes `index` the one `server` matches against. Lookups see the
     /// old one or the new one, whole.
+    /// Seals it first if the caller has not (see [`Index::seal`]).
     pub fn swap(&self, server: &ServerMirror, mut index: Index) {
-        index.seal();
+        if !index.is_sealed() {
+            index.seal();
+        }
         server.index.store(Some(Arc::new(index)));
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
         self.inner.composed.invalidate_all();

@@ -268,10 +268,28 @@ impl Syncer {
                 "mirror loaded from its store"
             );
             self.server.attributes.store(count, Ordering::Relaxed);
-            self.mirror.swap(&self.server, index);
+            self.swap_in(index).await;
             self.publish();
         }
         Ok(())
+    }
+
+    /// Makes `index` the live one, sealed on the blocking pool first: for a
+    /// million addresses that is tens of milliseconds, too long to hold a
+    /// runtime thread.
+    async fn swap_in(&self, mut index: Index) {
+        let sealed = tokio::task::spawn_blocking(move || {
+            index.seal();
+            index
+        })
+        .await;
+        match sealed {
+            Ok(index) => self.mirror.swap(&self.server, index),
+            // Only a panic in seal: the live index stays.
+            Err(e) => {
+                tracing::error!(server = %self.server.name, error = %e, "cannot prepare the new mirror index; the previous one stays in force")
+            }
+        }
     }
 
     pub async fn sync(&self, kind: Kind) -> Result<(), SyncError> {
@@ -364,7 +382,7 @@ impl Syncer {
             secs = started.elapsed().as_secs_f64(),
             "mirror full sync done"
         );
-        self.mirror.swap(&self.server, index);
+        self.swap_in(index).await;
         Ok(())
     }
 
@@ -453,7 +471,7 @@ impl Syncer {
         self.count().await;
         tracing::debug!(server = %name, changes, "mirror incremental sync done");
         if let Some(ix) = index {
-            self.mirror.swap(&self.server, ix);
+            self.swap_in(ix).await;
         }
         Ok(())
     }
