@@ -352,3 +352,28 @@ async fn failing_syncs_are_reported_to_wazuh_as_an_error_event() {
         "{ev}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_page_over_the_response_limit_is_asked_for_in_halves() {
+    let ips: Vec<String> = (0..300).map(pool_ip).collect();
+    let mut h = mirror_harness(&data(&ips)).await;
+    h.cfg.misp.sync_page_size = 256.into();
+    // 256 attributes are about 100 KB; a quarter of them fits.
+    h.cfg.misp.max_response_bytes = 40_000;
+    let daemon = h.start();
+    ready(&daemon).await;
+    for ip in &ips {
+        assert!(hit(&daemon, ip), "{ip} mirrored");
+    }
+    assert!(hit(&daemon, INSIDE));
+    let limits: Vec<u64> = h
+        .sim
+        .request_bodies()
+        .iter()
+        .filter(|b| b.get("value").is_none())
+        .filter_map(|b| b["limit"].as_u64())
+        .collect();
+    assert_eq!(limits.first(), Some(&256));
+    assert!(limits.iter().any(|l| *l < 256), "{limits:?}");
+    daemon.shutdown(Duration::from_secs(5)).await;
+}

@@ -299,20 +299,42 @@ impl Syncer {
         }
     }
 
-    /// One page, retried with backoff `misp.retries` times.
-    async fn page(&self, page: u32, since: Option<i64>) -> Result<Vec<Attribute>, SyncError> {
+    /// The next page at `pager`, retried with backoff `misp.retries` times.
+    /// A page over `misp.max_response_bytes` is asked for again in halves
+    /// (while the halves still line up with the pages already read).
+    async fn page(
+        &self,
+        pager: &mut Pager,
+        since: Option<i64>,
+    ) -> Result<Vec<Attribute>, SyncError> {
         let mut attempt = 0;
         loop {
             let client = self.client();
             let q = SyncQuery {
                 filters: &self.settings.filters,
-                page,
-                limit: self.settings.page_size,
+                page: (pager.offset / u64::from(pager.limit)) as u32 + 1,
+                limit: pager.limit,
                 since,
             };
             self.stats.sync_requests.fetch_add(1, Ordering::Relaxed);
             match client.sync_page(&q).await {
-                Ok((attributes, _bytes)) => return Ok(attributes),
+                Ok((attributes, _bytes)) => {
+                    pager.last = attributes.len();
+                    pager.offset += attributes.len() as u64;
+                    return Ok(attributes);
+                }
+                Err(MispError::BadBody(m))
+                    if m.contains("max_response_bytes")
+                        && pager.limit >= 2
+                        && pager.offset % u64::from(pager.limit / 2) == 0 =>
+                {
+                    pager.limit /= 2;
+                    tracing::warn!(
+                        server = %self.server.name,
+                        limit = pager.limit,
+                        "a sync page is over misp.max_response_bytes; asking for smaller pages (lower misp.sync_page_size)"
+                    );
+                }
                 Err(e) if attempt < self.settings.retries => {
                     let delay = match &e {
                         MispError::RateLimited {
@@ -320,7 +342,7 @@ impl Syncer {
                         } => (*d).min(Duration::from_secs(300)),
                         _ => Duration::from_millis(500) * 2u32.pow(attempt.min(5)),
                     };
-                    tracing::debug!(server = %self.server.name, error = %e, page, "sync page failed; retrying");
+                    tracing::debug!(server = %self.server.name, error = %e, offset = pager.offset, "sync page failed; retrying");
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }
@@ -348,10 +370,9 @@ impl Syncer {
         let mut cursor = 0i64;
         let mut count = 0u64;
         let since = self.age_floor();
-        let mut page = 1;
+        let mut pager = Pager::new(self.settings.page_size);
         loop {
-            let attributes = self.page(page, since).await?;
-            let got = attributes.len();
+            let attributes = self.page(&mut pager, since).await?;
             let (rows, _excluded) = rows_of(attributes, &self.settings.filters);
             count += rows.len() as u64;
             if count > self.settings.max_indicators {
@@ -364,10 +385,9 @@ impl Syncer {
             }
             cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
             index = self.write(generation, rows, index).await?;
-            if got < self.settings.page_size as usize {
+            if pager.done() {
                 break;
             }
-            page += 1;
         }
         let now = chrono::Utc::now().timestamp();
         let n = name.clone();
@@ -378,7 +398,7 @@ impl Syncer {
             server = %name,
             attributes,
             networks = index.networks(),
-            pages = page,
+            attributes_paged = pager.offset,
             secs = started.elapsed().as_secs_f64(),
             "mirror full sync done"
         );
@@ -437,10 +457,9 @@ impl Syncer {
         let mut index: Option<Index> = None;
         let mut cursor = state.cursor;
         let mut changes = 0usize;
-        let mut page = 1;
+        let mut pager = Pager::new(self.settings.page_size);
         loop {
-            let attributes = self.page(page, since).await?;
-            let got = attributes.len();
+            let attributes = self.page(&mut pager, since).await?;
             let (rows, excluded) = rows_of(attributes, &self.settings.filters);
             if !rows.is_empty() || !excluded.is_empty() {
                 let mut ix = index.take().unwrap_or_else(|| (*current).clone());
@@ -459,10 +478,9 @@ impl Syncer {
                 }
                 index = Some(ix);
             }
-            if got < self.settings.page_size as usize {
+            if pager.done() {
                 break;
             }
-            page += 1;
         }
         let now = chrono::Utc::now().timestamp();
         let n = name.clone();
@@ -474,6 +492,29 @@ impl Syncer {
             self.swap_in(ix).await;
         }
         Ok(())
+    }
+}
+
+/// Where a paged sync is: attributes read so far, the page size in force
+/// (halved when a page is too large), and the last page's length.
+struct Pager {
+    offset: u64,
+    limit: u32,
+    last: usize,
+}
+
+impl Pager {
+    fn new(limit: u32) -> Pager {
+        Pager {
+            offset: 0,
+            limit: limit.max(1),
+            last: 0,
+        }
+    }
+
+    /// The last page was short: there is no next one.
+    fn done(&self) -> bool {
+        self.last < self.limit as usize
     }
 }
 
