@@ -25,7 +25,7 @@ use wazuh_misp::sim::{pool_ip, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 
 mod common;
-use common::KEY;
+use common::{peak_rss_mb, KEY};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -42,16 +42,6 @@ fn rss_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The `k`-th network indicator: /24s mostly, some /16, /20 and /28, in

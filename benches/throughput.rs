@@ -30,17 +30,7 @@ use wazuh_misp::sim::{pool_ip, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 
 mod common;
-use common::{alert, event, KEY};
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+use common::{alert, event, peak_rss_mb, KEY};
 
 fn reset_peak_rss() {
     // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.

@@ -378,8 +378,7 @@ async fn check_config_reports_each_broken_item() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_status_lookup_and_check_config_read_the_mirror() {
     let ips: Vec<String> = (0..3).map(pool_ip).collect();
-    let mut net = event_with_ips(8, &["185.220.101.0/24".to_owned()]);
-    net["Event"]["Attribute"][0]["type"] = "ip-dst".into();
+    let net = event_with_networks(8, &["185.220.101.0/24"]);
     let h = Harness::new(&SimData::from_events([event_with_ips(7, &ips), net])).await;
     let cfg = write_config(
         h.dir.path(),

@@ -11,23 +11,11 @@ use wazuh_misp::config::MispMode;
 use wazuh_misp::observable::Observable;
 use wazuh_misp::runtime::Daemon;
 use wazuh_misp::sim::SimData;
-use wazuh_misp::stats::Stats;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NETWORK: &str = "185.220.101.0/24";
 const INSIDE: &str = "185.220.101.7";
 const OUTSIDE: &str = "93.184.216.34";
-
-/// A MISP event whose attributes are networks (ip-dst), as MISP stores
-/// a Tor exit range.
-fn event_with_networks(id: usize, nets: &[&str]) -> Value {
-    let mut e = event_with_ips(id, &nets.iter().map(|n| n.to_string()).collect::<Vec<_>>());
-    for a in e["Event"]["Attribute"].as_array_mut().unwrap() {
-        a["type"] = "ip-dst".into();
-    }
-    e["Event"]["info"] = "Tor exit nodes".into();
-    e
-}
 
 fn data(exact: &[String]) -> SimData {
     SimData::from_events([
@@ -82,10 +70,7 @@ async fn a_network_indicator_matches_every_ip_inside_and_misp_hears_only_of_hits
         sshd_alert(4, "2a0b:f4c0:bad:1::5", "001"),
     ));
     q.received.wait_for(3, WAIT).await;
-    eventually("all lines handled", WAIT, || {
-        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 4
-    })
-    .await;
+    all_handled(&daemon, 4, WAIT).await;
     daemon.shutdown(Duration::from_secs(5)).await;
     q.drain().await;
     let events = q.received.events();
@@ -186,10 +171,7 @@ async fn an_attribute_deleted_in_misp_stops_matching_after_the_full_reconciliati
         sshd_alert(3, &exact[1], "001"),
     ));
     q.received.wait_for(1, WAIT).await;
-    eventually("all lines handled", WAIT, || {
-        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 3
-    })
-    .await;
+    all_handled(&daemon, 3, WAIT).await;
     daemon.shutdown(Duration::from_secs(5)).await;
     q.drain().await;
     let events = q.received.events();
@@ -220,10 +202,7 @@ async fn with_misp_stopped_after_the_first_sync_known_indicators_are_still_enric
         sshd_alert(5, OUTSIDE, "001"),
     ));
     q.received.wait_for(4, WAIT).await;
-    eventually("all lines handled", WAIT, || {
-        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 5
-    })
-    .await;
+    all_handled(&daemon, 5, WAIT).await;
     daemon.shutdown(Duration::from_secs(5)).await;
     q.drain().await;
     let events = q.received.events();

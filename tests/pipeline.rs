@@ -25,10 +25,7 @@ async fn agent_and_manager_alerts_arrive_in_the_right_location_form() {
         sshd_alert(3, "93.184.216.34", "002"),
     ));
     q.received.wait_for(2, WAIT).await;
-    eventually("all lines handled", WAIT, || {
-        daemon.checkpoints.in_flight() == 0 && Stats::get(&daemon.stats.lines_read) == 3
-    })
-    .await;
+    all_handled(&daemon, 3, WAIT).await;
     daemon.shutdown(Duration::from_secs(5)).await;
     q.drain().await;
     let mut events = q.received.events();

@@ -428,8 +428,7 @@ fn mirror_status(config: &Path) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_syncs_leaves_a_consistent_mirror_and_no_second_full_download() {
     let ips: Vec<String> = (0..1500).map(pool_ip).collect();
-    let mut net = event_with_ips(2, &["185.220.101.0/24".to_owned()]);
-    net["Event"]["Attribute"][0]["type"] = "ip-dst".into();
+    let net = event_with_networks(2, &["185.220.101.0/24"]);
     let h = Harness::new(&SimData::from_events([event_with_ips(1, &ips), net])).await;
     let config = write_mirror_config(&h);
     let held = h.sim.attribute_count() as i64;

@@ -36,3 +36,15 @@ pub fn event(ips: &[String]) -> Value {
     json!({"Event": {"id": "1", "info": "bench", "date": "2026-11-15", "threat_level_id": "2", "analysis": "2",
         "Orgc": {"name": "BENCH"}, "Tag": [{"name": "tlp:green"}], "Attribute": attrs}})
 }
+
+/// The process's peak RSS (VmHWM), in MB.
+#[allow(dead_code)]
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

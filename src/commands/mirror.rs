@@ -29,7 +29,8 @@ pub fn status(cfg: &Config) -> anyhow::Result<Value> {
         None => Vec::new(),
     };
     let now = chrono::Utc::now().timestamp();
-    let mut names: Vec<String> = cfg.servers().into_iter().map(|s| s.name).collect();
+    let configured: Vec<String> = cfg.servers().into_iter().map(|s| s.name).collect();
+    let mut names = configured.clone();
     for s in &stored {
         if !names.contains(&s.name) {
             names.push(s.name.clone());
@@ -39,10 +40,9 @@ pub fn status(cfg: &Config) -> anyhow::Result<Value> {
         .iter()
         .map(|name| {
             let st = stored.iter().find(|s| &s.name == name);
-            let configured = cfg.servers().iter().any(|s| &s.name == name);
             json!({
                 "name": name,
-                "configured": configured,
+                "configured": configured.contains(name),
                 "complete": st.is_some_and(|s| s.complete),
                 "attributes": st.map_or(0, |s| s.attributes),
                 "networks": st.map_or(0, |s| s.networks),
@@ -66,29 +66,23 @@ pub fn status(cfg: &Config) -> anyhow::Result<Value> {
 pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> {
     let stats = Arc::new(Stats::default());
     let mut lookups = Vec::new();
-    for (i, server) in cfg.servers().into_iter().enumerate() {
-        let table = if i == 0 {
-            "misp".to_owned()
-        } else {
-            format!("misp.servers[{}]", i - 1)
-        };
-        let key = server.misp.resolve_api_key(&table, i == 0)?;
-        let client = MispClient::new(&server.misp, &key)?;
+    for server in cfg.servers() {
+        let client = MispClient::new(&server.misp, &server.api_key()?)?;
         lookups.push((server, Lookup::start(client, &cfg.misp, stats.clone())));
     }
     let mirror = match (*cfg.misp.mode, Store::open_read_only(&cfg.input.state_dir)?) {
-        (MispMode::Mirror, Some(_)) => {
+        (MispMode::Mirror, Some(store)) => {
+            // One store for every server, as in the daemon.
+            let store = Arc::new(Mutex::new(store));
             let mut servers = Vec::new();
             let mut settings = Vec::new();
             for (server, lookup) in lookups.iter() {
-                let store = Store::open_read_only(&cfg.input.state_dir)?
-                    .ok_or_else(|| anyhow::anyhow!("the mirror store is gone"))?;
                 settings.push(SyncSettings::from_config(&server.misp));
                 servers.push((
                     server.name.clone(),
                     server.misp.clone(),
                     lookup.clone(),
-                    Arc::new(Mutex::new(store)),
+                    store.clone(),
                 ));
             }
             let mirror = Mirror::new(&cfg.misp, servers);

@@ -302,7 +302,17 @@ impl fmt::Debug for ServerConfig {
 #[derive(Debug, Clone)]
 pub struct Server {
     pub name: String,
+    /// Where it is configured, for errors: `misp` or `misp.servers[i]`.
+    pub table: String,
     pub misp: MispConfig,
+}
+
+impl Server {
+    /// Its API key; only the first server falls back to the systemd
+    /// credential.
+    pub fn api_key(&self) -> Result<Secret, ConfigError> {
+        self.misp.resolve_api_key(&self.table, self.table == "misp")
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -657,6 +667,34 @@ fn from_config_error(e: config::ConfigError) -> ConfigError {
     ConfigError::key("", msg)
 }
 
+/// A MISP url at `key`: http(s), and parseable.
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let shown = redact_url(url);
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ConfigError::key(
+            key,
+            format!("{shown:?} must start with https:// or http://"),
+        ));
+    }
+    if reqwest::Url::parse(url).is_err() {
+        return Err(ConfigError::key(
+            key,
+            format!("{shown:?} is not a valid URL"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_ca_file(key: &str, ca: Option<&Path>) -> Result<(), ConfigError> {
+    match ca {
+        Some(ca) if !ca.is_file() => Err(ConfigError::key(
+            key,
+            format!("{} is not a readable file", ca.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Config {
     /// A config for a self-contained run in one directory (the demo, the
     /// benchmarks, tests): alerts.json, the state dir and the queue socket
@@ -680,19 +718,7 @@ impl Config {
                 "is required (e.g. \"https://misp.example.org\")",
             ));
         }
-        let shown = redact_url(url);
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ConfigError::key(
-                "misp.url",
-                format!("{shown:?} must start with https:// or http://"),
-            ));
-        }
-        if reqwest::Url::parse(url).is_err() {
-            return Err(ConfigError::key(
-                "misp.url",
-                format!("{shown:?} is not a valid URL"),
-            ));
-        }
+        check_url("misp.url", url)?;
         if self.misp.api_key.is_some() && self.misp.api_key_file.is_some() {
             return Err(ConfigError::key(
                 "misp.api_key",
@@ -731,14 +757,7 @@ impl Config {
                 "must be at least 1024",
             ));
         }
-        if let Some(ca) = &self.misp.ca_file {
-            if !ca.is_file() {
-                return Err(ConfigError::key(
-                    "misp.ca_file",
-                    format!("{} is not a readable file", ca.display()),
-                ));
-            }
-        }
+        check_ca_file("misp.ca_file", self.misp.ca_file.as_deref())?;
         self.validate_servers()?;
         self.filter.exclude_nets()?;
         if !self.metrics.listen.is_empty()
@@ -820,29 +839,14 @@ impl Config {
                 ));
             }
             names.push(&s.name);
-            let url = s.url.trim();
-            if !(url.starts_with("https://") || url.starts_with("http://"))
-                || reqwest::Url::parse(url).is_err()
-            {
-                return Err(ConfigError::key(
-                    format!("{table}.url"),
-                    format!("{:?} is not an http(s) URL", redact_url(url)),
-                ));
-            }
+            check_url(&format!("{table}.url"), s.url.trim())?;
             if s.api_key.is_some() && s.api_key_file.is_some() {
                 return Err(ConfigError::key(
                     format!("{table}.api_key"),
                     "set either api_key or api_key_file, not both",
                 ));
             }
-            if let Some(ca) = &s.ca_file {
-                if !ca.is_file() {
-                    return Err(ConfigError::key(
-                        format!("{table}.ca_file"),
-                        format!("{} is not a readable file", ca.display()),
-                    ));
-                }
-            }
+            check_ca_file(&format!("{table}.ca_file"), s.ca_file.as_deref())?;
         }
         Ok(())
     }
@@ -852,9 +856,10 @@ impl Config {
     pub fn servers(&self) -> Vec<Server> {
         let mut out = vec![Server {
             name: self.misp.name.to_string(),
+            table: "misp".to_owned(),
             misp: self.misp.clone(),
         }];
-        for s in self.misp.servers.iter() {
+        for (i, s) in self.misp.servers.iter().enumerate() {
             let mut m = self.misp.clone();
             m.servers = Restart(Vec::new());
             m.name = Restart(s.name.clone());
@@ -877,6 +882,7 @@ impl Config {
             }
             out.push(Server {
                 name: s.name.clone(),
+                table: format!("misp.servers[{i}]"),
                 misp: m,
             });
         }

@@ -102,16 +102,11 @@ fn start_intelligence(
     ));
     let mut servers = Vec::new();
     let mut first = Some(client);
-    for (i, server) in cfg.servers().into_iter().enumerate() {
+    for server in cfg.servers() {
         let client = match first.take() {
             Some(c) => c,
-            None => {
-                let key = server
-                    .misp
-                    .resolve_api_key(&format!("misp.servers[{}]", i - 1), false)?;
-                MispClient::new(&server.misp, &key)
-                    .with_context(|| format!("misp.servers[{}] ({})", i - 1, server.name))?
-            }
+            None => MispClient::new(&server.misp, &server.api_key()?)
+                .with_context(|| format!("{} ({})", server.table, server.name))?,
         };
         let lookup = lookup_for(client, &server.misp);
         servers.push((server.name, server.misp, lookup, store.clone()));

@@ -41,6 +41,17 @@ pub fn event_with_ips(id: usize, ips: &[String]) -> Value {
         "Attribute": attrs, "Object": []}})
 }
 
+/// A MISP event whose attributes are networks (ip-dst), as MISP stores
+/// a Tor exit range.
+pub fn event_with_networks(id: usize, nets: &[&str]) -> Value {
+    let mut e = event_with_ips(id, &nets.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+    for a in e["Event"]["Attribute"].as_array_mut().unwrap() {
+        a["type"] = "ip-dst".into();
+    }
+    e["Event"]["info"] = "Tor exit nodes".into();
+    e
+}
+
 /// An sshd alert (corpus shape) from `ip`, for agent `agent` ("000" = manager).
 pub fn sshd_alert(n: usize, ip: &str, agent: &str) -> String {
     let agent_obj = if agent == "000" {
@@ -236,6 +247,15 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the daemon has read `lines` lines and has none in flight.
+pub async fn all_handled(daemon: &wazuh_misp::runtime::Daemon, lines: u64, timeout: Duration) {
+    eventually("all lines handled", timeout, || {
+        daemon.checkpoints.in_flight() == 0
+            && wazuh_misp::stats::Stats::get(&daemon.stats.lines_read) == lines
+    })
+    .await;
 }
 
 /// The path to `../shared/corpus`, if present.

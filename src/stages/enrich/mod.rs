@@ -994,62 +994,51 @@ pub fn render(
     header: &str,
     out: &mut Datagrams,
 ) -> Rendered {
+    let Some(limit) = crate::output::MAX_DATAGRAM.checked_sub(header.len()) else {
+        return Rendered::TooLarge;
+    };
+    let render_one = |answer: &LookupResult, out: &mut Datagrams| -> Rendered {
+        if match_types == MatchTypes::All {
+            let prepared = answer.derived(prepare);
+            let Some(prepared) = prepared.and_then(Option::as_ref) else {
+                return Rendered::Nothing;
+            };
+            if out.push_with(header, |buf| {
+                write_spliced(ctx, hit, answer, prepared, timestamp, limit, buf)
+            }) {
+                return Rendered::Sent;
+            }
+        }
+        let selected = select(answer, match_types, hit.direction);
+        let Some(mut ev) = enrich_answer(ctx, hit, answer, &selected, now) else {
+            return Rendered::Nothing;
+        };
+        match serialize_within(&mut ev, limit) {
+            Some(payload) if out.push(header, &payload) => {
+                let summary = &ev.misp_data.summary;
+                if summary.truncated {
+                    tracing::info!(
+                        value = %hit.observable,
+                        omitted = summary.omitted_attributes,
+                        omitted_fields = ?summary.omitted_fields,
+                        "event shrunk to fit one datagram"
+                    );
+                }
+                Rendered::Sent
+            }
+            _ => Rendered::TooLarge,
+        }
+    };
     // One event per server that knows the observable.
     let mut rendered = Rendered::Nothing;
     for part in answer.parts() {
-        match render_one(ctx, hit, part, match_types, now, timestamp, header, out) {
+        match render_one(part, out) {
             Rendered::Sent => rendered = Rendered::Sent,
             Rendered::TooLarge if rendered == Rendered::Nothing => rendered = Rendered::TooLarge,
             _ => {}
         }
     }
     rendered
-}
-
-#[allow(clippy::too_many_arguments)]
-fn render_one(
-    ctx: &AlertContext<'_>,
-    hit: &Occurrence,
-    answer: &LookupResult,
-    match_types: MatchTypes,
-    now: chrono::DateTime<chrono::Utc>,
-    timestamp: &str,
-    header: &str,
-    out: &mut Datagrams,
-) -> Rendered {
-    let Some(limit) = crate::output::MAX_DATAGRAM.checked_sub(header.len()) else {
-        return Rendered::TooLarge;
-    };
-    if match_types == MatchTypes::All {
-        let prepared = answer.derived(prepare);
-        let Some(prepared) = prepared.and_then(Option::as_ref) else {
-            return Rendered::Nothing;
-        };
-        if out.push_with(header, |buf| {
-            write_spliced(ctx, hit, answer, prepared, timestamp, limit, buf)
-        }) {
-            return Rendered::Sent;
-        }
-    }
-    let selected = select(answer, match_types, hit.direction);
-    let Some(mut ev) = enrich_answer(ctx, hit, answer, &selected, now) else {
-        return Rendered::Nothing;
-    };
-    match serialize_within(&mut ev, limit) {
-        Some(payload) if out.push(header, &payload) => {
-            let summary = &ev.misp_data.summary;
-            if summary.truncated {
-                tracing::info!(
-                    value = %hit.observable,
-                    omitted = summary.omitted_attributes,
-                    omitted_fields = ?summary.omitted_fields,
-                    "event shrunk to fit one datagram"
-                );
-            }
-            Rendered::Sent
-        }
-        _ => Rendered::TooLarge,
-    }
 }
 
 #[cfg(test)]

@@ -406,7 +406,7 @@ impl Mirror {
                 && !part
                     .attributes
                     .iter()
-                    .any(|a| super::mirror::index::Key::of_value(&a.value).any(|k| k.is_network()))
+                    .any(|a| index::Key::of_value(&a.value).any(|k| k.is_network()))
             {
                 part.matched_network = None;
             }

@@ -65,8 +65,12 @@ pub struct Row {
 impl Row {
     /// Whether its value is a network (files under a prefix).
     pub fn is_network(&self) -> bool {
-        super::index::Key::of_value(&self.value).any(|k| k.is_network())
+        is_network(&self.value)
     }
+}
+
+fn is_network(value: &str) -> bool {
+    super::index::Key::of_value(value).any(|k| k.is_network())
 }
 
 pub struct Store {
@@ -118,12 +122,12 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
+        let conn = Connection::open(path).map_err(&err)?;
         let store = Store {
             conn,
             path: path.to_owned(),
         };
-        store.init().map_err(err)?;
+        store.init().map_err(&err)?;
         Ok(store)
     }
 
@@ -204,8 +208,15 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError {
-            path: self.path.display().to_string(),
+        self.errors()(source)
+    }
+
+    /// Names this store in an error; owns its path, so that it can be
+    /// used while a transaction borrows the connection.
+    fn errors(&self) -> impl Fn(rusqlite::Error) -> StoreError + 'static {
+        let path = self.path.display().to_string();
+        move |source| StoreError {
+            path: path.clone(),
             source,
         }
     }
@@ -241,12 +252,8 @@ impl Store {
     /// Starts a full sync of `name`: a new generation, empty, beside the
     /// live one. Returns its number.
     pub fn begin_full(&mut self, name: &str, fingerprint: &str) -> Result<i64> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
         let current: Option<(i64, String)> = tx
             .query_row(
                 "SELECT generation, fingerprint FROM servers WHERE name = ?1",
@@ -254,7 +261,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
-            .map_err(err)?;
+            .map_err(&err)?;
         let next = current.as_ref().map_or(1, |(g, _)| g + 1);
         if current.is_none() {
             tx.execute(
@@ -262,14 +269,14 @@ impl Store {
                  VALUES(?1, ?2, 0, 0, 0)",
                 params![name, fingerprint],
             )
-            .map_err(err)?;
+            .map_err(&err)?;
         }
         tx.execute(
             "DELETE FROM attributes WHERE server = ?1 AND generation = ?2",
             params![name, next],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
         Ok(next)
     }
 
@@ -281,12 +288,8 @@ impl Store {
         generation: i64,
         rows: &[Row],
     ) -> Result<Vec<Option<String>>> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
         let mut replaced = Vec::with_capacity(rows.len());
         let (mut attributes, mut networks) = (0i64, 0i64);
         {
@@ -294,19 +297,19 @@ impl Store {
                 .prepare_cached(
                     "SELECT value FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut put = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO attributes(server, generation, uuid, id, event_id, type,
                         category, value, to_ids, timestamp, tags, event_uuid, event_info, network)
                      VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for r in rows {
                 let was: Option<String> = old
                     .query_row(params![name, generation, r.uuid], |x| x.get(0))
                     .optional()
-                    .map_err(err)?;
+                    .map_err(&err)?;
                 let net =
                     |v: &str| i64::from(super::index::Key::of_value(v).any(|k| k.is_network()));
                 match &was {
@@ -333,7 +336,7 @@ impl Store {
                     r.event_info,
                     r.is_network(),
                 ])
-                .map_err(err)?;
+                .map_err(&err)?;
             }
         }
         // The live generation's counts follow its changes; a new one is
@@ -343,8 +346,8 @@ impl Store {
              WHERE name = ?1 AND generation = ?2",
             params![name, generation, attributes, networks],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
         Ok(replaced)
     }
 
@@ -356,40 +359,33 @@ impl Store {
         generation: i64,
         uuids: &[String],
     ) -> Result<Vec<(String, String)>> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
         let mut removed = Vec::new();
         {
             let mut del = tx
                 .prepare_cached(
                     "DELETE FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3 RETURNING value",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for u in uuids {
                 if let Some(v) = del
                     .query_row(params![name, generation, u], |r| r.get::<_, String>(0))
                     .optional()
-                    .map_err(err)?
+                    .map_err(&err)?
                 {
                     removed.push((u.clone(), v));
                 }
             }
         }
-        let networks = removed
-            .iter()
-            .filter(|(_, v)| super::index::Key::of_value(v).any(|k| k.is_network()))
-            .count() as i64;
+        let networks = removed.iter().filter(|(_, v)| is_network(v)).count() as i64;
         tx.execute(
             "UPDATE servers SET attributes = attributes - ?3, networks = networks - ?4
              WHERE name = ?1 AND generation = ?2",
             params![name, generation, removed.len() as i64, networks],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
         Ok(removed)
     }
 
@@ -403,25 +399,21 @@ impl Store {
         cursor: i64,
         now: i64,
     ) -> Result<()> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
         tx.execute(
             "UPDATE servers SET fingerprint = ?2, generation = ?3, complete = 1, cursor = ?4,
                 last_sync = ?5, last_full_sync = ?5, last_error = NULL WHERE name = ?1",
             params![name, fingerprint, generation, cursor, now],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         tx.execute(
             "DELETE FROM attributes WHERE server = ?1 AND generation != ?2",
             params![name, generation],
         )
-        .map_err(err)?;
-        Self::count_in(&tx, name, generation).map_err(err)?;
-        tx.commit().map_err(err)
+        .map_err(&err)?;
+        Self::count_in(&tx, name, generation).map_err(&err)?;
+        tx.commit().map_err(&err)
     }
 
     fn count_in(
@@ -441,27 +433,23 @@ impl Store {
 
     /// Records an incremental sync that completed.
     pub fn finish_incremental(&mut self, name: &str, cursor: i64, now: i64) -> Result<()> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
         let generation: i64 = tx
             .query_row(
                 "SELECT generation FROM servers WHERE name = ?1",
                 [name],
                 |r| r.get(0),
             )
-            .map_err(err)?;
+            .map_err(&err)?;
         tx.execute(
             "UPDATE servers SET cursor = MAX(cursor, ?2), last_sync = ?3, last_error = NULL
              WHERE name = ?1",
             params![name, cursor, now],
         )
-        .map_err(err)?;
-        Self::count_in(&tx, name, generation).map_err(err)?;
-        tx.commit().map_err(err)
+        .map_err(&err)?;
+        Self::count_in(&tx, name, generation).map_err(&err)?;
+        tx.commit().map_err(&err)
     }
 
     pub fn record_error(&mut self, name: &str, message: &str) -> Result<()> {
