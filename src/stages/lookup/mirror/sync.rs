@@ -124,22 +124,25 @@ impl Syncer {
         self.server.store.clone()
     }
 
+    /// Runs `f` on the store, with this server's name, on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Store) -> Result<T, super::store::StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Store, &str) -> Result<T, super::store::StoreError> + Send + 'static,
     ) -> Result<T, SyncError> {
         let store = self.store();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
-            .await
-            .map_err(|_| SyncError::Stopped)?
-            .map_err(SyncError::from)
+        let name = self.server.name.clone();
+        tokio::task::spawn_blocking(move || {
+            f(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &name)
+        })
+        .await
+        .map_err(|_| SyncError::Stopped)?
+        .map_err(SyncError::from)
     }
 
     /// Syncs until `stop`. Returns only then.
     pub async fn run(self, stop: CancellationToken) {
         let name = self.server.name.to_string();
-        let n = name.clone();
-        if let Err(e) = self.blocking(move |s| s.drop_stale(&n)).await {
+        if let Err(e) = self.blocking(|s, name| s.drop_stale(name)).await {
             tracing::warn!(server = %name, error = %e, "cannot drop what an interrupted full sync left in the store");
         }
         if let Err(e) = self.load().await {
@@ -181,8 +184,9 @@ impl Syncer {
                         "mirror sync failed; the last good mirror stays in force, next try in misp.sync_interval_secs"
                     );
                     let message = e.to_string();
-                    let n = name.clone();
-                    let _ = self.blocking(move |s| s.record_error(&n, &message)).await;
+                    let _ = self
+                        .blocking(move |s, name| s.record_error(name, &message))
+                        .await;
                 }
             }
             self.publish();
@@ -214,8 +218,7 @@ impl Syncer {
     /// has completed, or the last is `misp.full_sync_interval_secs` old.
     async fn due(&self, last_full: &mut Option<Instant>) -> Kind {
         let fp = fingerprint(&self.client(), &self.settings);
-        let name = self.server.name.to_string();
-        let state = self.blocking(move |s| s.server(&name)).await.ok().flatten();
+        let state = self.blocking(|s, name| s.server(name)).await.ok().flatten();
         let Some(state) = state else {
             return Kind::Full;
         };
@@ -240,10 +243,9 @@ impl Syncer {
     /// same url and filters is there.
     pub async fn load(&self) -> Result<(), SyncError> {
         let fp = fingerprint(&self.client(), &self.settings);
-        let name = self.server.name.to_string();
         let loaded = self
-            .blocking(move |s| {
-                let Some(state) = s.server(&name)? else {
+            .blocking(move |s, name| {
+                let Some(state) = s.server(name)? else {
                     return Ok(None);
                 };
                 if !state.complete || state.fingerprint != fp {
@@ -252,7 +254,7 @@ impl Syncer {
                 let last_sync = state.last_sync.unwrap_or(0);
                 let mut index = Index::with_capacity(state.attributes.max(0) as usize);
                 let mut count = 0u64;
-                s.each(&name, |value, uuid, ts| {
+                s.each(name, |value, uuid, ts| {
                     count += 1;
                     index.file(value, Record::new(uuid_bytes(uuid), seen(ts)));
                 })?;
@@ -362,9 +364,8 @@ impl Syncer {
         let started = Instant::now();
         let fp = fingerprint(&self.client(), &self.settings);
         let name = self.server.name.to_string();
-        let n = name.clone();
         let f = fp.clone();
-        let generation = self.blocking(move |s| s.begin_full(&n, &f)).await?;
+        let generation = self.blocking(move |s, name| s.begin_full(name, &f)).await?;
         let previous = self.server.index().map_or(0, |i| i.len());
         let mut index = Index::with_capacity(previous);
         let mut cursor = 0i64;
@@ -390,8 +391,7 @@ impl Syncer {
             }
         }
         let now = chrono::Utc::now().timestamp();
-        let n = name.clone();
-        self.blocking(move |s| s.finish_full(&n, &fp, generation, cursor, now))
+        self.blocking(move |s, name| s.finish_full(name, &fp, generation, cursor, now))
             .await?;
         let attributes = self.count().await;
         tracing::info!(
@@ -407,9 +407,8 @@ impl Syncer {
     }
 
     async fn count(&self) -> u64 {
-        let name = self.server.name.to_string();
         let n = self
-            .blocking(move |s| Ok(s.server(&name)?.map_or(0, |st| st.attributes)))
+            .blocking(|s, name| Ok(s.server(name)?.map_or(0, |st| st.attributes)))
             .await
             .unwrap_or(0)
             .max(0) as u64;
@@ -425,10 +424,9 @@ impl Syncer {
         rows: Vec<Row>,
         mut index: Index,
     ) -> Result<Index, SyncError> {
-        let name = self.server.name.to_string();
         let (rows, replaced) = self
-            .blocking(move |s| {
-                let replaced = s.write(&name, generation, &rows)?;
+            .blocking(move |s, name| {
+                let replaced = s.write(name, generation, &rows)?;
                 Ok((rows, replaced))
             })
             .await?;
@@ -444,8 +442,7 @@ impl Syncer {
 
     async fn incremental(&self) -> Result<(), SyncError> {
         let name = self.server.name.to_string();
-        let n = name.clone();
-        let Some(state) = self.blocking(move |s| s.server(&n)).await? else {
+        let Some(state) = self.blocking(|s, name| s.server(name)).await? else {
             return self.full().await;
         };
         let Some(current) = self.server.index() else {
@@ -467,10 +464,8 @@ impl Syncer {
                 changes += rows.len();
                 ix = self.write(state.generation, rows, ix).await?;
                 if !excluded.is_empty() {
-                    let n = name.clone();
-                    let uuids = excluded;
                     let gone = self
-                        .blocking(move |s| s.remove(&n, state.generation, &uuids))
+                        .blocking(move |s, name| s.remove(name, state.generation, &excluded))
                         .await?;
                     for (uuid, value) in gone {
                         ix.unfile(&value, &uuid_bytes(&uuid));
@@ -483,8 +478,7 @@ impl Syncer {
             }
         }
         let now = chrono::Utc::now().timestamp();
-        let n = name.clone();
-        self.blocking(move |s| s.finish_incremental(&n, cursor, now))
+        self.blocking(move |s, name| s.finish_incremental(name, cursor, now))
             .await?;
         self.count().await;
         tracing::debug!(server = %name, changes, "mirror incremental sync done");
