@@ -213,6 +213,31 @@ const ATTRIBUTE_FIELDS: &[&str] = &[
     "value",
 ];
 
+/// An attribute as restSearch renders it: MISP's fields (null when
+/// absent), its event, `deleted` and `disable_correlation` false unless
+/// set, and its own tags and sightings.
+fn rendered(a: &Value, event_id: &str, object_id: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    for f in ATTRIBUTE_FIELDS {
+        out.insert((*f).into(), a.get(*f).cloned().unwrap_or(Value::Null));
+    }
+    out.insert("event_id".into(), json!(event_id));
+    if out.get("object_id").is_none_or(Value::is_null) {
+        out.insert("object_id".into(), json!(object_id));
+    }
+    for f in ["deleted", "disable_correlation"] {
+        if out[f].is_null() {
+            out.insert(f.into(), json!(false));
+        }
+    }
+    for f in ["Tag", "Sighting"] {
+        if let Some(v) = a.get(f) {
+            out.insert(f.into(), v.clone());
+        }
+    }
+    out
+}
+
 impl Dataset {
     fn build(data: &SimData) -> Self {
         let mut attributes = Vec::new();
@@ -226,27 +251,10 @@ impl Dataset {
             }
             let event_id = s(event.get("id"));
             let mut push = |a: &Value, object_id: &str| {
-                let mut out = Map::new();
-                for f in ATTRIBUTE_FIELDS {
-                    out.insert((*f).into(), a.get(*f).cloned().unwrap_or(Value::Null));
-                }
+                let mut out = rendered(a, &event_id, object_id);
                 if s(a.get("id")).is_empty() {
                     next_attr_id += 1;
                     out.insert("id".into(), json!(next_attr_id.to_string()));
-                }
-                out.insert("event_id".into(), json!(event_id));
-                if out.get("object_id").is_none_or(Value::is_null) {
-                    out.insert("object_id".into(), json!(object_id));
-                }
-                for f in ["deleted", "disable_correlation"] {
-                    if out[f].is_null() {
-                        out.insert(f.into(), json!(false));
-                    }
-                }
-                for f in ["Tag", "Sighting"] {
-                    if let Some(v) = a.get(f) {
-                        out.insert(f.into(), v.clone());
-                    }
                 }
                 attributes.push((ei, Value::Object(out)));
             };
@@ -964,24 +972,8 @@ impl MispSim {
     pub fn add_attribute(&self, event_index: usize, attribute: Value) -> String {
         let mut d = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
         d.next_attr_id += 1;
-        let mut out = Map::new();
-        for f in ATTRIBUTE_FIELDS {
-            out.insert(
-                (*f).into(),
-                attribute.get(*f).cloned().unwrap_or(Value::Null),
-            );
-        }
-        for f in ["Tag", "Sighting"] {
-            if let Some(v) = attribute.get(f) {
-                out.insert(f.into(), v.clone());
-            }
-        }
+        let mut out = rendered(&attribute, &s(d.events[event_index].get("id")), "0");
         out.insert("id".into(), json!(d.next_attr_id.to_string()));
-        let event_id = s(d.events[event_index].get("id"));
-        out.insert("event_id".into(), json!(event_id));
-        out.insert("object_id".into(), json!("0"));
-        out.insert("deleted".into(), json!(false));
-        out.insert("disable_correlation".into(), json!(false));
         if out.get("to_ids").is_none_or(Value::is_null) {
             out.insert("to_ids".into(), json!(true));
         }

@@ -274,17 +274,10 @@ impl MispClient {
         values: &[String],
         limit: Option<u32>,
     ) -> Result<Vec<Attribute>, MispError> {
-        self.search_unscrubbed(values, limit)
+        self.post(&self.request_body(values, limit))
             .await
+            .map(|(attributes, _)| attributes)
             .map_err(|e| e.scrubbed(&self.secrets))
-    }
-
-    async fn search_unscrubbed(
-        &self,
-        values: &[String],
-        limit: Option<u32>,
-    ) -> Result<Vec<Attribute>, MispError> {
-        Ok(self.post(&self.request_body(values, limit)).await?.0)
     }
 
     /// The body of one page of a mirror sync: every attribute of the IP

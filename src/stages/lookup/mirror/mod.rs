@@ -309,10 +309,7 @@ impl Mirror {
         for s in &self.inner.servers {
             let part = match s.index() {
                 Some(index) => {
-                    let Some(ip) = observable.as_ip() else {
-                        continue;
-                    };
-                    let m = s.matches(&index, ip);
+                    let m = self.matches_on(s, &index, observable);
                     if !m.is_hit() {
                         continue;
                     }
