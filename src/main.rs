@@ -51,11 +51,11 @@ enum Command {
         #[command(subcommand)]
         action: MirrorCommand,
     },
-    /// For each IP: the mirror's match and the misp_data an alert naming it would carry.
+    /// For each IP, domain, URL or file hash: the mirror's match and the misp_data an alert naming it would carry.
     Lookup {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "OBSERVABLE")]
         ips: Vec<String>,
     },
     /// Run the whole pipeline offline against a built-in MISP simulator and sample alerts.

@@ -1,5 +1,5 @@
-//! What an alert is matched on: an [`Observable`] (an IP today; domains,
-//! URLs and file hashes are its other kinds), and an [`Occurrence`], an
+//! What an alert is matched on: an [`Observable`] (an IP, a domain, a
+//! URL or a file hash, its [`Kind`]), and an [`Occurrence`], an
 //! observable with where in the alert it was found.
 //!
 //! These are the domain types every stage after extraction speaks:
@@ -11,27 +11,163 @@
 use serde::Serialize;
 use std::net::IpAddr;
 
+/// The kinds of observable, as the event's `detected_observable.type`
+/// and the dedup key name them. Adding a kind starts here: its MISP types
+/// ([`Kind::misp_types`]), its parsing from MISP's text
+/// ([`Observable::from_misp`]) and its extraction (`stages/extract`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Ip,
+    Domain,
+    Url,
+    Md5,
+    Sha1,
+    Sha256,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Ip,
+        Kind::Domain,
+        Kind::Url,
+        Kind::Md5,
+        Kind::Sha1,
+        Kind::Sha256,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ip => "ip",
+            Kind::Domain => "domain",
+            Kind::Url => "url",
+            Kind::Md5 => "md5",
+            Kind::Sha1 => "sha1",
+            Kind::Sha256 => "sha256",
+        }
+    }
+
+    /// The MISP attribute types whose value (or one half of it) is an
+    /// observable of this kind.
+    pub fn misp_types(self) -> &'static [&'static str] {
+        match self {
+            Kind::Ip => &[
+                "ip-src",
+                "ip-dst",
+                "ip-src|port",
+                "ip-dst|port",
+                "domain|ip",
+            ],
+            Kind::Domain => &["domain", "hostname", "domain|ip"],
+            Kind::Url => &["url"],
+            Kind::Md5 => &["md5", "filename|md5"],
+            Kind::Sha1 => &["sha1", "filename|sha1"],
+            Kind::Sha256 => &["sha256", "filename|sha256"],
+        }
+    }
+
+    /// The hex length of a hash kind.
+    pub fn hex_len(self) -> Option<usize> {
+        match self {
+            Kind::Md5 => Some(32),
+            Kind::Sha1 => Some(40),
+            Kind::Sha256 => Some(64),
+            _ => None,
+        }
+    }
+}
+
+/// Every MISP type any kind is matched against, each once.
+pub fn all_misp_types() -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for k in Kind::ALL {
+        for t in k.misp_types() {
+            if !types.contains(t) {
+                types.push(t);
+            }
+        }
+    }
+    types
+}
+
 /// Something intelligence can know about.
 ///
 /// Invariant: values are canonical, so that equal observables are equal
 /// values: an IP is never IPv4-mapped or NAT64 (see
-/// [`crate::extract::canonical`]).
+/// [`crate::extract::canonical`]); a domain is lowercase ASCII (punycode)
+/// without a trailing dot; a URL is normalised as
+/// [`crate::extract::normalise_url`] says; a hash is lowercase hex of its
+/// kind's length.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Observable {
     Ip(IpAddr),
+    Domain(Box<str>),
+    Url(Box<str>),
+    Md5(Box<str>),
+    Sha1(Box<str>),
+    Sha256(Box<str>),
 }
 
 impl Observable {
     pub fn as_ip(&self) -> Option<IpAddr> {
         match self {
             Observable::Ip(ip) => Some(*ip),
+            _ => None,
         }
     }
 
+    pub fn kind(&self) -> Kind {
+        match self {
+            Observable::Ip(_) => Kind::Ip,
+            Observable::Domain(_) => Kind::Domain,
+            Observable::Url(_) => Kind::Url,
+            Observable::Md5(_) => Kind::Md5,
+            Observable::Sha1(_) => Kind::Sha1,
+            Observable::Sha256(_) => Kind::Sha256,
+        }
+    }
+
+    /// The observable of `kind` with the canonical text `text` (which the
+    /// caller has normalised). `None` for an IP kind: an IP is parsed.
+    pub fn named(kind: Kind, text: Box<str>) -> Option<Observable> {
+        Some(match kind {
+            Kind::Ip => return None,
+            Kind::Domain => Observable::Domain(text),
+            Kind::Url => Observable::Url(text),
+            Kind::Md5 => Observable::Md5(text),
+            Kind::Sha1 => Observable::Sha1(text),
+            Kind::Sha256 => Observable::Sha256(text),
+        })
+    }
+
     /// The observable as MISP stores it, without allocating.
-    pub fn text(&self) -> ObservableText {
+    pub fn text(&self) -> ObservableText<'_> {
         match self {
             Observable::Ip(ip) => ObservableText::Ip(IpText::new(*ip)),
+            Observable::Domain(t)
+            | Observable::Url(t)
+            | Observable::Md5(t)
+            | Observable::Sha1(t)
+            | Observable::Sha256(t) => ObservableText::Str(t),
+        }
+    }
+
+    /// The observable one half of a MISP attribute value of type
+    /// `misp_type` stands for, normalised as extraction normalises (so
+    /// that `Example.COM.` in MISP is `example.com`). `None` for a half
+    /// that is no observable of ours (a port, a filename).
+    pub fn from_misp(misp_type: &str, half: &str) -> Option<Observable> {
+        let half = half.trim();
+        match misp_type {
+            "domain" | "hostname" => crate::extract::normalise_domain(half).map(Observable::Domain),
+            "url" => crate::extract::normalise_url(half).map(Observable::Url),
+            "md5" | "filename|md5" => crate::extract::hash_of(Kind::Md5, half),
+            "sha1" | "filename|sha1" => crate::extract::hash_of(Kind::Sha1, half),
+            "sha256" | "filename|sha256" => crate::extract::hash_of(Kind::Sha256, half),
+            "domain|ip" => half
+                .parse()
+                .ok()
+                .or_else(|| crate::extract::normalise_domain(half).map(Observable::Domain)),
+            _ => half.parse().ok(),
         }
     }
 }
@@ -42,26 +178,52 @@ impl std::fmt::Display for Observable {
     }
 }
 
-/// Text as MISP would hold it: an IP address (canonical, so
-/// `::ffff:1.2.3.4` is `1.2.3.4`).
+/// Text as MISP would hold it, of whichever kind it reads as: an IP
+/// address (canonical, so `::ffff:1.2.3.4` is `1.2.3.4`), a hash (hex of
+/// 32, 40 or 64 digits), a URL (with a scheme), else a domain.
 impl std::str::FromStr for Observable {
-    type Err = std::net::AddrParseError;
+    type Err = NotAnObservable;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ip: IpAddr = s.trim().parse()?;
-        Ok(Observable::Ip(crate::extract::canonical(ip)))
+        let s = s.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Observable::Ip(crate::extract::canonical(ip)));
+        }
+        let hash = [Kind::Md5, Kind::Sha1, Kind::Sha256]
+            .into_iter()
+            .find_map(|k| crate::extract::hash_of(k, s));
+        if let Some(h) = hash {
+            return Ok(h);
+        }
+        if s.contains("://") {
+            return crate::extract::normalise_url(s)
+                .map(Observable::Url)
+                .ok_or(NotAnObservable);
+        }
+        if s.contains('.') && !s.contains('/') {
+            if let Some(d) = crate::extract::normalise_domain(s) {
+                return Ok(Observable::Domain(d));
+            }
+        }
+        Err(NotAnObservable)
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an IP, domain, URL or file hash")]
+pub struct NotAnObservable;
+
 /// An observable's text, on the stack where it can be.
 #[derive(Clone, Copy)]
-pub enum ObservableText {
+pub enum ObservableText<'a> {
     Ip(IpText),
+    Str(&'a str),
 }
 
-impl ObservableText {
+impl ObservableText<'_> {
     pub fn as_str(&self) -> &str {
         match self {
             ObservableText::Ip(t) => t.as_str(),
+            ObservableText::Str(s) => s,
         }
     }
 }
@@ -105,7 +267,7 @@ impl Occurrence {
     }
 
     /// The observable as text (the dedup key's and the event's value).
-    pub fn text(&self) -> ObservableText {
+    pub fn text(&self) -> ObservableText<'_> {
         self.observable.text()
     }
 }

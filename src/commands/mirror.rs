@@ -109,7 +109,7 @@ pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> 
     let mut out = Vec::new();
     for text in ips {
         let Ok(observable) = text.parse::<Observable>() else {
-            out.push(json!({"ip": text, "error": "not an IP address"}));
+            out.push(json!({"value": text, "error": "not an IP, domain, URL or file hash"}));
             continue;
         };
         let (matched, hits) = match &mirror {
@@ -119,11 +119,13 @@ pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> 
                     .iter()
                     .map(|s| {
                         let found = s.index().map(|ix| m.matches_on(s, &ix, &observable));
+                        let found = found.as_ref();
                         json!({
                             "server": &*s.name,
                             "synced": found.is_some(),
                             "exact": found.is_some_and(|f| f.exact),
                             "network": found.and_then(|f| f.network).map(|n| n.to_string()),
+                            "domain": found.and_then(|f| f.parent_domain.as_deref()),
                         })
                     })
                     .collect();
@@ -149,11 +151,21 @@ pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> 
                 Some(json!({
                     "server": part.server.as_deref().unwrap_or(lookups[0].0.name.as_str()),
                     "matched_network": part.matched_network.map(|n| n.to_string()),
+                    "matched_domain": part.matched_domain.as_deref(),
                     "misp_data": serde_json::from_str::<Value>(prepared.misp_data.get()).unwrap_or_default(),
                 }))
             })
             .collect();
-        out.push(json!({"ip": observable.to_string(), "mirror": matched, "events": events}));
+        let mut answer = json!({
+            "value": observable.to_string(),
+            "type": observable.kind().as_str(),
+            "mirror": matched,
+            "events": events,
+        });
+        if observable.kind() == crate::observable::Kind::Ip {
+            answer["ip"] = observable.to_string().into();
+        }
+        out.push(answer);
     }
     Ok(out)
 }

@@ -189,6 +189,7 @@ pub struct FilterConfig {
     pub min_level: u32,
     pub exclude_rule_ids: Vec<String>,
     pub exclude_ips: Vec<String>,
+    pub exclude_domains: Vec<String>,
     pub skip_fields: Vec<String>,
     pub scan_fields: Vec<String>,
 }
@@ -200,6 +201,7 @@ impl Default for FilterConfig {
             min_level: 6,
             exclude_rule_ids: vec!["31530".into(), "31531".into()],
             exclude_ips: Vec::new(),
+            exclude_domains: Vec::new(),
             skip_fields: own(crate::extract::DEFAULT_SKIP_FIELDS),
             scan_fields: own(crate::extract::DEFAULT_SCAN_FIELDS),
         }
@@ -207,6 +209,19 @@ impl Default for FilterConfig {
 }
 
 impl FilterConfig {
+    /// `exclude_domains`, each a host name.
+    pub fn check_exclude_domains(&self) -> Result<(), ConfigError> {
+        for d in &self.exclude_domains {
+            if crate::extract::normalise_domain(d.trim()).is_none() {
+                return Err(ConfigError::key(
+                    "filter.exclude_domains",
+                    format!("{d:?} is not a domain name (letters, digits, '-' and '.')"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `exclude_ips` as networks; a bare address is a /32 or /128.
     pub fn exclude_nets(&self) -> Result<Vec<IpNet>, ConfigError> {
         self.exclude_ips
@@ -329,6 +344,8 @@ pub struct MispConfig {
     pub timeout_secs: u64,
     pub max_concurrent_requests: Restart<usize>,
     pub match_types: MatchTypes,
+    /// A MISP `domain` attribute also matches its subdomains.
+    pub match_subdomains: Restart<bool>,
     pub decay: bool,
     pub enforce_warninglist: bool,
     pub cache_ttl_secs: u64,
@@ -412,6 +429,7 @@ impl Default for MispConfig {
             timeout_secs: 10,
             max_concurrent_requests: Restart(8),
             match_types: MatchTypes::All,
+            match_subdomains: Restart(true),
             decay: false,
             enforce_warninglist: true,
             cache_ttl_secs: 600,
@@ -576,6 +594,7 @@ impl std::error::Error for ConfigError {}
 const LIST_KEYS: &[&str] = &[
     "filter.exclude_rule_ids",
     "filter.exclude_ips",
+    "filter.exclude_domains",
     "filter.skip_fields",
     "filter.scan_fields",
 ];
@@ -760,6 +779,7 @@ impl Config {
         check_ca_file("misp.ca_file", self.misp.ca_file.as_deref())?;
         self.validate_servers()?;
         self.filter.exclude_nets()?;
+        self.filter.check_exclude_domains()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {

@@ -42,7 +42,8 @@ impl Rules {
                 &cfg.filter.skip_fields,
                 &cfg.filter.scan_fields,
                 cfg.filter.exclude_nets()?,
-            ),
+            )
+            .excluding_domains(&cfg.filter.exclude_domains),
             match_types: cfg.misp.match_types,
         })
     }
@@ -218,7 +219,7 @@ impl<I: Intelligence> Engine<I> {
         let rule_id = filter::rule_id(&fields).unwrap_or_default();
         let mut claimed: Vec<(Occurrence, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
-            let key = dedup::Key::new(&rule_id, hit.text().as_str(), hit.direction.as_str());
+            let key = dedup::Key::of(&rule_id, &hit);
             match &self.dedup {
                 Some(d) if !d.try_claim(key) => {
                     self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);

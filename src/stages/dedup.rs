@@ -48,6 +48,16 @@ impl Key {
         Key::from_digest(&h.finalize())
     }
 
+    /// An occurrence's key: `rule_id:ip:direction` for an IP (the form
+    /// persisted windows hold), `rule_id:kind:value` for other kinds.
+    pub fn of(rule_id: &str, hit: &crate::observable::Occurrence) -> Key {
+        let text = hit.text();
+        match hit.observable.kind() {
+            crate::observable::Kind::Ip => Key::new(rule_id, text.as_str(), hit.direction.as_str()),
+            kind => Key::new(rule_id, kind.as_str(), text.as_str()),
+        }
+    }
+
     fn from_digest(d: &[u8]) -> Key {
         Key(u64::from_le_bytes(
             d[..8].try_into().expect("md5 has 16 bytes"),

@@ -1,4 +1,4 @@
-//! Stage 6, enrichment: one enriched event for one IP of one alert.
+//! Stage 6, enrichment: one enriched event for one observable of one alert.
 //!
 //! Pure: the MISP attributes and the clock come in as arguments. The event's
 //! field names are a public contract (Wazuh rules and dashboards key on
@@ -12,7 +12,7 @@ use crate::alert::{self, member, text, Fields, Json, Node, Object};
 use crate::config::MatchTypes;
 use crate::lookup::model::{Attribute, Related, Tag};
 use crate::lookup::LookupResult;
-use crate::observable::{Direction, Occurrence};
+use crate::observable::{Direction, Kind, Occurrence};
 use crate::output::Datagrams;
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -27,6 +27,7 @@ const OWN_KEYS: &[&str] = &[
     "event_id",
     "timestamp",
     "detected_ip",
+    "detected_observable",
     "misp_data",
     "recommendations",
     "rule",
@@ -43,7 +44,11 @@ pub struct EnrichedEvent<'a> {
     pub integration: &'static str,
     pub event_id: String,
     pub timestamp: String,
-    pub detected_ip: DetectedIp,
+    /// For an IP; other kinds have `detected_observable` instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_ip: Option<DetectedIp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_observable: Option<DetectedObservable>,
     pub misp_data: MispData,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recommendations: Option<Recommendations>,
@@ -66,6 +71,23 @@ pub struct DetectedIp {
     /// The mirrored network the IP fell in (absent for an exact match).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_network: Option<String>,
+}
+
+/// A domain, URL or file hash, and where the alert had it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectedObservable {
+    /// `domain`, `url`, `md5`, `sha1` or `sha256`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: String,
+    /// Always `unknown`: direction is an IP's.
+    pub direction: &'static str,
+    pub field_path: String,
+    pub raw_context: String,
+    /// The MISP `domain` attribute a subdomain matched under (absent for
+    /// an exact match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -631,17 +653,26 @@ pub fn enrich<'a>(
 ) -> Option<EnrichedEvent<'a>> {
     let (misp_data, recommendations) = misp_part(attributes)?;
     let value = hit.observable.to_string();
+    let kind = hit.observable.kind();
     Some(EnrichedEvent {
         integration: "misp",
         event_id: event_id(&value, ctx),
         timestamp: wazuh_time(now),
-        detected_ip: DetectedIp {
-            value,
+        detected_ip: (kind == Kind::Ip).then(|| DetectedIp {
+            value: value.clone(),
             direction: hit.direction.as_str(),
             field_path: hit.field_path.clone(),
             raw_context: hit.raw_context.clone(),
             matched_network: None,
-        },
+        }),
+        detected_observable: (kind != Kind::Ip).then(|| DetectedObservable {
+            kind: kind.as_str(),
+            value: value.clone(),
+            direction: Direction::Unknown.as_str(),
+            field_path: hit.field_path.clone(),
+            raw_context: hit.raw_context.clone(),
+            matched_domain: None,
+        }),
         recommendations,
         misp_data,
         context: ctx.clone(),
@@ -660,9 +691,14 @@ pub fn enrich_answer<'a>(
 ) -> Option<EnrichedEvent<'a>> {
     let mut ev = enrich(ctx, hit, selected, now)?;
     mark(&mut ev.misp_data, answer);
-    ev.detected_ip.matched_network = answer.matched_network.map(|n| n.to_string());
+    if let Some(d) = &mut ev.detected_ip {
+        d.matched_network = answer.matched_network.map(|n| n.to_string());
+    }
+    if let Some(d) = &mut ev.detected_observable {
+        d.matched_domain = answer.matched_domain.as_deref().map(str::to_owned);
+    }
     if let Some(salt) = id_salt(answer) {
-        ev.event_id = event_id_from(&ev.detected_ip.value, ctx, Some(salt));
+        ev.event_id = event_id_from(&hit.observable.to_string(), ctx, Some(salt));
     }
     Some(ev)
 }
@@ -731,7 +767,14 @@ pub fn write_spliced(
     push_str(out, &event_id_from(value, ctx, id_salt(answer)));
     out.extend_from_slice(br#","timestamp":"#);
     push_str(out, timestamp);
-    out.extend_from_slice(br#","detected_ip":{"value":"#);
+    let kind = hit.observable.kind();
+    if kind == Kind::Ip {
+        out.extend_from_slice(br#","detected_ip":{"value":"#);
+    } else {
+        out.extend_from_slice(br#","detected_observable":{"type":"#);
+        push_str(out, kind.as_str());
+        out.extend_from_slice(br#","value":"#);
+    }
     push_str(out, value);
     out.extend_from_slice(br#","direction":"#);
     push_str(out, hit.direction.as_str());
@@ -739,9 +782,14 @@ pub fn write_spliced(
     push_str(out, &hit.field_path);
     out.extend_from_slice(br#","raw_context":"#);
     push_str(out, &hit.raw_context);
-    if let Some(n) = &answer.matched_network {
-        out.extend_from_slice(br#","matched_network":"#);
-        push_str(out, &n.to_string());
+    if kind == Kind::Ip {
+        if let Some(n) = &answer.matched_network {
+            out.extend_from_slice(br#","matched_network":"#);
+            push_str(out, &n.to_string());
+        }
+    } else if let Some(d) = &answer.matched_domain {
+        out.extend_from_slice(br#","matched_domain":"#);
+        push_str(out, d);
     }
     out.extend_from_slice(br#"},"misp_data":"#);
     out.extend_from_slice(prepared.misp_data.get().as_bytes());
@@ -951,10 +999,15 @@ pub const KEPT_DATA_FIELDS: &[&str] =
 
 /// Keeps the attributes `misp.match_types` asks for, given the direction
 /// the observable was seen in. `"direction"` is the original script's
-/// behaviour.
-pub fn select(hits: &[Attribute], mode: MatchTypes, direction: Direction) -> Vec<Attribute> {
+/// behaviour, for IPs; other kinds keep every attribute.
+pub fn select(hits: &[Attribute], mode: MatchTypes, hit: &Occurrence) -> Vec<Attribute> {
+    let mode = if hit.observable.kind() == Kind::Ip {
+        mode
+    } else {
+        MatchTypes::All
+    };
     hits.iter()
-        .filter(|a| match (mode, direction) {
+        .filter(|a| match (mode, hit.direction) {
             (MatchTypes::All, _) => true,
             (MatchTypes::Direction, Direction::Source) => a.kind.starts_with("ip-src"),
             (MatchTypes::Direction, Direction::Destination) => a.kind.starts_with("ip-dst"),
@@ -1009,7 +1062,7 @@ pub fn render(
                 return Rendered::Sent;
             }
         }
-        let selected = select(answer, match_types, hit.direction);
+        let selected = select(answer, match_types, hit);
         let Some(mut ev) = enrich_answer(ctx, hit, answer, &selected, now) else {
             return Rendered::Nothing;
         };

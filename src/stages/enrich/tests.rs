@@ -335,9 +335,16 @@ fn spliced_event_equals_full_event() {
     marked.server = Some("second".into());
     marked.server_position = 1;
     marked.matched_network = Some("185.6.6.0/24".parse().unwrap());
+    marked.matched_domain = Some("evil.com".into());
     marked.partial = true;
     marked.truncated = true;
     let now = chrono::Utc::now();
+    let domain = Occurrence {
+        observable: crate::observable::Observable::Domain("cdn.evil.com".into()),
+        direction: Direction::Unknown,
+        field_path: "data.win.eventdata.queryName".into(),
+        raw_context: "cdn.evil.com".into(),
+    };
     // The written-by-hand path against serde on alerts of every shape:
     // the demo's, a numeric rule id, no agent ip and no decoder, strings
     // that need escaping, and `data` values of every JSON type.
@@ -350,19 +357,22 @@ fn spliced_event_equals_full_event() {
         .chain(crate::demo::DEMO_ALERTS.lines().map(str::to_owned))
         .collect();
     let mut shapes = 0;
-    for answer in [&plain, &marked] {
+    for (answer, occurrence) in [&plain, &marked]
+        .into_iter()
+        .flat_map(|a| [(a, hit("185.6.6.6")), (a, domain.clone())])
+    {
         let prepared = prepare(answer).unwrap();
         for line in
             std::iter::once(&serde_json::to_string(&alert::Json(alert())).unwrap()).chain(&lines)
         {
             let parsed = crate::alert::parse_leaked(line).unwrap();
             let ctx = AlertContext::from_alert(parsed);
-            let mut full = enrich_answer(&ctx, &hit("185.6.6.6"), answer, &attrs, now).unwrap();
+            let mut full = enrich_answer(&ctx, &occurrence, answer, &attrs, now).unwrap();
             let full_bytes = serialize_within(&mut full, 65_000).unwrap();
             let mut out = b"prefix".to_vec();
             assert!(write_spliced(
                 &ctx,
-                &hit("185.6.6.6"),
+                &occurrence,
                 answer,
                 &prepared,
                 &wazuh_time(now),
@@ -377,7 +387,19 @@ fn spliced_event_equals_full_event() {
             shapes += 1;
         }
     }
-    assert!(shapes >= 6);
+    assert!(shapes >= 12);
+    let domain_event: serde_json::Value = {
+        let ctx = AlertContext::from_alert(alert());
+        let ev = enrich_answer(&ctx, &domain, &marked, &attrs, now).unwrap();
+        serde_json::to_value(&ev).unwrap()
+    };
+    assert!(domain_event.get("detected_ip").is_none());
+    assert_eq!(
+        domain_event["detected_observable"],
+        json!({"type": "domain", "value": "cdn.evil.com", "direction": "unknown",
+               "field_path": "data.win.eventdata.queryName", "raw_context": "cdn.evil.com",
+               "matched_domain": "evil.com"})
+    );
     let marked_event: serde_json::Value = {
         let ctx = AlertContext::from_alert(alert());
         let ev = enrich_answer(&ctx, &hit("185.6.6.6"), &marked, &attrs, now).unwrap();

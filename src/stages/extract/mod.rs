@@ -1,21 +1,86 @@
-//! Stage 3, IP extraction: every public IP in an alert, once, with the
-//! direction and field it was found in.
+//! Stage 3, extraction: every observable in an alert (public IPs,
+//! domains, URLs, file hashes), once, with the field it was found in and,
+//! for IPs, the direction.
 //!
-//! One depth-first pass over the parsed alert in document order (the alert
-//! is parsed with `serde_json`'s `preserve_order`, so object keys keep the
-//! order of the line). Strings under the configured skip paths (our own
-//! hosts, ids, the rule) are not scanned. For each IP the first occurrence
-//! whose direction is known wins; if none is known, the first occurrence.
+//! One depth-first pass over the parsed alert in document order (object
+//! keys keep the order of the line). Strings under the configured skip
+//! paths (our own hosts, ids, the rule) are not scanned, for any kind; the
+//! one exception is syscheck's `_after` hashes. Where each kind may come
+//! from:
+//! - IPs: any string ([`token`]), with the direction from the key, else
+//!   from the text before it;
+//! - URLs: any string, by scheme ([`url`]); and rebuilt from a host field
+//!   and a path field of one object ([`SPLIT_URLS`]);
+//! - domains: the value of a domain key ([`DOMAIN_KEYS`]), a URL's host,
+//!   the domain half of a `domain|ip` value; only real public domains
+//!   ([`domain::is_real`]);
+//! - hashes: the value of a key that names the hash ([`hash::key`]),
+//!   never free text.
+//!
+//! Each (kind, value) is reported once. For an IP, the occurrence kept is
+//! the first whose direction came from its key; else the first whose
+//! direction came from the text; else the first. For other kinds, the
+//! first.
 
 mod direction;
+pub mod domain;
+pub mod hash;
 mod public;
 mod token;
+pub mod url;
 
-pub use crate::observable::{Direction, IpText, Observable, Occurrence};
+pub use crate::observable::{Direction, IpText, Kind, Observable, Occurrence};
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
-use crate::alert::{self, Node};
+/// A MISP or user-given host name in canonical form (lowercase, punycode,
+/// no trailing dot), whether or not it is a public domain.
+pub fn normalise_domain(name: &str) -> Option<Box<str>> {
+    domain::normalise(name)
+}
+
+/// A URL in canonical form ([`url::normalise`]).
+pub fn normalise_url(text: &str) -> Option<Box<str>> {
+    url::normalise(text).map(|u| u.text)
+}
+
+/// `value` as a hash of `kind` ([`hash::of`]).
+pub fn hash_of(kind: Kind, value: &str) -> Option<Observable> {
+    hash::of(kind, value)
+}
+
+/// Keys whose value is a host name, compared lowercased with `_` and `-`
+/// removed.
+pub const DOMAIN_KEYS: &[&str] = &[
+    "queryname",
+    "query",
+    "rrname",
+    "hostname",
+    "host",
+    "domain",
+    "sni",
+    "servername",
+    "dnsname",
+    "fqdn",
+    "destinationhostname",
+    "targetdomain",
+];
+
+/// Decoders that split a URL into a host field and a path field of one
+/// object: Suricata's `http.hostname` + `http.url`, Zeek's `host` + `uri`.
+/// With both present and a path that starts with `/`, the URL is rebuilt
+/// as `http://host` + path, found where the path is.
+pub const SPLIT_URLS: &[(&str, &str)] = &[("hostname", "url"), ("host", "uri")];
+
+/// syscheck's hashes of the file as it is now (its `_before` values
+/// describe content that is gone).
+const SYSCHECK_HASHES: &[(&str, Kind)] = &[
+    ("md5_after", Kind::Md5),
+    ("sha1_after", Kind::Sha1),
+    ("sha256_after", Kind::Sha256),
+];
+
+use crate::alert::{self, Node, Object};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -43,6 +108,9 @@ pub const DEFAULT_SCAN_FIELDS: &[&str] = &["rule.description"];
 pub struct Extractor {
     rules: PathRules,
     exclude: Vec<IpNet>,
+    /// Canonical names: neither they nor their subdomains are observables,
+    /// as domains or as URL hosts (`filter.exclude_domains`).
+    exclude_domains: Vec<Box<str>>,
 }
 
 /// The skip and scan paths as a tree of keys, walked down along with the
@@ -148,6 +216,19 @@ enum Status {
 pub struct Scratch {
     path: String,
     tokens: Vec<Token>,
+    urls: Vec<url::Found>,
+    /// For each occurrence of this alert, how its direction was found
+    /// (which occurrence of an IP is kept).
+    ranks: Vec<Rank>,
+}
+
+/// How an occurrence's direction was found; a higher rank replaces an
+/// earlier occurrence of the same IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Unknown,
+    FromText,
+    FromKey,
 }
 
 fn segments(path: &str) -> Vec<String> {
@@ -166,7 +247,22 @@ impl Extractor {
         for path in scan_fields {
             rules.insert(&segments(path), true);
         }
-        Extractor { rules, exclude }
+        Extractor {
+            rules,
+            exclude,
+            exclude_domains: Vec::new(),
+        }
+    }
+
+    /// This extractor, also leaving out `domains` and their subdomains
+    /// (each a host name; one that is not valid is ignored, the config
+    /// refuses it first).
+    pub fn excluding_domains(mut self, domains: &[String]) -> Self {
+        self.exclude_domains = domains
+            .iter()
+            .filter_map(|d| domain::normalise(d.trim()))
+            .collect();
+        self
     }
 
     pub fn with_defaults() -> Self {
@@ -178,13 +274,17 @@ impl Extractor {
         )
     }
 
-    /// Appends the alert's public IPs to `out`, in order of first occurrence.
+    /// Appends the alert's observables to `out`, in order of first
+    /// occurrence.
     pub fn extract(&self, alert: Node<'_>, scratch: &mut Scratch, out: &mut Vec<Occurrence>) {
         scratch.path.clear();
+        scratch.ranks.clear();
+        let first = out.len();
         let mut walk = Walk {
             ex: self,
             scratch,
             out,
+            first,
         };
         walk.value(alert, None, None, RuleCursor::root(&self.rules));
     }
@@ -192,12 +292,73 @@ impl Extractor {
     fn excluded(&self, ip: IpAddr) -> bool {
         self.exclude.iter().any(|n| n.contains(&ip))
     }
+
+    /// Whether `name` (canonical) is left out by `filter.exclude_domains`.
+    pub fn excluded_domain(&self, name: &str) -> bool {
+        self.exclude_domains
+            .iter()
+            .any(|e| domain::is_under(name, e))
+    }
+
+    /// `candidate` as a domain observable, if it is a real public domain
+    /// not excluded.
+    fn domain(&self, candidate: &str) -> Option<Observable> {
+        domain::real(candidate)
+            .filter(|d| !self.excluded_domain(d))
+            .map(Observable::Domain)
+    }
+}
+
+/// A key lowercased with `_` and `-` removed, on the stack (a longer key
+/// keeps its last bytes, which is what suffix rules read).
+struct NormalisedKey {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl NormalisedKey {
+    fn of(key: &str) -> NormalisedKey {
+        let mut k = NormalisedKey {
+            buf: [0; 48],
+            len: 0,
+        };
+        for c in key.bytes().filter(|c| *c != b'_' && *c != b'-') {
+            if k.len == k.buf.len() {
+                k.buf.copy_within(1.., 0);
+                k.len -= 1;
+            }
+            k.buf[k.len] = c.to_ascii_lowercase();
+            k.len += 1;
+        }
+        k
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn is_domain_key(&self) -> bool {
+        DOMAIN_KEYS.iter().any(|d| d.as_bytes() == self.as_bytes())
+    }
+}
+
+/// A domain key's value as a host name: a trailing `.` and a trailing
+/// `:port` (the HTTP `Host` header's) dropped.
+fn host_of_field(value: &str) -> &str {
+    let v = value.trim();
+    let v = match v.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|c| c.is_ascii_digit()) => host,
+        _ => v,
+    };
+    v.strip_suffix('.').unwrap_or(v)
 }
 
 struct Walk<'e, 's, 'o> {
     ex: &'e Extractor,
     scratch: &'s mut Scratch,
     out: &'o mut Vec<Occurrence>,
+    /// Where this alert's occurrences start in `out`.
+    first: usize,
 }
 
 impl Walk<'_, '_, '_> {
@@ -215,7 +376,12 @@ impl Walk<'_, '_, '_> {
                 self.string(s, key, parent);
             }
         } else if let Some(map) = v.as_object() {
+            let at_root = self.scratch.path.is_empty() && key.is_none();
+            let split = split_url(&map);
             for (k, child) in map.iter() {
+                if at_root && k == "syscheck" {
+                    self.syscheck(child);
+                }
                 let (child_rules, reachable) = rules.step(k);
                 if reachable {
                     let mark = self.scratch.path.len();
@@ -223,6 +389,11 @@ impl Walk<'_, '_, '_> {
                         self.scratch.path.push('.');
                     }
                     self.scratch.path.push_str(k);
+                    if let Some((path_key, host, path)) = split {
+                        if k == path_key && child_rules.status == Status::Scan {
+                            self.rebuilt_url(host, path);
+                        }
+                    }
                     self.value(child, Some(k), key, child_rules);
                     self.scratch.path.truncate(mark);
                 }
@@ -239,9 +410,7 @@ impl Walk<'_, '_, '_> {
     }
 
     fn string(&mut self, s: &str, key: Option<&str>, parent: Option<&str>) {
-        self.scratch.tokens.clear();
-        token::scan(s, &mut self.scratch.tokens);
-        if self.scratch.tokens.is_empty() {
+        if s.is_empty() {
             return;
         }
         let key_direction = key.map_or(Direction::Unknown, |k| {
@@ -252,37 +421,179 @@ impl Walk<'_, '_, '_> {
                 d
             }
         });
-        for t in 0..self.scratch.tokens.len() {
-            let tok = self.scratch.tokens[t];
-            let ip = canonical(tok.addr);
-            if !is_public(ip) || self.ex.excluded(ip) {
-                continue;
-            }
-            let dir = if key_direction != Direction::Unknown {
-                key_direction
-            } else {
-                direction::from_text(s, tok.start)
-            };
-            match self
-                .out
-                .iter_mut()
-                .find(|h| h.observable == Observable::Ip(ip))
-            {
-                Some(h) if h.direction == Direction::Unknown && dir != Direction::Unknown => {
-                    h.direction = dir;
-                    h.field_path.clone_from(&self.scratch.path);
-                    h.raw_context = cut(s);
+        self.ips(s, key_direction);
+        self.urls(s, key_direction);
+        if let Some(k) = key {
+            let k = NormalisedKey::of(k);
+            match hash::key(k.as_bytes()) {
+                Some(hash::HashKey::One(kind)) => {
+                    if let Some(h) = hash::of(kind, s.trim()) {
+                        self.found(h, Direction::Unknown, Rank::Unknown, s);
+                    }
                 }
-                Some(_) => {}
-                None => self.out.push(Occurrence {
-                    observable: Observable::Ip(ip),
-                    direction: dir,
-                    field_path: self.scratch.path.clone(),
-                    raw_context: cut(s),
-                }),
+                Some(hash::HashKey::Sysmon) => {
+                    let mut hashes = Vec::new();
+                    hash::sysmon(s, |h| hashes.push(h));
+                    for h in hashes {
+                        self.found(h, Direction::Unknown, Rank::Unknown, s);
+                    }
+                }
+                None if k.is_domain_key() => {
+                    if let Some(d) = self.ex.domain(host_of_field(s)) {
+                        self.found(d, Direction::Unknown, Rank::Unknown, s);
+                    }
+                }
+                None => {}
+            }
+        }
+        if let Some((name, ip)) = s.split_once('|') {
+            if ip.trim().parse::<IpAddr>().is_ok() {
+                if let Some(d) = self.ex.domain(name.trim()) {
+                    self.found(d, Direction::Unknown, Rank::Unknown, s);
+                }
             }
         }
     }
+
+    fn ips(&mut self, s: &str, key_direction: Direction) {
+        self.scratch.tokens.clear();
+        token::scan(s, &mut self.scratch.tokens);
+        for t in 0..self.scratch.tokens.len() {
+            let tok = self.scratch.tokens[t];
+            self.ip(canonical(tok.addr), s, tok.start, key_direction);
+        }
+    }
+
+    fn ip(&mut self, ip: IpAddr, s: &str, at: usize, key_direction: Direction) {
+        if !is_public(ip) || self.ex.excluded(ip) {
+            return;
+        }
+        let (dir, rank) = if key_direction != Direction::Unknown {
+            (key_direction, Rank::FromKey)
+        } else {
+            match direction::from_text(s, at) {
+                Direction::Unknown => (Direction::Unknown, Rank::Unknown),
+                d => (d, Rank::FromText),
+            }
+        };
+        self.found(Observable::Ip(ip), dir, rank, s);
+    }
+
+    fn urls(&mut self, s: &str, key_direction: Direction) {
+        if memchr::memmem::find(s.as_bytes(), b"://").is_none() {
+            return;
+        }
+        let mut found = std::mem::take(&mut self.scratch.urls);
+        found.clear();
+        url::scan(s, &mut found);
+        for f in found.drain(..) {
+            self.url(f.url, s, f.start, key_direction);
+        }
+        self.scratch.urls = found;
+    }
+
+    /// A URL and its host, unless the host is an excluded domain.
+    fn url(&mut self, u: url::Url, s: &str, at: usize, key_direction: Direction) {
+        match &u.host {
+            url::Host::Name(name) => {
+                if self.ex.excluded_domain(name) {
+                    return;
+                }
+                let host = domain::is_real(name).then(|| Observable::Domain(name.clone()));
+                self.found(
+                    Observable::Url(u.text),
+                    Direction::Unknown,
+                    Rank::Unknown,
+                    s,
+                );
+                if let Some(d) = host {
+                    self.found(d, Direction::Unknown, Rank::Unknown, s);
+                }
+            }
+            url::Host::Ip(ip) => {
+                let ip = *ip;
+                self.found(
+                    Observable::Url(u.text),
+                    Direction::Unknown,
+                    Rank::Unknown,
+                    s,
+                );
+                self.ip(ip, s, at, key_direction);
+            }
+        }
+    }
+
+    fn rebuilt_url(&mut self, host: &str, path: &str) {
+        let host = host_of_field(host);
+        if host.is_empty() {
+            return;
+        }
+        let text = format!("http://{host}{path}");
+        if let Some(u) = url::normalise(&text) {
+            self.url(u, path, 0, Direction::Unknown);
+        }
+    }
+
+    fn syscheck(&mut self, node: Node<'_>) {
+        let Some(map) = node.as_object() else {
+            return;
+        };
+        for (k, v) in map.iter() {
+            let Some(kind) = SYSCHECK_HASHES
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, kind)| *kind)
+            else {
+                continue;
+            };
+            let Some(s) = alert::as_str(v) else {
+                continue;
+            };
+            if let Some(h) = hash::of(kind, s.trim()) {
+                let mark = self.scratch.path.len();
+                self.scratch.path.push_str("syscheck.");
+                self.scratch.path.push_str(k);
+                self.found(h, Direction::Unknown, Rank::Unknown, s);
+                self.scratch.path.truncate(mark);
+            }
+        }
+    }
+
+    /// Records `observable` found in `s` at the current path, unless it
+    /// was found before with as good a rank.
+    fn found(&mut self, observable: Observable, direction: Direction, rank: Rank, s: &str) {
+        let mine = &mut self.out[self.first..];
+        match mine.iter().position(|h| h.observable == observable) {
+            Some(i) => {
+                if rank > self.scratch.ranks[i] {
+                    self.scratch.ranks[i] = rank;
+                    let h = &mut mine[i];
+                    h.direction = direction;
+                    h.field_path.clone_from(&self.scratch.path);
+                    h.raw_context = cut(s);
+                }
+            }
+            None => {
+                self.scratch.ranks.push(rank);
+                self.out.push(Occurrence {
+                    observable,
+                    direction,
+                    field_path: self.scratch.path.clone(),
+                    raw_context: cut(s),
+                });
+            }
+        }
+    }
+}
+
+/// The split URL of an object, if it holds one of [`SPLIT_URLS`]: the
+/// path key, the host and the path.
+fn split_url<'a>(map: &Object<'a>) -> Option<(&'static str, &'a str, &'a str)> {
+    SPLIT_URLS.iter().find_map(|&(host_key, path_key)| {
+        let path = alert::as_str(map.get(path_key)?)?;
+        let host = alert::as_str(map.get(host_key)?)?;
+        path.starts_with('/').then_some((path_key, host, path))
+    })
 }
 
 fn push_index(path: &mut String, i: usize) {

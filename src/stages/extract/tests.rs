@@ -34,8 +34,17 @@ fn sshd_prefers_structured_direction_over_earlier_full_log() {
 }
 
 #[test]
-fn free_text_from_gives_source_before_structured_field() {
+fn a_keyed_direction_wins_over_an_earlier_free_text_one() {
     let alert = json!({"rule":{"id":"5716"},"full_log":"Failed password for x from 49.88.112.73 port 22","data":{"srcip":"49.88.112.73"}});
+    assert_eq!(
+        run(&alert),
+        vec![hit("49.88.112.73", "source", "data.srcip")]
+    );
+}
+
+#[test]
+fn a_free_text_direction_wins_over_an_earlier_unknown_one() {
+    let alert = json!({"data":{"peer":"49.88.112.73"},"full_log":"Failed password for x from 49.88.112.73 port 22"});
     assert_eq!(run(&alert), vec![hit("49.88.112.73", "source", "full_log")]);
 }
 
@@ -205,6 +214,227 @@ fn rule_tree_decides_as_checking_every_rule() {
                 }
                 (status, below, cursor) = (want_status, deeper, next_cursor);
             }
+        }
+    }
+}
+
+/// (kind, value, field_path) of every observable an alert yields.
+fn kinds(alert: &Value) -> Vec<(&'static str, String, String)> {
+    let ex = Extractor::with_defaults();
+    let mut out = Vec::new();
+    ex.extract(node(alert), &mut Scratch::default(), &mut out);
+    out.into_iter()
+        .map(|h| {
+            (
+                h.observable.kind().as_str(),
+                h.observable.to_string(),
+                h.field_path,
+            )
+        })
+        .collect()
+}
+
+fn k(kind: &'static str, v: &str, p: &str) -> (&'static str, String, String) {
+    (kind, v.to_string(), p.to_string())
+}
+
+#[test]
+fn every_kind_by_its_rules() {
+    let md5 = "5d41402abc4b2a76b9719d911017c592";
+    let sha1 = "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3";
+    let sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    let cases: Vec<(Value, Vec<(&'static str, String, String)>)> = vec![
+        // Sysmon 22: the query name is a domain.
+        (
+            json!({"data":{"win":{"eventdata":{"queryName":"Cdn.Evil-Domain.com","queryResults":"type: 5 x;::ffff:185.220.101.9;"}}}}),
+            vec![
+                k(
+                    "domain",
+                    "cdn.evil-domain.com",
+                    "data.win.eventdata.queryName",
+                ),
+                k("ip", "185.220.101.9", "data.win.eventdata.queryResults"),
+            ],
+        ),
+        // Traps: private names, reverse lookups, filenames.
+        (json!({"data":{"queryName":"wpad"}}), vec![]),
+        (json!({"data":{"queryName":"dc01.corp.local"}}), vec![]),
+        (json!({"data":{"hostname":"nas.home.arpa"}}), vec![]),
+        (
+            json!({"data":{"query":"17.85.215.91.in-addr.arpa"}}),
+            vec![],
+        ),
+        (json!({"data":{"query":"localhost"}}), vec![]),
+        (
+            json!({"full_log":"reading auth.log and config.php from index.html"}),
+            vec![],
+        ),
+        (
+            json!({"full_log":"commit 5d41402abc4b2a76b9719d911017c592a94a8fe5 merged"}),
+            vec![],
+        ),
+        (json!({"full_log":format!("md5={md5}")}), vec![]),
+        // Domain keys: trailing dot and Host-header port dropped.
+        (
+            json!({"data":{"rrname":"evil.com."}}),
+            vec![k("domain", "evil.com", "data.rrname")],
+        ),
+        (
+            json!({"data":{"http":{"host":"evil.com:8080"}}}),
+            vec![k("domain", "evil.com", "data.http.host")],
+        ),
+        (
+            json!({"data":{"tls":{"sni":"bücher.de"}}}),
+            vec![k("domain", "xn--bcher-kva.de", "data.tls.sni")],
+        ),
+        (
+            json!({"data":{"server_name":"x.evil.co.uk"}}),
+            vec![k("domain", "x.evil.co.uk", "data.server_name")],
+        ),
+        // domain|ip values.
+        (
+            json!({"data":{"pair":"evil.com|185.220.101.7"}}),
+            vec![
+                k("ip", "185.220.101.7", "data.pair"),
+                k("domain", "evil.com", "data.pair"),
+            ],
+        ),
+        // Hashes by key, either case, empty-input and zero values dropped.
+        (
+            json!({"data":{"virustotal":{"source":{"md5":md5.to_uppercase(),"sha1":sha1}},"fileHashSha256":sha256}}),
+            vec![
+                k("md5", md5, "data.virustotal.source.md5"),
+                k("sha1", sha1, "data.virustotal.source.sha1"),
+                k("sha256", sha256, "data.fileHashSha256"),
+            ],
+        ),
+        (
+            json!({"data":{"md5":"d41d8cd98f00b204e9800998ecf8427e","sha1":"0000000000000000000000000000000000000000"}}),
+            vec![],
+        ),
+        (
+            json!({"data":{"md5sum":md5,"checksum":sha1,"hashValue":sha256,"imphash":md5}}),
+            vec![],
+        ),
+        // Sysmon Hashes.
+        (
+            json!({"data":{"win":{"eventdata":{"hashes":format!("SHA1={},MD5={},SHA256={},IMPHASH={}", sha1.to_uppercase(), md5.to_uppercase(), sha256.to_uppercase(), md5.to_uppercase())}}}}),
+            vec![
+                k("sha1", sha1, "data.win.eventdata.hashes"),
+                k("md5", md5, "data.win.eventdata.hashes"),
+                k("sha256", sha256, "data.win.eventdata.hashes"),
+            ],
+        ),
+        // syscheck: only the _after hashes, the rest of syscheck skipped.
+        (
+            json!({"syscheck":{"path":"/tmp/185.1.1.1","md5_before":md5,"md5_after":"e4d909c290d0fb1ca068ffaddf22cbd0","sha256_after":sha256}}),
+            vec![
+                k(
+                    "md5",
+                    "e4d909c290d0fb1ca068ffaddf22cbd0",
+                    "syscheck.md5_after",
+                ),
+                k("sha256", sha256, "syscheck.sha256_after"),
+            ],
+        ),
+        // URLs in free text, with their hosts.
+        (
+            json!({"full_log":"GET hxxp://evil[.]com/a.sh?x=1 (see http://10.0.0.5/x)."}),
+            vec![
+                k("url", "http://evil.com/a.sh?x=1", "full_log"),
+                k("domain", "evil.com", "full_log"),
+                k("url", "http://10.0.0.5/x", "full_log"),
+            ],
+        ),
+        (
+            json!({"data":{"url":"http://wpad.corp.local/wpad.dat"}}),
+            vec![k("url", "http://wpad.corp.local/wpad.dat", "data.url")],
+        ),
+        (
+            json!({"data":{"url":"https://accounts.google.com@login-verify.top/s"}}),
+            vec![
+                k(
+                    "url",
+                    "https://accounts.google.com@login-verify.top/s",
+                    "data.url",
+                ),
+                k("domain", "login-verify.top", "data.url"),
+            ],
+        ),
+        // Split fields: Suricata and Zeek.
+        (
+            json!({"data":{"http":{"hostname":"evil.com","url":"/gate.php?id=1","status":200}}}),
+            vec![
+                k("domain", "evil.com", "data.http.hostname"),
+                k("url", "http://evil.com/gate.php?id=1", "data.http.url"),
+            ],
+        ),
+        (
+            json!({"data":{"uri":"/x.exe","host":"dl.evil.com"}}),
+            vec![
+                k("url", "http://dl.evil.com/x.exe", "data.uri"),
+                k("domain", "dl.evil.com", "data.uri"),
+            ],
+        ),
+        (
+            json!({"data":{"http":{"hostname":"proxy.example.com","url":"http://evil.com/p"}}}),
+            vec![
+                k("domain", "proxy.example.com", "data.http.hostname"),
+                k("url", "http://evil.com/p", "data.http.url"),
+                k("domain", "evil.com", "data.http.url"),
+            ],
+        ),
+        // Skip paths hold for every kind.
+        (
+            json!({"agent":{"name":"evil.com"},"predecoder":{"hostname":"evil.com"},"location":"http://evil.com/x"}),
+            vec![],
+        ),
+    ];
+    for (alert, want) in cases {
+        assert_eq!(kinds(&alert), want, "alert: {alert}");
+    }
+}
+
+#[test]
+fn excluded_domains_cover_subdomains_and_url_hosts() {
+    let ex = Extractor::with_defaults().excluding_domains(&["Example.org".into()]);
+    let alert = json!({"data":{"query":"www.example.org","url":"http://example.org/x","other":"http://evil.com/y"}});
+    let mut out = Vec::new();
+    ex.extract(node(&alert), &mut Scratch::default(), &mut out);
+    let got: Vec<String> = out.iter().map(|h| h.observable.to_string()).collect();
+    assert_eq!(got, ["http://evil.com/y", "evil.com"]);
+}
+
+#[test]
+fn other_kinds_have_no_direction() {
+    let alert = json!({"data":{"srcdomain":"x","dsthost":"evil.com"}});
+    let ex = Extractor::with_defaults();
+    let mut out = Vec::new();
+    ex.extract(node(&alert), &mut Scratch::default(), &mut out);
+    assert!(out.iter().all(|h| h.direction == Direction::Unknown));
+}
+
+mod domains {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any name under a real suffix, in a field with a domain key, is
+        /// found; under a private (unlisted) suffix it is not.
+        #[test]
+        fn a_domain_key_yields_exactly_the_real_names(
+            labels in prop::collection::vec("[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", 1..4),
+            real in prop::sample::select(vec!["com", "net", "org", "co.uk", "de", "io", "top", "com.br"]),
+            private in prop::sample::select(vec!["local", "lan", "internal", "corp", "home.arpa", "localdomain", "intranet"]),
+            key in prop::sample::select(DOMAIN_KEYS.to_vec()),
+        ) {
+            let name = labels.join(".");
+            let public = format!("{name}.{real}");
+            let alert = json!({"data": {key: public.clone()}});
+            prop_assert_eq!(kinds(&alert), vec![k("domain", &public, &format!("data.{key}"))]);
+            let hidden = format!("{name}.{private}");
+            let alert = json!({"data": {key: hidden}});
+            prop_assert_eq!(kinds(&alert), vec![]);
         }
     }
 }

@@ -160,13 +160,22 @@ fn scan_v4(s: &str, v6_spans: &[(usize, usize)], out: &mut Vec<Token>) {
             _ => true,
         };
         let inside_v6 = v6_spans.iter().any(|&(a, z)| i >= a && i < z);
-        if next_ok && !inside_v6 && !is_cidr_suffix(s, end, 32) {
+        if next_ok && !inside_v6 && !is_cidr_suffix(s, end, 32) && !begins_reverse_name(b, end) {
             out.push(Token {
                 addr: IpAddr::V4(addr),
                 start: i,
             });
         }
     }
+}
+
+/// Whether the quad that ends at `end` begins a reverse-lookup name
+/// (`17.85.215.91.in-addr.arpa`): that is the address reversed, another
+/// and unrelated IP.
+fn begins_reverse_name(b: &[u8], end: usize) -> bool {
+    const SUFFIX: &[u8] = b".in-addr.arpa";
+    b.get(end..end + SUFFIX.len())
+        .is_some_and(|t| t.eq_ignore_ascii_case(SUFFIX))
 }
 
 fn is_v6_run_byte(c: u8) -> bool {
@@ -275,6 +284,9 @@ mod tests {
             ("src=1.2.3.4 dst=2001:db8::2", &["1.2.3.4", "2001:db8::2"]),
             ("é1.2.3.4", &[]),
             ("«1.2.3.4»", &["1.2.3.4"]),
+            ("17.85.215.91.in-addr.arpa", &[]),
+            ("PTR 17.85.215.91.IN-ADDR.ARPA. from 8.8.8.8", &["8.8.8.8"]),
+            ("host 91.215.85.17.example.com", &["91.215.85.17"]),
         ];
         for (input, want) in cases {
             assert_eq!(ips(input), *want, "input: {input:?}");

@@ -5,16 +5,6 @@ use crate::config::{MispConfig, Secret};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use std::time::Duration;
 
-/// The attribute types an IP can hide in. MISP matches a bare IP against
-/// both halves of composite values (`ip-dst|port`, `domain|ip`).
-pub const IP_TYPES: &[&str] = &[
-    "ip-src",
-    "ip-dst",
-    "ip-src|port",
-    "ip-dst|port",
-    "domain|ip",
-];
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MispError {
     #[error("MISP refused the API key (HTTP {status}): {message}")]
@@ -246,7 +236,7 @@ impl MispClient {
         let mut body = serde_json::json!({
             "returnFormat": "json",
             "value": values,
-            "type": IP_TYPES,
+            "type": crate::observable::all_misp_types(),
             "includeEventTags": true,
             "includeContext": true,
             "includeSightings": true,
@@ -285,7 +275,7 @@ impl MispClient {
     pub fn sync_body(&self, q: &SyncQuery<'_>) -> serde_json::Value {
         let mut body = serde_json::json!({
             "returnFormat": "json",
-            "type": IP_TYPES,
+            "type": crate::observable::all_misp_types(),
             "page": q.page,
             "limit": q.limit,
             "deleted": false,

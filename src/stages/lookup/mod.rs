@@ -70,6 +70,21 @@ impl Subject {
         }
         text.trim().parse().ok().map(Subject::Network)
     }
+
+    /// The subject one half of an attribute's value of `misp_type` stands
+    /// for ([`Observable::from_misp`], or a network).
+    pub fn of_misp(misp_type: &str, half: &str) -> Option<Subject> {
+        if let Some(o) = Observable::from_misp(misp_type, half) {
+            return Some(Subject::Observable(o));
+        }
+        half.trim().parse().ok().map(Subject::Network)
+    }
+}
+
+/// Whether a MISP attribute of this type matches the subdomains of its
+/// domain (a `hostname` matches only itself).
+pub fn covers_subdomains(misp_type: &str) -> bool {
+    matches!(misp_type, "domain" | "domain|ip")
 }
 
 impl std::fmt::Display for Subject {
@@ -103,6 +118,9 @@ pub struct LookupResult {
     pub server_position: usize,
     /// The mirrored network the IP fell in, when one did.
     pub matched_network: Option<ipnet::IpNet>,
+    /// The MISP `domain` attribute's value a subdomain matched under,
+    /// when the match was by a parent domain.
+    pub matched_domain: Option<Box<str>>,
     /// Built from the mirror because MISP did not give the details in time.
     pub partial: bool,
     /// The next server's answer for the same observable.
@@ -234,6 +252,9 @@ struct Shared {
     last_success: std::sync::Mutex<Option<Instant>>,
     /// Values given up on, for the reporter to tell Wazuh about.
     given_up: std::sync::Mutex<std::collections::VecDeque<LookupFailed>>,
+    /// `misp.match_subdomains`: a domain is asked about with its parents,
+    /// and a parent's `domain` attribute is part of its answer.
+    subdomains: bool,
 }
 
 impl Shared {
@@ -333,6 +354,7 @@ impl Lookup {
             invalidations: AtomicU64::new(0),
             last_success: std::sync::Mutex::new(None),
             given_up: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            subdomains: *cfg.match_subdomains,
         });
         let in_flight = cfg.max_concurrent_requests.max(1);
         // Bounded: when MISP is slow, asks queue here and workers wait.
@@ -582,16 +604,26 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let mut waiting: HashMap<Subject, Vec<oneshot::Sender<Answer>>> = HashMap::new();
     for a in batch {
         let v = a.subject.to_string();
+        if shared.subdomains {
+            if let Subject::Observable(Observable::Domain(d)) = &a.subject {
+                for parent in crate::extract::domain::with_parents(d).skip(1) {
+                    if !values.iter().any(|v| v == parent) {
+                        values.push(parent.to_owned());
+                    }
+                }
+            }
+        }
         if !values.contains(&v) {
             values.push(v);
         }
         waiting.entry(a.subject).or_default().push(a.reply);
     }
+    let subdomains = shared.subdomains;
     let waiting = std::sync::Mutex::new(waiting);
     // Each part of the batch is answered as soon as it resolves: while one
     // value is being isolated, the alerts of the others go on.
     let answer = |(asked, outcome): Resolved| {
-        let answers = per_value(&asked, outcome);
+        let answers = per_value(&asked, outcome, subdomains);
         let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
         for (subject, answer) in answers {
             for reply in waiting.remove(&subject).into_iter().flatten() {
@@ -603,10 +635,12 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
 }
 
 /// One request's outcome, per value asked: the attributes naming it (a
-/// composite value such as `ip|port` names its IP half).
+/// composite value such as `ip|port` names its IP half), and with
+/// `subdomains` the `domain` attributes naming a parent of a domain.
 fn per_value(
     asked: &[String],
     outcome: Result<(Vec<Attribute>, bool), LookupFailed>,
+    subdomains: bool,
 ) -> Vec<(Subject, Answer)> {
     let observables: Vec<Subject> = asked.iter().filter_map(|v| Subject::parse(v)).collect();
     let (attributes, truncated) = match outcome {
@@ -619,13 +653,36 @@ fn per_value(
         }
     };
     let mut found: HashMap<Subject, Vec<Attribute>> = HashMap::new();
+    let mut under: HashMap<Subject, Box<str>> = HashMap::new();
+    let mut file = |o: &Subject, attr: &Attribute| {
+        let list = found.entry(o.clone()).or_default();
+        if !list.contains(attr) {
+            list.push(attr.clone());
+        }
+    };
     for attr in attributes {
         for half in attr.value.split('|') {
-            if let Some(o) = Subject::parse(half) {
-                if observables.contains(&o) {
-                    let list = found.entry(o).or_default();
-                    if list.last() != Some(&attr) {
-                        list.push(attr.clone());
+            let Some(o) = Subject::of_misp(&attr.kind, half) else {
+                continue;
+            };
+            if observables.contains(&o) {
+                file(&o, &attr);
+            }
+            let Subject::Observable(Observable::Domain(parent)) = &o else {
+                continue;
+            };
+            if !subdomains || !covers_subdomains(&attr.kind) {
+                continue;
+            }
+            for asked in &observables {
+                let Subject::Observable(Observable::Domain(d)) = asked else {
+                    continue;
+                };
+                if d != parent && crate::extract::domain::is_under(d, parent) {
+                    file(asked, &attr);
+                    let longest = under.entry(asked.clone()).or_insert_with(|| parent.clone());
+                    if parent.len() > longest.len() {
+                        *longest = parent.clone();
                     }
                 }
             }
@@ -636,6 +693,7 @@ fn per_value(
         .map(|o| {
             let mut result = LookupResult::new(found.remove(&o).unwrap_or_default());
             result.truncated = truncated;
+            result.matched_domain = under.remove(&o);
             (o, Ok(Arc::new(result)))
         })
         .collect()

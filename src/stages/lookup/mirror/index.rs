@@ -1,5 +1,6 @@
-//! The mirror's matcher: which mirrored indicators an IP hits, exactly or
-//! by the longest network prefix that holds it.
+//! The mirror's matcher: which mirrored indicators an observable hits: an
+//! IP exactly or by the longest network prefix that holds it, a domain
+//! exactly or by a parent `domain` attribute, a URL or hash exactly.
 //!
 //! Pure and synchronous. It is read on every alert's every IP, so it holds
 //! no strings: a record is an attribute's uuid (to merge and remove by),
@@ -9,7 +10,10 @@
 //!
 //! Exact IPs are hash lookups (IPv4 and IPv6 in their own maps, keyed by
 //! the address as an integer). Networks are one map per prefix length
-//! ([`super::prefixes`]), searched from the longest length down.
+//! ([`super::prefixes`]), searched from the longest length down. Domains,
+//! hostnames, URLs and hashes are keyed by the MD5 of their kind and
+//! canonical text ([`Key::name`]): 16 bytes whatever the text's length, and
+//! no text a crafted name could collide with by accident.
 
 use super::exact::ExactSet;
 use super::prefixes::Prefixes;
@@ -27,12 +31,80 @@ pub enum Key {
     V6(u128),
     Net4(Ipv4Net),
     Net6(Ipv6Net),
+    /// A domain, hostname, URL or hash ([`Key::name`]).
+    Name(u128),
+}
+
+/// What a named key files: the kind of text, as the key's hash reads it.
+/// A `domain` attribute matches its subdomains, a `hostname` only itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    Domain,
+    Hostname,
+    Url,
+    Hash(crate::observable::Kind),
+}
+
+impl NameKind {
+    fn tag(self) -> &'static str {
+        match self {
+            NameKind::Domain => "domain",
+            NameKind::Hostname => "hostname",
+            NameKind::Url => "url",
+            NameKind::Hash(k) => k.as_str(),
+        }
+    }
 }
 
 impl Key {
-    /// The keys an attribute value is filed under: its IP or network, or
-    /// for a composite value (`ip|port`, `domain|ip`) its IP half. A value
-    /// that holds none (a domain) has none.
+    /// The key of a canonical name of `kind`.
+    pub fn name(kind: NameKind, canonical: &str) -> Key {
+        use md5::Digest;
+        let mut h = md5::Md5::new();
+        h.update(kind.tag().as_bytes());
+        h.update(b":");
+        h.update(canonical.as_bytes());
+        Key::Name(u128::from_le_bytes(h.finalize().into()))
+    }
+
+    /// The keys a MISP attribute of `misp_type` is filed under: by type,
+    /// its domain, URL or hash (a composite's matching half), its IP or
+    /// network halves. A type we do not match has none.
+    pub fn of_attribute(misp_type: &str, value: &str) -> Vec<Key> {
+        use crate::observable::{Kind, Observable};
+        let named = |kind: NameKind, text: &str| -> Option<Key> {
+            let canonical = match kind {
+                NameKind::Domain | NameKind::Hostname => crate::extract::normalise_domain(text)?,
+                NameKind::Url => crate::extract::normalise_url(text)?,
+                NameKind::Hash(k) => match crate::extract::hash_of(k, text.trim())? {
+                    Observable::Md5(t) | Observable::Sha1(t) | Observable::Sha256(t) => t,
+                    _ => return None,
+                },
+            };
+            Some(Key::name(kind, &canonical))
+        };
+        let last_half = |v: &str| v.rsplit('|').next().unwrap_or(v).to_owned();
+        let keys: Option<Key> = match misp_type {
+            "domain" => named(NameKind::Domain, value),
+            "hostname" => named(NameKind::Hostname, value),
+            "url" => named(NameKind::Url, value),
+            "md5" | "filename|md5" => named(NameKind::Hash(Kind::Md5), &last_half(value)),
+            "sha1" | "filename|sha1" => named(NameKind::Hash(Kind::Sha1), &last_half(value)),
+            "sha256" | "filename|sha256" => named(NameKind::Hash(Kind::Sha256), &last_half(value)),
+            "domain|ip" => {
+                let (domain, ip) = value.split_once('|').unwrap_or((value, ""));
+                let mut keys: Vec<Key> = named(NameKind::Domain, domain).into_iter().collect();
+                keys.extend(Key::of_text(ip));
+                return keys;
+            }
+            _ => return Key::of_value(value).collect(),
+        };
+        keys.into_iter().collect()
+    }
+
+    /// The IP keys of an attribute value: its IP or network, or for a
+    /// composite value (`ip|port`, `domain|ip`) its IP half. A value that
+    /// holds none (a domain) has none.
     pub fn of_value(value: &str) -> impl Iterator<Item = Key> + '_ {
         let mut seen: Option<Key> = None;
         value.split('|').filter_map(move |half| {
@@ -72,6 +144,20 @@ impl Key {
     }
 }
 
+/// What a domain hits: itself (a `domain` or `hostname` attribute), or
+/// the longest parent a `domain` attribute holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NameMatch<'d> {
+    pub exact: bool,
+    pub parent: Option<&'d str>,
+}
+
+impl NameMatch<'_> {
+    pub fn is_hit(&self) -> bool {
+        self.exact || self.parent.is_some()
+    }
+}
+
 /// One mirrored attribute, as the matcher needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
@@ -96,18 +182,20 @@ impl Record {
 
 const END: u32 = u32::MAX;
 
-/// What an IP hits in the mirror.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What an observable hits in the mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Match {
-    /// A live attribute holds this very address.
+    /// A live attribute holds this very value.
     pub exact: bool,
-    /// The longest live network holding it (host bits cleared).
+    /// For an IP, the longest live network holding it (host bits cleared).
     pub network: Option<IpNet>,
+    /// For a domain, the longest parent a live `domain` attribute holds.
+    pub parent_domain: Option<Box<str>>,
 }
 
 impl Match {
     pub fn is_hit(&self) -> bool {
-        self.exact || self.network.is_some()
+        self.exact || self.network.is_some() || self.parent_domain.is_some()
     }
 }
 
@@ -119,6 +207,7 @@ pub struct Index {
     free: Vec<u32>,
     v4: HashMap<u32, u32, Fast>,
     v6: HashMap<u128, u32, Fast>,
+    names: HashMap<u128, u32, Fast>,
     n4: Prefixes<u32>,
     n6: Prefixes<u128>,
     /// Records filed under a network key.
@@ -160,6 +249,7 @@ impl Index {
             Key::V6(a) => self.v6.get(a).copied(),
             Key::Net4(n) => self.n4.get(n.addr().to_bits(), n.prefix_len()),
             Key::Net6(n) => self.n6.get(n.addr().to_bits(), n.prefix_len()),
+            Key::Name(h) => self.names.get(h).copied(),
         }
     }
 
@@ -183,6 +273,7 @@ impl Index {
                 Key::V6(a) => drop(self.v6.remove(&a)),
                 Key::Net4(n) => self.n4.remove(n.addr().to_bits(), n.prefix_len()),
                 Key::Net6(n) => self.n6.remove(n.addr().to_bits(), n.prefix_len()),
+                Key::Name(h) => drop(self.names.remove(&h)),
             }
             return;
         }
@@ -191,6 +282,7 @@ impl Index {
             Key::V6(a) => drop(self.v6.insert(a, head)),
             Key::Net4(n) => self.n4.insert(n.addr().to_bits(), n.prefix_len(), head),
             Key::Net6(n) => self.n6.insert(n.addr().to_bits(), n.prefix_len(), head),
+            Key::Name(h) => drop(self.names.insert(h, head)),
         }
     }
 
@@ -215,9 +307,10 @@ impl Index {
         }
     }
 
-    /// Files `record` under every key of `value` (see [`Key::of_value`]).
-    pub fn file(&mut self, value: &str, record: Record) {
-        for key in Key::of_value(value) {
+    /// Files `record` under every key of an attribute of `misp_type`
+    /// with `value` (see [`Key::of_attribute`]).
+    pub fn file(&mut self, misp_type: &str, value: &str, record: Record) {
+        for key in Key::of_attribute(misp_type, value) {
             self.insert(key, record);
         }
         for half in value.split('|') {
@@ -234,11 +327,45 @@ impl Index {
         }
     }
 
-    /// Takes the record with `uuid` out from under every key of `value`.
-    pub fn unfile(&mut self, value: &str, uuid: &[u8; 16]) {
-        for key in Key::of_value(value) {
+    /// Takes the record with `uuid` out from under every key of an
+    /// attribute of `misp_type` with `value`.
+    pub fn unfile(&mut self, misp_type: &str, value: &str, uuid: &[u8; 16]) {
+        for key in Key::of_attribute(misp_type, value) {
             self.remove(key, uuid);
         }
+    }
+
+    fn name_live(&self, key: Key, cutoff: u32) -> bool {
+        !self.names.is_empty() && self.head(&key).is_some_and(|h| self.any_live(h, cutoff))
+    }
+
+    /// What a canonical name of a hash or URL `kind` hits.
+    pub fn name_hit(&self, kind: NameKind, canonical: &str, cutoff: u32) -> bool {
+        self.name_live(Key::name(kind, canonical), cutoff)
+    }
+
+    /// What a canonical domain hits: a `domain` or `hostname` attribute
+    /// holding it, and with `subdomains` the longest parent a `domain`
+    /// attribute holds.
+    pub fn domain_match<'d>(
+        &self,
+        domain: &'d str,
+        subdomains: bool,
+        cutoff: u32,
+    ) -> NameMatch<'d> {
+        if self.names.is_empty() {
+            return NameMatch::default();
+        }
+        let exact = self.name_live(Key::name(NameKind::Domain, domain), cutoff)
+            || self.name_live(Key::name(NameKind::Hostname, domain), cutoff);
+        let parent = if subdomains {
+            crate::extract::domain::with_parents(domain)
+                .skip(1)
+                .find(|p| self.name_live(Key::name(NameKind::Domain, p), cutoff))
+        } else {
+            None
+        };
+        NameMatch { exact, parent }
     }
 
     /// The texts MISP stores a matched network under: its canonical one,
@@ -324,6 +451,7 @@ impl Index {
         Match {
             exact,
             network: self.network_of(ip, cutoff),
+            parent_domain: None,
         }
     }
 
@@ -352,6 +480,7 @@ impl Index {
             + self.free.capacity() * 4
             + self.v4.capacity() * 9
             + self.v6.capacity() * 21
+            + self.names.capacity() * 21
             + self.n4.memory_bytes()
             + self.n6.memory_bytes()
             + self.sealed.as_ref().map_or(0, ExactSet::memory_bytes)
@@ -414,6 +543,77 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_attributes_by_type() {
+        let name = Key::name;
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        assert_eq!(
+            Key::of_attribute("domain", "Evil.COM."),
+            vec![name(NameKind::Domain, "evil.com")]
+        );
+        assert_eq!(
+            Key::of_attribute("hostname", "cdn.evil.com"),
+            vec![name(NameKind::Hostname, "cdn.evil.com")]
+        );
+        assert_eq!(
+            Key::of_attribute("domain|ip", "evil.com|1.2.3.4"),
+            vec![name(NameKind::Domain, "evil.com"), Key::V4(0x01020304)]
+        );
+        assert_eq!(
+            Key::of_attribute("url", "HTTP://Evil.com:80/A#x"),
+            vec![name(NameKind::Url, "http://evil.com/A")]
+        );
+        assert_eq!(
+            Key::of_attribute("filename|md5", &format!("evil.exe|{}", md5.to_uppercase())),
+            vec![name(NameKind::Hash(crate::observable::Kind::Md5), md5)]
+        );
+        assert_eq!(
+            Key::of_attribute("md5", "d41d8cd98f00b204e9800998ecf8427e"),
+            vec![]
+        );
+        assert_eq!(
+            Key::of_attribute("ip-dst|port", "1.2.3.4|443"),
+            vec![Key::V4(0x01020304)]
+        );
+        assert_eq!(Key::of_attribute("email-src", "a@b.com"), vec![]);
+        assert_ne!(
+            name(NameKind::Domain, "evil.com"),
+            name(NameKind::Hostname, "evil.com")
+        );
+    }
+
+    #[test]
+    fn a_domain_attribute_covers_subdomains_and_a_hostname_does_not() {
+        let mut ix = Index::default();
+        ix.file("domain", "evil.com", Record::new(uuid(1), 10));
+        ix.file("hostname", "host.other.org", Record::new(uuid(2), 10));
+        let m = ix.domain_match("cdn.a.evil.com", true, 0);
+        assert_eq!(
+            m,
+            NameMatch {
+                exact: false,
+                parent: Some("evil.com")
+            }
+        );
+        assert!(!ix.domain_match("cdn.a.evil.com", false, 0).is_hit());
+        assert_eq!(
+            ix.domain_match("evil.com", true, 0),
+            NameMatch {
+                exact: true,
+                parent: None
+            }
+        );
+        assert!(ix.domain_match("host.other.org", true, 0).exact);
+        assert!(!ix.domain_match("x.host.other.org", true, 0).is_hit());
+        assert!(!ix.domain_match("notevil.com", true, 0).is_hit());
+        assert!(
+            !ix.domain_match("cdn.evil.com", true, 11).is_hit(),
+            "too old"
+        );
+        ix.unfile("domain", "evil.com", &uuid(1));
+        assert!(!ix.domain_match("cdn.evil.com", true, 0).is_hit());
+    }
+
+    #[test]
     fn insert_replace_remove() {
         let mut ix = Index::default();
         let k = Key::V4(7);
@@ -459,9 +659,13 @@ mod tests {
     #[test]
     fn a_network_stored_in_another_form_is_asked_for_by_that_form() {
         let mut ix = Index::default();
-        ix.file("10.0.0.5/24", Record::new(uuid(1), 1));
-        ix.file("2620:0007:6001:0000::/48", Record::new(uuid(2), 1));
-        ix.file("192.0.2.0/24", Record::new(uuid(3), 1));
+        ix.file("ip-dst", "10.0.0.5/24", Record::new(uuid(1), 1));
+        ix.file(
+            "ip-dst",
+            "2620:0007:6001:0000::/48",
+            Record::new(uuid(2), 1),
+        );
+        ix.file("ip-src", "192.0.2.0/24", Record::new(uuid(3), 1));
         let n: IpNet = "10.0.0.0/24".parse().unwrap();
         assert_eq!(ix.network_texts(&n), vec!["10.0.0.0/24", "10.0.0.5/24"]);
         let v6: IpNet = "2620:7:6001::/48".parse().unwrap();

@@ -67,6 +67,8 @@ pub struct Policy {
     /// With `misp.decay`: attributes MISP scores under this are dropped
     /// from the details.
     pub min_score: Option<f64>,
+    /// `misp.match_subdomains`.
+    pub subdomains: bool,
 }
 
 impl Policy {
@@ -81,6 +83,7 @@ impl Policy {
         Policy {
             max_age,
             min_score: m.decay.then_some(DECAY_MODEL.threshold),
+            subdomains: *m.match_subdomains,
         }
     }
 
@@ -162,12 +165,39 @@ impl ServerMirror {
         );
     }
 
-    fn matches(&self, index: &Index, ip: std::net::IpAddr) -> index::Match {
-        index.matches(ip, self.cutoff.load(Ordering::Relaxed))
+    /// What `observable` hits on `index`, by the hit policy.
+    fn matches(&self, index: &Index, observable: &Observable) -> index::Match {
+        let cutoff = self.cutoff.load(Ordering::Relaxed);
+        match observable {
+            Observable::Ip(ip) => index.matches(*ip, cutoff),
+            Observable::Domain(d) => {
+                let m = index.domain_match(d, self.policy.subdomains, cutoff);
+                index::Match {
+                    exact: m.exact,
+                    parent_domain: m.parent.map(Into::into),
+                    ..index::Match::default()
+                }
+            }
+            other => index::Match {
+                exact: name_kind(other)
+                    .is_some_and(|k| index.name_hit(k, &other.text().as_str(), cutoff)),
+                ..index::Match::default()
+            },
+        }
     }
 
-    fn hit(&self, index: &Index, ip: std::net::IpAddr) -> bool {
-        index.hit(ip, self.cutoff.load(Ordering::Relaxed))
+    /// Whether `observable` hits on `index` at all: the hot path's question.
+    fn hit(&self, index: &Index, observable: &Observable) -> bool {
+        let cutoff = self.cutoff.load(Ordering::Relaxed);
+        match observable {
+            Observable::Ip(ip) => index.hit(*ip, cutoff),
+            Observable::Domain(d) => index
+                .domain_match(d, self.policy.subdomains, cutoff)
+                .is_hit(),
+            other => {
+                name_kind(other).is_some_and(|k| index.name_hit(k, &other.text().as_str(), cutoff))
+            }
+        }
     }
 }
 
@@ -279,7 +309,7 @@ impl Mirror {
     /// Whether `observable` hits on `server`'s `index` at all: the hot
     /// path's question.
     pub fn hit_on(&self, server: &ServerMirror, index: &Index, observable: &Observable) -> bool {
-        observable.as_ip().is_some_and(|ip| server.hit(index, ip))
+        server.hit(index, observable)
     }
 
     /// What `observable` hits on `server`'s `index`, by the hit policy.
@@ -289,10 +319,7 @@ impl Mirror {
         index: &Index,
         observable: &Observable,
     ) -> index::Match {
-        observable
-            .as_ip()
-            .map(|ip| server.matches(index, ip))
-            .unwrap_or_default()
+        server.matches(index, observable)
     }
 
     fn owner(&self) -> (usize, u64) {
@@ -365,6 +392,9 @@ impl Mirror {
                     .filter_map(|t| Subject::parse(t)),
             );
         }
+        if let Some(parent) = &m.parent_domain {
+            subjects.push(Subject::Observable(Observable::Domain(parent.clone())));
+        }
         // With MISP known to be down, waiting would only delay the event.
         let wait = if s.query.breaker().is_open() {
             Duration::ZERO
@@ -375,6 +405,7 @@ impl Mirror {
         let answers = tokio::time::timeout(wait, asked).await;
         let mut part = LookupResult {
             matched_network: m.network,
+            matched_domain: m.parent_domain.clone(),
             ..LookupResult::default()
         };
         let answers = answers.unwrap_or_default();
@@ -407,6 +438,20 @@ impl Mirror {
             {
                 part.matched_network = None;
             }
+            if let Some(parent) = &m.parent_domain {
+                let covered = part.attributes.iter().any(|a| {
+                    super::covers_subdomains(&a.kind)
+                        && a.value
+                            .split('|')
+                            .next()
+                            .and_then(crate::extract::normalise_domain)
+                            .as_ref()
+                            == Some(parent)
+                });
+                if !covered {
+                    part.matched_domain = None;
+                }
+            }
             return Ok(part);
         }
         // MISP did not give the details in time: what the mirror holds.
@@ -432,6 +477,16 @@ impl Mirror {
             "MISP did not give a hit's details within misp.detail_timeout_secs; the event is built from the mirror (misp_data.summary.partial)"
         );
         Ok(part)
+    }
+}
+
+/// The named key kind a URL or hash observable is filed under.
+fn name_kind(o: &Observable) -> Option<index::NameKind> {
+    use crate::observable::Kind;
+    match o.kind() {
+        Kind::Url => Some(index::NameKind::Url),
+        k @ (Kind::Md5 | Kind::Sha1 | Kind::Sha256) => Some(index::NameKind::Hash(k)),
+        Kind::Ip | Kind::Domain => None,
     }
 }
 
@@ -471,11 +526,10 @@ impl Intelligence for Mirror {
     /// A miss costs the index lookups only; a hit (or a server not synced
     /// yet) goes through the worker's memo to the composed answers.
     fn known(&self, observable: &Observable, memo: &mut Recent) -> Option<Hits> {
-        let ip = observable.as_ip()?;
         let mut miss = true;
         for s in &self.inner.servers {
             match s.index.load().as_deref() {
-                Some(index) if !s.hit(index, ip) => {}
+                Some(index) if !s.hit(index, observable) => {}
                 _ => miss = false,
             }
         }

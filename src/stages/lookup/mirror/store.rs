@@ -287,7 +287,7 @@ impl Store {
         name: &str,
         generation: i64,
         rows: &[Row],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<Vec<Option<(String, String)>>> {
         let err = self.errors();
         let tx = self.conn.transaction().map_err(&err)?;
         let mut replaced = Vec::with_capacity(rows.len());
@@ -295,7 +295,7 @@ impl Store {
         {
             let mut old = tx
                 .prepare_cached(
-                    "SELECT value FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
+                    "SELECT type, value FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
                 )
                 .map_err(&err)?;
             let mut put = tx
@@ -306,8 +306,10 @@ impl Store {
                 )
                 .map_err(&err)?;
             for r in rows {
-                let was: Option<String> = old
-                    .query_row(params![name, generation, r.uuid], |x| x.get(0))
+                let was: Option<(String, String)> = old
+                    .query_row(params![name, generation, r.uuid], |x| {
+                        Ok((x.get(0)?, x.get(1)?))
+                    })
                     .optional()
                     .map_err(&err)?;
                 let net =
@@ -317,7 +319,7 @@ impl Store {
                         attributes += 1;
                         networks += net(&r.value);
                     }
-                    Some(old) => networks += net(&r.value) - net(old),
+                    Some((_, old)) => networks += net(&r.value) - net(old),
                 }
                 replaced.push(was);
                 put.execute(params![
@@ -358,27 +360,29 @@ impl Store {
         name: &str,
         generation: i64,
         uuids: &[String],
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<(String, String, String)>> {
         let err = self.errors();
         let tx = self.conn.transaction().map_err(&err)?;
         let mut removed = Vec::new();
         {
             let mut del = tx
                 .prepare_cached(
-                    "DELETE FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3 RETURNING value",
+                    "DELETE FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3 RETURNING type, value",
                 )
                 .map_err(&err)?;
             for u in uuids {
-                if let Some(v) = del
-                    .query_row(params![name, generation, u], |r| r.get::<_, String>(0))
+                if let Some((t, v)) = del
+                    .query_row(params![name, generation, u], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
                     .optional()
                     .map_err(&err)?
                 {
-                    removed.push((u.clone(), v));
+                    removed.push((u.clone(), t, v));
                 }
             }
         }
-        let networks = removed.iter().filter(|(_, v)| is_network(v)).count() as i64;
+        let networks = removed.iter().filter(|(_, _, v)| is_network(v)).count() as i64;
         tx.execute(
             "UPDATE servers SET attributes = attributes - ?3, networks = networks - ?4
              WHERE name = ?1 AND generation = ?2",
@@ -475,13 +479,13 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Calls `visit(value, uuid, timestamp)` for every row of the live
-    /// generation of `name`.
-    pub fn each(&self, name: &str, mut visit: impl FnMut(&str, &str, i64)) -> Result<()> {
+    /// Calls `visit(type, value, uuid, timestamp)` for every row of the
+    /// live generation of `name`.
+    pub fn each(&self, name: &str, mut visit: impl FnMut(&str, &str, &str, i64)) -> Result<()> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT value, uuid, timestamp FROM attributes
+                "SELECT value, uuid, timestamp, type FROM attributes
                  WHERE server = ?1 AND generation = (SELECT generation FROM servers WHERE name = ?1)",
             )
             .map_err(|e| self.err(e))?;
@@ -498,7 +502,12 @@ impl Store {
                 .as_str()
                 .unwrap_or("");
             let ts: i64 = r.get(2).map_err(|e| self.err(e))?;
-            visit(value, uuid, ts);
+            let kind = r
+                .get_ref(3)
+                .map_err(|e| self.err(e))?
+                .as_str()
+                .unwrap_or("");
+            visit(kind, value, uuid, ts);
         }
         Ok(())
     }
@@ -575,7 +584,7 @@ mod tests {
     fn live(store: &Store, name: &str) -> Vec<(String, String, i64)> {
         let mut out = Vec::new();
         store
-            .each(name, |v, u, t| out.push((v.into(), u.into(), t)))
+            .each(name, |_, v, u, t| out.push((v.into(), u.into(), t)))
             .unwrap();
         out.sort();
         out
@@ -623,11 +632,14 @@ mod tests {
                 &[row("u1", "1.2.3.5", 30), row("u3", "9.9.9.9", 30)],
             )
             .unwrap();
-        assert_eq!(replaced, vec![Some("1.2.3.4".into()), None]);
+        assert_eq!(
+            replaced,
+            vec![Some(("ip-dst".into(), "1.2.3.4".into())), None]
+        );
         s.finish_incremental("a", 30, 130).unwrap();
         assert_eq!(
             s.remove("a", g, &["u9".into(), "u2".into()]).unwrap(),
-            vec![("u2".to_owned(), "5.6.7.8".to_owned())]
+            vec![("u2".to_owned(), "ip-dst".to_owned(), "5.6.7.8".to_owned())]
         );
         assert_eq!(
             live(&s, "a"),

@@ -88,6 +88,7 @@ pub fn fingerprint(client: &MispClient, s: &SyncSettings) -> String {
         "published_only": s.filters.published_only,
         "include_tags": s.filters.include_tags,
         "exclude_tags": s.filters.exclude_tags,
+        "types": crate::observable::all_misp_types(),
     })
     .to_string()
 }
@@ -254,9 +255,9 @@ impl Syncer {
                 let last_sync = state.last_sync.unwrap_or(0);
                 let mut index = Index::with_capacity(state.attributes.max(0) as usize);
                 let mut count = 0u64;
-                s.each(name, |value, uuid, ts| {
+                s.each(name, |kind, value, uuid, ts| {
                     count += 1;
-                    index.file(value, Record::new(uuid_bytes(uuid), seen(ts)));
+                    index.file(kind, value, Record::new(uuid_bytes(uuid), seen(ts)));
                 })?;
                 Ok(Some((index, count, last_sync)))
             })
@@ -432,10 +433,14 @@ impl Syncer {
             .await?;
         for (row, old) in rows.iter().zip(replaced) {
             let uuid = uuid_bytes(&row.uuid);
-            if let Some(old) = old {
-                index.unfile(&old, &uuid);
+            if let Some((kind, value)) = old {
+                index.unfile(&kind, &value, &uuid);
             }
-            index.file(&row.value, Record::new(uuid, seen(row.timestamp)));
+            index.file(
+                &row.kind,
+                &row.value,
+                Record::new(uuid, seen(row.timestamp)),
+            );
         }
         Ok(index)
     }
@@ -467,8 +472,8 @@ impl Syncer {
                     let gone = self
                         .blocking(move |s, name| s.remove(name, state.generation, &excluded))
                         .await?;
-                    for (uuid, value) in gone {
-                        ix.unfile(&value, &uuid_bytes(&uuid));
+                    for (uuid, kind, value) in gone {
+                        ix.unfile(&kind, &value, &uuid_bytes(&uuid));
                     }
                 }
                 index = Some(ix);
@@ -534,7 +539,7 @@ pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, 
     let mut rows = Vec::with_capacity(attributes.len());
     let mut excluded = Vec::new();
     for a in attributes {
-        if a.uuid.is_empty() || Key::of_value(&a.value).next().is_none() {
+        if a.uuid.is_empty() || Key::of_attribute(&a.kind, &a.value).is_empty() {
             continue;
         }
         if excluded_tag(&a) {
