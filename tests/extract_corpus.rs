@@ -21,6 +21,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
     let mut scratch = Scratch::default();
     let mut parser = wazuh_misp::alert::Parser::default();
     let (mut alerts, mut with_srcip, mut hits_total) = (0, 0, 0);
+    let mut kinds = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(corpus.join("alerts")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -37,19 +38,24 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
             hits_total += hits.len();
             let mut seen = std::collections::HashSet::new();
             for h in &hits {
+                *kinds.entry(h.observable.kind().as_str()).or_insert(0usize) += 1;
+                if let Some(ip) = h.as_ip() {
+                    assert!(
+                        is_public(ip),
+                        "{}: non-public {ip} in {}",
+                        path.display(),
+                        h.field_path
+                    );
+                }
                 assert!(
-                    is_public(h.as_ip().unwrap()),
-                    "{}: non-public {} in {}",
-                    path.display(),
-                    h.as_ip().unwrap(),
-                    h.field_path
-                );
-                assert!(
-                    seen.insert(h.as_ip().unwrap()),
+                    seen.insert(h.observable.clone()),
                     "{}: {} reported twice",
                     path.display(),
-                    h.as_ip().unwrap()
+                    h.observable
                 );
+                let syscheck_hash = h.field_path.starts_with("syscheck.")
+                    && h.field_path.ends_with("_after")
+                    && h.as_ip().is_none();
                 for skipped in [
                     "agent",
                     "manager",
@@ -60,11 +66,12 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
                     "predecoder",
                 ] {
                     assert!(
-                        h.field_path != skipped
-                            && !h.field_path.starts_with(&format!("{skipped}.")),
+                        syscheck_hash
+                            || (h.field_path != skipped
+                                && !h.field_path.starts_with(&format!("{skipped}."))),
                         "{}: {} found under skipped {}",
                         path.display(),
-                        h.as_ip().unwrap(),
+                        h.observable,
                         h.field_path
                     );
                 }
@@ -76,7 +83,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
                         with_srcip += 1;
                         let h = hits
                             .iter()
-                            .find(|h| h.as_ip().unwrap() == ip)
+                            .find(|h| h.as_ip() == Some(ip))
                             .unwrap_or_else(|| panic!("{src} not found in {line}"));
                         assert_eq!(h.direction.as_str(), "source", "{src} in {line}");
                     }
@@ -102,6 +109,13 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
     assert!(alerts > 3000, "read {alerts} alerts");
     assert!(with_srcip > 100, "{with_srcip} alerts with a public srcip");
     assert!(hits_total > 1000);
+    // The corpus has VirusTotal's file hashes and Office 365's site URLs.
+    for kind in ["ip", "url", "domain", "md5", "sha1"] {
+        assert!(
+            kinds.get(kind).is_some_and(|n| *n > 0),
+            "no {kind} found: {kinds:?}"
+        );
+    }
 }
 
 /// The doc samples are real sshd alerts with real attacker addresses.

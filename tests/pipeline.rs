@@ -36,7 +36,8 @@ async fn agent_and_manager_alerts_arrive_in_the_right_location_form() {
     assert_eq!(ev["integration"], "misp");
     assert_eq!(ev["detected_ip"]["value"], ips[0]);
     assert_eq!(ev["detected_ip"]["direction"], "source");
-    assert_eq!(ev["detected_ip"]["field_path"], "full_log");
+    // full_log comes first and says "from", but the keyed direction wins.
+    assert_eq!(ev["detected_ip"]["field_path"], "data.srcip");
     assert_eq!(ev["misp_data"]["attributes"][0]["value"], ips[0]);
     assert_eq!(ev["srcip"], ips[0]);
     let (loc, ev) = &events[1];
@@ -170,15 +171,26 @@ async fn demo_pipeline_produces_the_expected_events() {
         .map(|d| {
             let (_, loc, msg) = wazuh_misp::output::frame::parse(d).unwrap();
             let v: serde_json::Value = serde_json::from_slice(msg).unwrap();
+            let detected = v.get("detected_ip").unwrap_or(&v["detected_observable"]);
             (
-                v["detected_ip"]["value"].as_str().unwrap().to_owned(),
-                v["detected_ip"]["direction"].as_str().unwrap().to_owned(),
+                detected["value"].as_str().unwrap().to_owned(),
+                detected["direction"].as_str().unwrap().to_owned(),
                 loc,
             )
         })
         .collect();
     seen.sort();
     let want = [
+        (
+            "057fc9341aa394da646eae5eda486dc2",
+            "unknown",
+            "[004] (WS-FIN-022) 10.0.4.22->misp",
+        ),
+        (
+            "908756aa5bb77921a566f72e0424b7761fa1b15138dde01c702dbffb06ac6ad6",
+            "unknown",
+            "[004] (WS-FIN-022) 10.0.4.22->misp",
+        ),
         ("162.247.74.201", "source", "[001] (web-01) 10.0.1.50->misp"),
         (
             "185.220.101.42",
@@ -202,11 +214,27 @@ async fn demo_pipeline_produces_the_expected_events() {
             "destination",
             "[003] (nids-01) 10.0.3.7->misp",
         ),
+        (
+            "cdn.fin7-loader.top",
+            "unknown",
+            "[004] (WS-FIN-022) 10.0.4.22->misp",
+        ),
+        (
+            "dl.fin7-loader.top",
+            "unknown",
+            "[003] (nids-01) 10.0.3.7->misp",
+        ),
+        (
+            "http://dl.fin7-loader.top/gate.php?id=7",
+            "unknown",
+            "[003] (nids-01) 10.0.3.7->misp",
+        ),
     ];
-    let want: Vec<(String, String, String)> = want
+    let mut want: Vec<(String, String, String)> = want
         .iter()
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         .collect();
+    want.sort();
     assert_eq!(seen, want);
     // The network hit: the alert's IP, the network as MISP stores it.
     let tor = outcome
@@ -223,10 +251,41 @@ async fn demo_pipeline_produces_the_expected_events() {
         tor["misp_data"]["attributes"][0]["value"],
         "162.247.74.0/24"
     );
-    // Matching is local: MISP is asked for the details of the 7 hits
-    // (6 IPs, 1 network) once each, never about 8.8.8.8 (warninglisted,
-    // so not mirrored) or the clean 93.184.216.34.
-    assert_eq!(outcome.misp_values, 7, "each hit's details asked once");
+    // A subdomain hit names the MISP domain it matched under.
+    let events: Vec<serde_json::Value> = outcome
+        .datagrams
+        .iter()
+        .map(|d| {
+            let (_, _, msg) = wazuh_misp::output::frame::parse(d).unwrap();
+            serde_json::from_slice(msg).unwrap()
+        })
+        .collect();
+    let dns = events
+        .iter()
+        .find(|v| v["detected_observable"]["value"] == "cdn.fin7-loader.top")
+        .unwrap();
+    assert_eq!(dns["detected_observable"]["type"], "domain");
+    assert_eq!(
+        dns["detected_observable"]["matched_domain"],
+        "fin7-loader.top"
+    );
+    assert_eq!(
+        dns["detected_observable"]["field_path"],
+        "data.win.eventdata.queryName"
+    );
+    let md5 = events
+        .iter()
+        .find(|v| v["detected_observable"]["type"] == "md5")
+        .unwrap();
+    assert_eq!(
+        md5["detected_observable"]["field_path"],
+        "data.win.eventdata.hashes"
+    );
+    // Matching is local: MISP is asked for the details of the 11 hits
+    // (6 IPs, 1 network, 1 parent domain, 1 URL, 2 hashes) once each,
+    // never about 8.8.8.8 (warninglisted, so not mirrored), the clean
+    // 93.184.216.34 or the syscheck hashes MISP does not know.
+    assert_eq!(outcome.misp_values, 11, "each hit's details asked once");
     assert!(outcome.misp_requests >= 1 && outcome.misp_requests <= outcome.misp_values);
     assert_eq!(outcome.mirrored.1, 2, "two networks mirrored");
     assert_eq!(Stats::get(&outcome.stats.dedup_hits), 1);

@@ -55,8 +55,10 @@ async fn rules_parse_ids_are_unique_and_fields_exist() {
     }
     for r in &rules {
         for parent in r.descendants().filter(|n| n.has_tag_name("if_sid")) {
-            let p: u32 = parent.text().unwrap().trim().parse().unwrap();
-            assert!(ids.contains(&p), "if_sid {p} is not one of ours");
+            for p in parent.text().unwrap().split(',') {
+                let p: u32 = p.trim().parse().unwrap();
+                assert!(ids.contains(&p), "if_sid {p} is not one of ours");
+            }
         }
     }
     let levels: Vec<(String, u32)> = rules
@@ -73,9 +75,33 @@ async fn rules_parse_ids_are_unique_and_fields_exist() {
         [
             ("^high$".into(), 12),
             ("^medium$".into(), 10),
-            ("^low$".into(), 7)
+            ("^low$".into(), 7),
+            ("^high$".into(), 12)
         ]
     );
+    // A child for each kind of observable, naming it.
+    for kind in ["domain", "url", "md5", "sha1", "sha256"] {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                r.descendants().any(|n| {
+                    n.has_tag_name("field")
+                        && n.attribute("name") == Some("detected_observable.type")
+                        && n.text()
+                            .is_some_and(|t| t.split('|').any(|a| a == format!("^{kind}$")))
+                })
+            })
+            .unwrap_or_else(|| panic!("no rule for {kind}"));
+        let description = rule
+            .descendants()
+            .find(|n| n.has_tag_name("description"))
+            .and_then(|n| n.text())
+            .unwrap();
+        assert!(
+            description.contains("$(detected_observable.value)"),
+            "{kind}: {description}"
+        );
+    }
 
     // Every field the rules name exists in a real enriched event or error event.
     let outcome = demo::run_demo(demo::DEMO_ALERTS).await.unwrap();

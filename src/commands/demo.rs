@@ -21,6 +21,7 @@ pub const DEMO_EVENTS: &[&str] = &[
     include_str!("../../config/demo/misp-events/02-apt28-phishing.json"),
     include_str!("../../config/demo/misp-events/03-ssh-scanners.json"),
     include_str!("../../config/demo/misp-events/04-tor-exit-ranges.json"),
+    include_str!("../../config/demo/misp-events/05-fin7-loader.json"),
 ];
 pub const DEMO_WARNINGLIST: &str = include_str!("../../config/demo/warninglist-public-dns-v4.json");
 pub const DEMO_ALERTS: &str = include_str!("../../config/demo/alerts.jsonl");
@@ -149,6 +150,42 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
     })
 }
 
+/// "ip 8 (1 by network), domain 2 (2 by parent domain), …": what the
+/// events matched on.
+fn matches_by_kind(datagrams: &[Vec<u8>]) -> String {
+    let mut counts: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for d in datagrams {
+        let Some((_, _, payload)) = frame::parse(d) else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_slice::<Value>(payload) else {
+            continue;
+        };
+        let (kind, wide) = if let Some(ip) = event.get("detected_ip") {
+            ("ip".to_owned(), ip.get("matched_network").is_some())
+        } else if let Some(o) = event.get("detected_observable") {
+            (
+                o["type"].as_str().unwrap_or("?").to_owned(),
+                o.get("matched_domain").is_some(),
+            )
+        } else {
+            continue;
+        };
+        let c = counts.entry(kind).or_default();
+        c.0 += 1;
+        c.1 += usize::from(wide);
+    }
+    counts
+        .iter()
+        .map(|(kind, (n, wide))| match kind.as_str() {
+            "ip" if *wide > 0 => format!("ip {n} ({wide} by network)"),
+            "domain" if *wide > 0 => format!("domain {n} ({wide} by parent domain)"),
+            _ => format!("{kind} {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Prints each event and a closing summary.
 pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()> {
     for d in &outcome.datagrams {
@@ -171,6 +208,11 @@ pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()>
     let s = &outcome.stats;
     let g = Stats::get;
     writeln!(out, "── summary")?;
+    writeln!(
+        out,
+        "matches by kind:    {}",
+        matches_by_kind(&outcome.datagrams)
+    )?;
     writeln!(out, "alerts read:        {}", g(&s.lines_read))?;
     writeln!(
         out,
@@ -180,7 +222,7 @@ pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()>
     )?;
     writeln!(
         out,
-        "IPs looked up:      {} (dedup hits {}, cache hits {})",
+        "observables found:  {} (dedup hits {}, cache hits {})",
         g(&s.ips_extracted),
         g(&s.dedup_hits),
         g(&s.cache_hits)
