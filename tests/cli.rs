@@ -265,11 +265,15 @@ fn demo_runs_offline_and_prints_a_summary() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("events sent:        7"), "{text}");
+    assert!(text.contains("events sent:        12"), "{text}");
     assert!(text.contains("\"integration\": \"misp\""));
     assert!(
         text.contains("\"matched_network\": \"162.247.74.0/24\""),
         "the demo shows a network match"
+    );
+    assert!(
+        text.contains("matches by kind:    domain 2 (2 by parent domain), ip 7 (1 by network), md5 1, sha256 1, url 1"),
+        "the demo shows a match of every kind: {text}"
     );
 }
 

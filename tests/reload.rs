@@ -132,6 +132,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "filter.min_level" => new.filter.min_level = 12,
             "filter.exclude_rule_ids" => new.filter.exclude_rule_ids = vec!["5712".into()],
             "filter.exclude_ips" => new.filter.exclude_ips = vec!["185.100.0.0/16".into()],
+            "filter.exclude_domains" => new.filter.exclude_domains = vec!["example.org".into()],
             "filter.skip_fields" => new
                 .filter
                 .skip_fields
@@ -148,6 +149,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "misp.timeout_secs" => new.misp.timeout_secs = 3,
             "misp.max_concurrent_requests" => new.misp.max_concurrent_requests = 2.into(),
             "misp.match_types" => new.misp.match_types = MatchTypes::Direction,
+            "misp.match_subdomains" => new.misp.match_subdomains = false.into(),
             "misp.decay" => new.misp.decay = true,
             "misp.enforce_warninglist" => new.misp.enforce_warninglist = false,
             "misp.cache_ttl_secs" => new.misp.cache_ttl_secs = 7,
@@ -271,6 +273,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
                 "misp.ca_file" => lookup.client().ca_file() == Some(ca.as_path()),
                 "misp.timeout_secs" => lookup.client().timeout() == Duration::from_secs(3),
                 "misp.match_types" => rules.match_types == MatchTypes::Direction,
+                "filter.exclude_domains" => rules.extractor.excluded_domain("www.example.org"),
                 "misp.decay" => {
                     lookup.client().request_body(&[], None)["includeDecayScore"] == true
                 }
@@ -321,6 +324,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "misp.cache_max_entries",
             "misp.detail_timeout_secs",
             "misp.full_sync_interval_secs",
+            "misp.match_subdomains",
             "misp.max_concurrent_requests",
             "misp.max_indicators",
             "misp.mode",
