@@ -247,3 +247,50 @@ fn fuzz_regressions_stay_fixed() {
     }
     assert!(n > 0);
 }
+
+/// Alerts of every source that carries domains, URLs and hashes (Sysmon
+/// 1/3/7/22, syscheck, Suricata dns/http/tls/fileinfo, Zeek dns/http/ssl,
+/// Squid, a web access log, Office 365, VirusTotal) and the traps, in
+/// alerts.json's format, each labelled with exactly the (kind, value,
+/// field_path) it must yield (`tests/fixtures/observables/labels.json`).
+#[test]
+fn labelled_alerts_yield_exactly_their_observables() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/observables");
+    let alerts = std::fs::read_to_string(dir.join("alerts.json")).unwrap();
+    let labels: std::collections::HashMap<String, Vec<(String, String, String)>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("labels.json")).unwrap()).unwrap();
+    let ex = Extractor::with_defaults();
+    let mut scratch = Scratch::default();
+    let mut parser = wazuh_misp::alert::Parser::default();
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for line in alerts.lines() {
+        let tape = parser.parse(line).unwrap();
+        let alert = tape.as_value();
+        let id = wazuh_misp::alert::str_at(alert, &["id"])
+            .unwrap()
+            .to_owned();
+        let mut hits = Vec::new();
+        ex.extract(alert, &mut scratch, &mut hits);
+        let mut got: Vec<(String, String, String)> = hits
+            .iter()
+            .map(|h| {
+                (
+                    h.observable.kind().as_str().to_owned(),
+                    h.observable.to_string(),
+                    h.field_path.clone(),
+                )
+            })
+            .collect();
+        let mut want = labels[&id].clone();
+        got.sort();
+        want.sort();
+        if got != want {
+            let rule = wazuh_misp::alert::str_at(alert, &["rule", "description"]).unwrap_or("");
+            wrong.push(format!("{id} ({rule}):\n  got  {got:?}\n  want {want:?}"));
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, labels.len());
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -421,10 +421,16 @@ impl Walk<'_, '_, '_> {
                 d
             }
         });
-        self.ips(s, key_direction);
+        let k = key.map(NormalisedKey::of);
+        // A version field's `1.0.0.1` is a file version, never an address.
+        if !k
+            .as_ref()
+            .is_some_and(|k| k.as_bytes().ends_with(b"version"))
+        {
+            self.ips(s, key_direction);
+        }
         self.urls(s, key_direction);
-        if let Some(k) = key {
-            let k = NormalisedKey::of(k);
+        if let Some(k) = k {
             match hash::key(k.as_bytes()) {
                 Some(hash::HashKey::One(kind)) => {
                     if let Some(h) = hash::of(kind, s.trim()) {
@@ -523,9 +529,11 @@ impl Walk<'_, '_, '_> {
         }
     }
 
+    /// `http://host` + path; the host as the field has it (a `Host`
+    /// header's port is part of the URL).
     fn rebuilt_url(&mut self, host: &str, path: &str) {
-        let host = host_of_field(host);
-        if host.is_empty() {
+        let host = host.trim();
+        if host.is_empty() || host.contains(['/', '?', '#', '@']) {
             return;
         }
         let text = format!("http://{host}{path}");

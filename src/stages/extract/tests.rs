@@ -274,6 +274,10 @@ fn every_kind_by_its_rules() {
             vec![],
         ),
         (json!({"full_log":format!("md5={md5}")}), vec![]),
+        (
+            json!({"data":{"fileVersion":"1.0.0.1","os":{"version":"8.8.8.8"}}}),
+            vec![],
+        ),
         // Domain keys: trailing dot and Host-header port dropped.
         (
             json!({"data":{"rrname":"evil.com."}}),
