@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 use std::process::{Command, Stdio};
 use wazuh_misp::sim::SimData;
 
@@ -200,6 +201,112 @@ async fn enrich_prints_one_json_line_per_event() {
         stderr.contains("offset=") || stderr.contains("offset"),
         "bad line logged with its offset: {stderr}"
     );
+}
+
+/// The labelled alerts of every source (tests/fixtures/observables)
+/// through `enrich`, against a MISP that knows every observable they
+/// carry: one event per (alert, kind, value), each with its field, and a
+/// MISP `domain` attribute matching its subdomains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_matches_every_kind_against_a_misp_that_knows_them() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/observables");
+    let alerts = std::fs::read_to_string(dir.join("alerts.json")).unwrap();
+    let labels: std::collections::BTreeMap<String, Vec<(String, String, String)>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("labels.json")).unwrap()).unwrap();
+    let mut known: Vec<(String, String)> = Vec::new();
+    for (kind, value, _) in labels.values().flatten() {
+        let misp_type = match kind.as_str() {
+            "ip" => "ip-dst",
+            other => other,
+        };
+        let a = (misp_type.to_owned(), value.clone());
+        if !known.contains(&a) {
+            known.push(a);
+        }
+    }
+    known.push(("domain".into(), "evil-cdn.com".into()));
+    let data = SimData::from_events([event_with(9, &known)]);
+    let h = Harness::new(&data).await;
+    let cfg = write_config(
+        h.dir.path(),
+        &format!(
+            "[misp]\nurl = \"{}\"\napi_key = \"{KEY}\"\nenforce_warninglist = false\n[filter]\nmin_level = 0\n[log]\nlevel = \"warn\"\n",
+            h.sim.url()
+        ),
+    );
+    let input = alerts.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(["enrich", "--config"])
+            .arg(&cfg)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<(String, String, String)> = Vec::new();
+    let mut by_parent = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let ev: Value = serde_json::from_str(line).unwrap();
+        let (kind, detected) = match ev.get("detected_ip") {
+            Some(d) => ("ip".to_owned(), d),
+            None => (
+                ev["detected_observable"]["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                &ev["detected_observable"],
+            ),
+        };
+        if detected["matched_domain"] == "evil-cdn.com" {
+            by_parent += 1;
+        }
+        got.push((
+            ev["wazuh_alert_timestamp"].as_str().unwrap().to_owned(),
+            kind,
+            detected["value"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let timestamps: std::collections::HashMap<String, String> = alerts
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["timestamp"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String, String)> = labels
+        .iter()
+        .flat_map(|(id, found)| {
+            found
+                .iter()
+                .map(|(kind, value, _)| (timestamps[id].clone(), kind.clone(), value.clone()))
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // update., payload. and dl.evil-cdn.com (the last in two alerts).
+    assert_eq!(by_parent, 4, "subdomains of the MISP domain evil-cdn.com");
 }
 
 /// `wazuh-misp enrich … | head -1`: once stdout is closed, no more MISP

@@ -356,3 +356,95 @@ async fn a_sync_page_over_the_response_limit_is_asked_for_in_halves() {
     assert!(limits.iter().any(|l| *l < 256), "{limits:?}");
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A Sysmon-like alert carrying `data` (the observables to find).
+fn alert_with(n: usize, data: Value) -> String {
+    json!({"timestamp": "2026-11-22T10:00:00.000+0000",
+        "rule": {"level": 8, "description": "test", "id": "92650", "groups": ["sysmon"]},
+        "agent": {"id": "004", "name": "ws", "ip": "10.0.4.22"}, "manager": {"name": "m"},
+        "id": format!("1763805600.{n}"), "decoder": {"name": "windows_eventchannel"},
+        "data": data, "location": "EventChannel"})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_urls_and_hashes_are_mirrored_and_matched_locally() {
+    let md5 = "5d41402abc4b2a76b9719d911017c592";
+    let sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    let attrs: Vec<(String, String)> = [
+        ("domain", "Evil.com"),
+        ("hostname", "c2.other.org"),
+        ("url", "HTTP://Dl.Evil.com:80/a.exe#top"),
+        ("filename|md5", &format!("a.exe|{}", md5.to_uppercase())),
+        ("sha256", sha256),
+    ]
+    .iter()
+    .map(|(t, v)| (t.to_string(), v.to_string()))
+    .collect();
+    let h = mirror_harness(&SimData::from_events([event_with(3, &attrs)])).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let daemon = h.start();
+    ready(&daemon).await;
+    let is_hit = |v: &str| hit(&daemon, v);
+    assert!(
+        is_hit("cdn.evil.com") && is_hit("evil.com"),
+        "a domain covers its subdomains"
+    );
+    assert!(
+        is_hit("c2.other.org") && !is_hit("x.c2.other.org"),
+        "a hostname only itself"
+    );
+    assert!(
+        is_hit("http://dl.evil.com/a.exe"),
+        "URLs compare normalised"
+    );
+    assert!(is_hit(md5) && is_hit(sha256));
+    assert!(!is_hit("notevil.com") && !is_hit("http://dl.evil.com/b.exe"));
+    let before = values_asked(&h).len();
+    h.append(&format!(
+        "{}\n{}\n{}\n{}\n",
+        alert_with(1, json!({"win": {"eventdata": {"queryName": "cdn.evil.com"}}})),
+        alert_with(2, json!({"win": {"eventdata": {"queryName": "x.c2.other.org", "hashes": format!("MD5={md5}")}}})),
+        alert_with(3, json!({"http": {"hostname": "dl.evil.com", "url": "/a.exe"}, "sha256": sha256})),
+        alert_with(4, json!({"query": "clean.example.net"})),
+    ));
+    all_handled(&daemon, 4, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let mut got: Vec<(String, String, Option<String>)> = q
+        .received
+        .events()
+        .iter()
+        .map(|(_, e)| {
+            let d = &e["detected_observable"];
+            (
+                d["type"].as_str().unwrap().to_owned(),
+                d["value"].as_str().unwrap().to_owned(),
+                d["matched_domain"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    got.sort();
+    let owned =
+        |k: &str, v: &str, m: Option<&str>| (k.to_owned(), v.to_owned(), m.map(str::to_owned));
+    assert_eq!(
+        got,
+        vec![
+            owned("domain", "cdn.evil.com", Some("evil.com")),
+            owned("domain", "dl.evil.com", Some("evil.com")),
+            owned("md5", md5, None),
+            owned("sha256", sha256, None),
+            owned("url", "http://dl.evil.com/a.exe", None),
+        ]
+    );
+    // MISP heard only of the hits' details: the parent domain once, never
+    // the alerts' subdomains, the hostname's subdomain or the clean name.
+    let asked: Vec<String> = values_asked(&h).into_iter().skip(before).collect();
+    for never in ["cdn.evil.com", "x.c2.other.org", "clean.example.net"] {
+        assert!(
+            !asked.iter().any(|v| v == never),
+            "{never} asked: {asked:?}"
+        );
+    }
+    assert!(asked.iter().any(|v| v == "evil.com"), "{asked:?}");
+}

@@ -41,6 +41,25 @@ pub fn event_with_ips(id: usize, ips: &[String]) -> Value {
         "Attribute": attrs, "Object": []}})
 }
 
+/// A MISP event with one attribute per `(type, value)`.
+#[allow(dead_code)]
+pub fn event_with(id: usize, attributes: &[(String, String)]) -> Value {
+    let values: Vec<String> = attributes.iter().map(|(_, v)| v.clone()).collect();
+    let mut e = event_with_ips(id, &values);
+    for (a, (kind, _)) in e["Event"]["Attribute"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(attributes)
+    {
+        a["type"] = kind.as_str().into();
+        if !kind.starts_with("ip-") {
+            a["category"] = "Payload delivery".into();
+        }
+    }
+    e
+}
+
 /// A MISP event whose attributes are networks (ip-dst), as MISP stores
 /// a Tor exit range.
 pub fn event_with_networks(id: usize, nets: &[&str]) -> Value {

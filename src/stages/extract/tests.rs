@@ -218,8 +218,11 @@ fn rule_tree_decides_as_checking_every_rule() {
     }
 }
 
+/// (kind, value, field_path) of one observable.
+type Found = (&'static str, String, String);
+
 /// (kind, value, field_path) of every observable an alert yields.
-fn kinds(alert: &Value) -> Vec<(&'static str, String, String)> {
+fn kinds(alert: &Value) -> Vec<Found> {
     let ex = Extractor::with_defaults();
     let mut out = Vec::new();
     ex.extract(node(alert), &mut Scratch::default(), &mut out);
@@ -234,7 +237,7 @@ fn kinds(alert: &Value) -> Vec<(&'static str, String, String)> {
         .collect()
 }
 
-fn k(kind: &'static str, v: &str, p: &str) -> (&'static str, String, String) {
+fn k(kind: &'static str, v: &str, p: &str) -> Found {
     (kind, v.to_string(), p.to_string())
 }
 
@@ -243,7 +246,7 @@ fn every_kind_by_its_rules() {
     let md5 = "5d41402abc4b2a76b9719d911017c592";
     let sha1 = "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3";
     let sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
-    let cases: Vec<(Value, Vec<(&'static str, String, String)>)> = vec![
+    let cases: Vec<(Value, Vec<Found>)> = vec![
         // Sysmon 22: the query name is a domain.
         (
             json!({"data":{"win":{"eventdata":{"queryName":"Cdn.Evil-Domain.com","queryResults":"type: 5 x;::ffff:185.220.101.9;"}}}}),

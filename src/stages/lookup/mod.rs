@@ -59,6 +59,13 @@ use tokio_util::sync::CancellationToken;
 pub enum Subject {
     Observable(Observable),
     Network(ipnet::IpNet),
+    /// An observable asked for by the text MISP stores it under, where
+    /// that is not its canonical text (`HTTP://Evil.com:80/x`): MISP
+    /// matches `value` on the stored text. Answered as the observable.
+    Stored {
+        observable: Observable,
+        text: Box<str>,
+    },
 }
 
 impl Subject {
@@ -69,6 +76,15 @@ impl Subject {
             return Some(Subject::Observable(o));
         }
         text.trim().parse().ok().map(Subject::Network)
+    }
+
+    /// The subject an answer about this one is filed under: a stored
+    /// text's answer is its observable's.
+    pub fn answered_as(&self) -> Subject {
+        match self {
+            Subject::Stored { observable, .. } => Subject::Observable(observable.clone()),
+            other => other.clone(),
+        }
     }
 
     /// The subject one half of an attribute's value of `misp_type` stands
@@ -92,6 +108,7 @@ impl std::fmt::Display for Subject {
         match self {
             Subject::Observable(o) => o.fmt(f),
             Subject::Network(n) => n.fmt(f),
+            Subject::Stored { text, .. } => f.write_str(text),
         }
     }
 }
@@ -604,8 +621,9 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
     let mut waiting: HashMap<Subject, Vec<oneshot::Sender<Answer>>> = HashMap::new();
     for a in batch {
         let v = a.subject.to_string();
+        let answered_as = a.subject.answered_as();
         if shared.subdomains {
-            if let Subject::Observable(Observable::Domain(d)) = &a.subject {
+            if let Subject::Observable(Observable::Domain(d)) = &answered_as {
                 for parent in crate::extract::domain::with_parents(d).skip(1) {
                     if !values.iter().any(|v| v == parent) {
                         values.push(parent.to_owned());
@@ -616,7 +634,7 @@ async fn execute(shared: &Shared, batch: Vec<Ask>) {
         if !values.contains(&v) {
             values.push(v);
         }
-        waiting.entry(a.subject).or_default().push(a.reply);
+        waiting.entry(answered_as).or_default().push(a.reply);
     }
     let subdomains = shared.subdomains;
     let waiting = std::sync::Mutex::new(waiting);

@@ -45,6 +45,45 @@ pub enum NameKind {
     Hash(crate::observable::Kind),
 }
 
+/// The named kind an attribute of `misp_type` is filed under, if any.
+fn named_kind(misp_type: &str) -> Option<NameKind> {
+    use crate::observable::Kind;
+    Some(match misp_type {
+        "domain" | "domain|ip" => NameKind::Domain,
+        "hostname" => NameKind::Hostname,
+        "url" => NameKind::Url,
+        "md5" | "filename|md5" => NameKind::Hash(Kind::Md5),
+        "sha1" | "filename|sha1" => NameKind::Hash(Kind::Sha1),
+        "sha256" | "filename|sha256" => NameKind::Hash(Kind::Sha256),
+        _ => return None,
+    })
+}
+
+/// The named kind of an attribute and the part of its value it names (a
+/// `domain|ip`'s first half, a `filename|hash`'s last; a URL whole).
+fn named_half<'v>(misp_type: &str, value: &'v str) -> Option<(NameKind, &'v str)> {
+    let kind = named_kind(misp_type)?;
+    let half = match misp_type {
+        "domain|ip" => value.split('|').next().unwrap_or(value),
+        t if t.starts_with("filename|") => value.rsplit('|').next().unwrap_or(value),
+        _ => value,
+    };
+    Some((kind, half.trim()))
+}
+
+/// A named value's canonical text, as extraction writes it.
+fn canonical_name(kind: NameKind, text: &str) -> Option<Box<str>> {
+    use crate::observable::Observable;
+    match kind {
+        NameKind::Domain | NameKind::Hostname => crate::extract::normalise_domain(text),
+        NameKind::Url => crate::extract::normalise_url(text),
+        NameKind::Hash(k) => match crate::extract::hash_of(k, text)? {
+            Observable::Md5(t) | Observable::Sha1(t) | Observable::Sha256(t) => Some(t),
+            _ => None,
+        },
+    }
+}
+
 impl NameKind {
     fn tag(self) -> &'static str {
         match self {
@@ -71,35 +110,16 @@ impl Key {
     /// its domain, URL or hash (a composite's matching half), its IP or
     /// network halves. A type we do not match has none.
     pub fn of_attribute(misp_type: &str, value: &str) -> Vec<Key> {
-        use crate::observable::{Kind, Observable};
-        let named = |kind: NameKind, text: &str| -> Option<Key> {
-            let canonical = match kind {
-                NameKind::Domain | NameKind::Hostname => crate::extract::normalise_domain(text)?,
-                NameKind::Url => crate::extract::normalise_url(text)?,
-                NameKind::Hash(k) => match crate::extract::hash_of(k, text.trim())? {
-                    Observable::Md5(t) | Observable::Sha1(t) | Observable::Sha256(t) => t,
-                    _ => return None,
-                },
-            };
-            Some(Key::name(kind, &canonical))
-        };
-        let last_half = |v: &str| v.rsplit('|').next().unwrap_or(v).to_owned();
-        let keys: Option<Key> = match misp_type {
-            "domain" => named(NameKind::Domain, value),
-            "hostname" => named(NameKind::Hostname, value),
-            "url" => named(NameKind::Url, value),
-            "md5" | "filename|md5" => named(NameKind::Hash(Kind::Md5), &last_half(value)),
-            "sha1" | "filename|sha1" => named(NameKind::Hash(Kind::Sha1), &last_half(value)),
-            "sha256" | "filename|sha256" => named(NameKind::Hash(Kind::Sha256), &last_half(value)),
+        let named = named_half(misp_type, value)
+            .and_then(|(kind, half)| Some(Key::name(kind, &canonical_name(kind, half)?)));
+        match misp_type {
             "domain|ip" => {
-                let (domain, ip) = value.split_once('|').unwrap_or((value, ""));
-                let mut keys: Vec<Key> = named(NameKind::Domain, domain).into_iter().collect();
-                keys.extend(Key::of_text(ip));
-                return keys;
+                let ip = value.split_once('|').map_or("", |(_, ip)| ip);
+                named.into_iter().chain(Key::of_text(ip)).collect()
             }
-            _ => return Key::of_value(value).collect(),
-        };
-        keys.into_iter().collect()
+            t if named_kind(t).is_some() => named.into_iter().collect(),
+            _ => Key::of_value(value).collect(),
+        }
     }
 
     /// The IP keys of an attribute value: its IP or network, or for a
@@ -217,6 +237,9 @@ pub struct Index {
     /// details of a hit are asked for by the stored text. Rare, so kept
     /// apart from the records.
     texts: HashMap<IpNet, Vec<Box<str>>, Fast>,
+    /// The same for a domain, URL or hash whose stored text is not its
+    /// canonical one (`HTTP://Evil.com:80/x`, an upper-case hash).
+    name_texts: HashMap<u128, Vec<Box<str>>, Fast>,
     /// `v4`'s keys packed for the hot path, when current ([`Index::seal`]).
     sealed: Option<ExactSet>,
 }
@@ -313,6 +336,16 @@ impl Index {
         for key in Key::of_attribute(misp_type, value) {
             self.insert(key, record);
         }
+        if let Some((kind, half)) = named_half(misp_type, value) {
+            if let Some(canonical) = canonical_name(kind, half).filter(|c| &**c != half) {
+                if let Key::Name(h) = Key::name(kind, &canonical) {
+                    let texts = self.name_texts.entry(h).or_default();
+                    if !texts.iter().any(|t| &**t == half) {
+                        texts.push(half.into());
+                    }
+                }
+            }
+        }
         for half in value.split('|') {
             let half = half.trim();
             if let (Ok(net), Err(_)) = (half.parse::<IpNet>(), half.parse::<IpAddr>()) {
@@ -366,6 +399,20 @@ impl Index {
             None
         };
         NameMatch { exact, parent }
+    }
+
+    /// The texts other than `canonical` that MISP stores a name of `kind`
+    /// under.
+    pub fn name_texts(&self, kind: NameKind, canonical: &str) -> Vec<String> {
+        let Key::Name(h) = Key::name(kind, canonical) else {
+            return Vec::new();
+        };
+        self.name_texts
+            .get(&h)
+            .into_iter()
+            .flatten()
+            .map(|t| t.to_string())
+            .collect()
     }
 
     /// The texts MISP stores a matched network under: its canonical one,

@@ -180,7 +180,7 @@ impl ServerMirror {
             }
             other => index::Match {
                 exact: name_kind(other)
-                    .is_some_and(|k| index.name_hit(k, &other.text().as_str(), cutoff)),
+                    .is_some_and(|k| index.name_hit(k, other.text().as_str(), cutoff)),
                 ..index::Match::default()
             },
         }
@@ -195,7 +195,7 @@ impl ServerMirror {
                 .domain_match(d, self.policy.subdomains, cutoff)
                 .is_hit(),
             other => {
-                name_kind(other).is_some_and(|k| index.name_hit(k, &other.text().as_str(), cutoff))
+                name_kind(other).is_some_and(|k| index.name_hit(k, other.text().as_str(), cutoff))
             }
         }
     }
@@ -381,8 +381,27 @@ impl Mirror {
         m: index::Match,
     ) -> Result<LookupResult, LookupError> {
         let mut subjects = Vec::with_capacity(2);
+        // Asked by every text MISP stores the value under (MISP compares
+        // `value` with the stored text).
+        let stored = |kind: index::NameKind, o: &Observable| {
+            index
+                .name_texts(kind, o.text().as_str())
+                .into_iter()
+                .map(|text| Subject::Stored {
+                    observable: o.clone(),
+                    text: text.into(),
+                })
+                .collect::<Vec<_>>()
+        };
         if m.exact {
             subjects.push(Subject::Observable(observable.clone()));
+            match observable {
+                Observable::Domain(_) => {
+                    subjects.extend(stored(index::NameKind::Domain, observable));
+                    subjects.extend(stored(index::NameKind::Hostname, observable));
+                }
+                o => subjects.extend(name_kind(o).map(|k| stored(k, o)).unwrap_or_default()),
+            }
         }
         if let Some(n) = m.network {
             subjects.extend(
@@ -393,7 +412,9 @@ impl Mirror {
             );
         }
         if let Some(parent) = &m.parent_domain {
-            subjects.push(Subject::Observable(Observable::Domain(parent.clone())));
+            let parent = Observable::Domain(parent.clone());
+            subjects.extend(stored(index::NameKind::Domain, &parent));
+            subjects.push(Subject::Observable(parent));
         }
         // With MISP known to be down, waiting would only delay the event.
         let wait = if s.query.breaker().is_open() {
