@@ -66,7 +66,8 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_alert");
     g.throughput(Throughput::Elements(alerts.len() as u64));
     let ex = Extractor::with_defaults();
-    g.bench_function("extract_ips", |b| {
+    // Every kind of observable: IPs, domains, URLs, hashes.
+    g.bench_function("extract", |b| {
         let mut scratch = Scratch::default();
         let mut hits = Vec::new();
         b.iter(|| {
@@ -77,6 +78,38 @@ fn benches(c: &mut Criterion) {
             black_box(hits.len())
         })
     });
+    g.finish();
+    // The labelled alerts of every source that carries domains, URLs and
+    // hashes (Sysmon, syscheck, Suricata, Zeek, proxies, Office 365).
+    let fixture = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/observables/alerts.json"),
+    )
+    .unwrap();
+    let mut fixture_parsers: Vec<alert::Parser> =
+        fixture.lines().map(|_| Default::default()).collect();
+    let fixture_tapes: Vec<alert::Tape> = fixture_parsers
+        .iter_mut()
+        .zip(fixture.lines())
+        .filter_map(|(p, l)| p.parse(l).ok())
+        .collect();
+    let fixture_alerts: Vec<Node> = fixture_tapes.iter().map(|t| t.as_value()).collect();
+    let mut g = c.benchmark_group("per_alert");
+    g.throughput(Throughput::Elements(fixture_alerts.len() as u64));
+    g.bench_function("extract_every_kind_fixtures", |b| {
+        let mut scratch = Scratch::default();
+        let mut hits = Vec::new();
+        b.iter(|| {
+            for a in &fixture_alerts {
+                hits.clear();
+                ex.extract(black_box(*a), &mut scratch, &mut hits);
+            }
+            black_box(hits.len())
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("per_alert");
+    g.throughput(Throughput::Elements(alerts.len() as u64));
     let filter = AlertFilter {
         min_level: 6,
         exclude_rule_ids: vec!["31530".into(), "31531".into()],

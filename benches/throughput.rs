@@ -9,9 +9,11 @@
 //!
 //! Scenarios: `hot` (offered at `BENCH_HOT_RATE`, default 105 000 alerts/s:
 //! latency below saturation), `hot_max` (the same mix as fast as it can be
-//! appended: the ceiling), `cold`, `noip`, `burst` (query mode, as before
-//! the mirror), and `mirror_cold` (mirror mode: `cold`'s traffic with 1 %
-//! of the IPs known). `BENCH_SCALE=0.1` runs a
+//! appended: the ceiling), `hot_mixed` (as `hot_max`, with a third each of
+//! sshd IP alerts, Sysmon DNS queries and syscheck changes: IPs, domains
+//! and hashes), `cold`, `noip`, `burst` (query mode, as before the
+//! mirror), and `mirror_cold` (mirror mode: `cold`'s traffic with 1 % of
+//! the IPs known). `BENCH_SCALE=0.1` runs a
 //! tenth of the alerts (for profiling); `BENCH_TIMELINE=1` prints the worst
 //! latency per 20 ms of append time (where a stall happened);
 //! `BENCH_WORKERS=N` sets `pipeline.workers`, `BENCH_THREADS=N` the
@@ -30,7 +32,7 @@ use wazuh_misp::sim::{pool_ip, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 
 mod common;
-use common::{alert, event, peak_rss_mb, KEY};
+use common::{alert, dns_alert, event, peak_rss_mb, syscheck_alert, KEY};
 
 fn reset_peak_rss() {
     // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
@@ -42,7 +44,8 @@ struct Scenario {
     alerts: usize,
     lines: Box<dyn Fn(usize) -> String + Send + Sync>,
     expected_events: usize,
-    misp_ips: Vec<String>,
+    /// The values MISP knows (IPs, domains, sha256s).
+    known: Vec<String>,
     misp_latency: Duration,
     /// Lines appended before the clock starts (to warm the cache).
     warmup: Vec<String>,
@@ -132,7 +135,7 @@ async fn run(s: Scenario) -> Value {
     let alerts_path = dir.path().join("alerts.json");
     std::fs::write(&alerts_path, b"").unwrap();
     let socket_path = dir.path().join("queue");
-    let sim = MispSim::start(&SimData::from_events([event(&s.misp_ips)]), KEY)
+    let sim = MispSim::start(&SimData::from_events([event(&s.known)]), KEY)
         .await
         .unwrap();
     sim.set_latency(s.misp_latency);
@@ -361,7 +364,7 @@ fn scenarios() -> Vec<Scenario> {
                 alert(1000 + i, first_rule + (i / 1000) % 200, &ips[i % 1000], 10)
             }),
             expected_events: scaled(200_000),
-            misp_ips: hot_ips.clone(),
+            known: hot_ips.clone(),
             misp_latency: Duration::ZERO,
             warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
             burst: false,
@@ -369,6 +372,49 @@ fn scenarios() -> Vec<Scenario> {
             mirror: false,
         });
     }
+    // A third each of IPs, domains and hashes, every one known and cached.
+    let domains: Vec<String> = (0..1000)
+        .map(|i| format!("cdn{i}.bench-evil.com"))
+        .collect();
+    let hashes: Vec<String> = (0..1000u64)
+        .map(|i| {
+            format!(
+                "{:032x}{:032x}",
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+                i
+            )
+        })
+        .collect();
+    let known: Vec<String> = hot_ips
+        .iter()
+        .chain(&domains)
+        .chain(&hashes)
+        .cloned()
+        .collect();
+    let mixed = {
+        let (ips, domains, hashes) = (hot_ips.clone(), domains.clone(), hashes.clone());
+        move |seq: usize, rule: usize, i: usize| {
+            let at = (i / 3) % 1000;
+            match i % 3 {
+                0 => alert(seq, rule, &ips[at], 10),
+                1 => dns_alert(seq, rule, &domains[at]),
+                _ => syscheck_alert(seq, rule, &hashes[at]),
+            }
+        }
+    };
+    let warm = mixed.clone();
+    out.push(Scenario {
+        name: "hot_mixed",
+        alerts: scaled(200_000),
+        lines: Box::new(move |i| mixed(3000 + i, 401 + (i / 3000) % 200, i)),
+        expected_events: scaled(200_000),
+        known: known,
+        misp_latency: Duration::ZERO,
+        warmup: (0..3000).map(|i| warm(i, 0, i)).collect(),
+        burst: false,
+        rate: 0,
+        mirror: false,
+    });
     // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
     let ips = cold_ips.clone();
     out.push(Scenario {
@@ -376,7 +422,7 @@ fn scenarios() -> Vec<Scenario> {
         alerts: scaled(50_000),
         lines: Box::new(move |i| alert(i, 0, &ips[(i * 7919) % 20_000], 10)),
         expected_events: 0,
-        misp_ips: cold_ips.iter().step_by(10).cloned().collect(),
+        known: cold_ips.iter().step_by(10).cloned().collect(),
         misp_latency: Duration::from_millis(20),
         warmup: Vec::new(),
         burst: false,
@@ -391,7 +437,7 @@ fn scenarios() -> Vec<Scenario> {
         alerts: scaled(50_000),
         lines: Box::new(move |i| alert(i, 0, &ips[(i * 7919) % 20_000], 10)),
         expected_events: 0,
-        misp_ips: cold_ips.iter().step_by(100).cloned().collect(),
+        known: cold_ips.iter().step_by(100).cloned().collect(),
         misp_latency: Duration::from_millis(20),
         warmup: Vec::new(),
         burst: false,
@@ -415,7 +461,7 @@ fn scenarios() -> Vec<Scenario> {
             }
         }),
         expected_events: 0,
-        misp_ips: Vec::new(),
+        known: Vec::new(),
         misp_latency: Duration::ZERO,
         warmup: Vec::new(),
         burst: false,
@@ -430,7 +476,7 @@ fn scenarios() -> Vec<Scenario> {
         alerts: scaled(1_000_000),
         lines: Box::new(move |i| alert(1000 + i, 1 + i / 1000, &ips[i % 1000], 10)),
         expected_events: scaled(1_000_000),
-        misp_ips: hot_ips.clone(),
+        known: hot_ips.clone(),
         misp_latency: Duration::ZERO,
         warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
         burst: true,

@@ -309,8 +309,8 @@ impl Extractor {
     }
 }
 
-/// A key lowercased with `_` and `-` removed, on the stack (a longer key
-/// keeps its last bytes, which is what suffix rules read).
+/// A key lowercased with `_` and `-` removed, on the stack (of a longer
+/// key, its last bytes, which is what suffix rules read).
 struct NormalisedKey {
     buf: [u8; 48],
     len: usize,
@@ -322,13 +322,12 @@ impl NormalisedKey {
             buf: [0; 48],
             len: 0,
         };
-        for c in key.bytes().filter(|c| *c != b'_' && *c != b'-') {
-            if k.len == k.buf.len() {
-                k.buf.copy_within(1.., 0);
-                k.len -= 1;
+        let tail = &key.as_bytes()[key.len().saturating_sub(k.buf.len())..];
+        for &c in tail {
+            if c != b'_' && c != b'-' {
+                k.buf[k.len] = c.to_ascii_lowercase();
+                k.len += 1;
             }
-            k.buf[k.len] = c.to_ascii_lowercase();
-            k.len += 1;
         }
         k
     }
@@ -337,8 +336,24 @@ impl NormalisedKey {
         &self.buf[..self.len]
     }
 
+    /// One of [`DOMAIN_KEYS`] (as a `match`, which dispatches on the
+    /// length first: this runs for every keyed string).
     fn is_domain_key(&self) -> bool {
-        DOMAIN_KEYS.iter().any(|d| d.as_bytes() == self.as_bytes())
+        matches!(
+            self.as_bytes(),
+            b"queryname"
+                | b"query"
+                | b"rrname"
+                | b"hostname"
+                | b"host"
+                | b"domain"
+                | b"sni"
+                | b"servername"
+                | b"dnsname"
+                | b"fqdn"
+                | b"destinationhostname"
+                | b"targetdomain"
+        )
     }
 }
 
@@ -377,7 +392,6 @@ impl Walk<'_, '_, '_> {
             }
         } else if let Some(map) = v.as_object() {
             let at_root = self.scratch.path.is_empty() && key.is_none();
-            let split = split_url(&map);
             for (k, child) in map.iter() {
                 if at_root && k == "syscheck" {
                     self.syscheck(child);
@@ -389,8 +403,8 @@ impl Walk<'_, '_, '_> {
                         self.scratch.path.push('.');
                     }
                     self.scratch.path.push_str(k);
-                    if let Some((path_key, host, path)) = split {
-                        if k == path_key && child_rules.status == Status::Scan {
+                    if child_rules.status == Status::Scan {
+                        if let Some((host, path)) = split_url(&map, k, child) {
                             self.rebuilt_url(host, path);
                         }
                     }
@@ -413,23 +427,25 @@ impl Walk<'_, '_, '_> {
         if s.is_empty() {
             return;
         }
-        let key_direction = key.map_or(Direction::Unknown, |k| {
-            let d = direction::from_key(k);
-            if d == Direction::Unknown && direction::is_generic_key(k) {
-                parent.map_or(Direction::Unknown, direction::from_key)
-            } else {
-                d
-            }
-        });
+        // Read only once an IP needs it: most strings have none.
+        let mut key_direction = KeyDirection {
+            key,
+            parent,
+            known: None,
+        };
         let k = key.map(NormalisedKey::of);
+        // One search for a colon serves the IPv6 and the URL scan.
+        let first_colon = memchr::memchr(b':', s.as_bytes());
         // A version field's `1.0.0.1` is a file version, never an address.
         if !k
             .as_ref()
             .is_some_and(|k| k.as_bytes().ends_with(b"version"))
         {
-            self.ips(s, key_direction);
+            self.ips(s, first_colon, &mut key_direction);
         }
-        self.urls(s, key_direction);
+        if url::may_hold_one(s, first_colon) {
+            self.urls(s, &mut key_direction);
+        }
         if let Some(k) = k {
             match hash::key(k.as_bytes()) {
                 Some(hash::HashKey::One(kind)) => {
@@ -452,7 +468,14 @@ impl Walk<'_, '_, '_> {
                 None => {}
             }
         }
-        if let Some((name, ip)) = s.split_once('|') {
+        // A `domain|ip` is short and ends in an address's last digit: most
+        // strings are not even searched for the bar.
+        let may_pair = s.len() <= 300 && s.as_bytes()[s.len() - 1].is_ascii_hexdigit();
+        if let Some(bar) = may_pair
+            .then(|| memchr::memchr(b'|', s.as_bytes()))
+            .flatten()
+        {
+            let (name, ip) = (&s[..bar], &s[bar + 1..]);
             if ip.trim().parse::<IpAddr>().is_ok() {
                 if let Some(d) = self.ex.domain(name.trim()) {
                     self.found(d, Direction::Unknown, Rank::Unknown, s);
@@ -461,19 +484,20 @@ impl Walk<'_, '_, '_> {
         }
     }
 
-    fn ips(&mut self, s: &str, key_direction: Direction) {
+    fn ips(&mut self, s: &str, first_colon: Option<usize>, key_direction: &mut KeyDirection<'_>) {
         self.scratch.tokens.clear();
-        token::scan(s, &mut self.scratch.tokens);
+        token::scan_after_colon(s, first_colon, &mut self.scratch.tokens);
         for t in 0..self.scratch.tokens.len() {
             let tok = self.scratch.tokens[t];
             self.ip(canonical(tok.addr), s, tok.start, key_direction);
         }
     }
 
-    fn ip(&mut self, ip: IpAddr, s: &str, at: usize, key_direction: Direction) {
+    fn ip(&mut self, ip: IpAddr, s: &str, at: usize, key_direction: &mut KeyDirection<'_>) {
         if !is_public(ip) || self.ex.excluded(ip) {
             return;
         }
+        let key_direction = key_direction.get();
         let (dir, rank) = if key_direction != Direction::Unknown {
             (key_direction, Rank::FromKey)
         } else {
@@ -485,10 +509,7 @@ impl Walk<'_, '_, '_> {
         self.found(Observable::Ip(ip), dir, rank, s);
     }
 
-    fn urls(&mut self, s: &str, key_direction: Direction) {
-        if memchr::memmem::find(s.as_bytes(), b"://").is_none() {
-            return;
-        }
+    fn urls(&mut self, s: &str, key_direction: &mut KeyDirection<'_>) {
         let mut found = std::mem::take(&mut self.scratch.urls);
         found.clear();
         url::scan(s, &mut found);
@@ -499,7 +520,7 @@ impl Walk<'_, '_, '_> {
     }
 
     /// A URL and its host, unless the host is an excluded domain.
-    fn url(&mut self, u: url::Url, s: &str, at: usize, key_direction: Direction) {
+    fn url(&mut self, u: url::Url, s: &str, at: usize, key_direction: &mut KeyDirection<'_>) {
         match &u.host {
             url::Host::Name(name) => {
                 if self.ex.excluded_domain(name) {
@@ -538,7 +559,12 @@ impl Walk<'_, '_, '_> {
         }
         let text = format!("http://{host}{path}");
         if let Some(u) = url::normalise(&text) {
-            self.url(u, path, 0, Direction::Unknown);
+            let mut unknown = KeyDirection {
+                key: None,
+                parent: None,
+                known: Some(Direction::Unknown),
+            };
+            self.url(u, path, 0, &mut unknown);
         }
     }
 
@@ -594,14 +620,38 @@ impl Walk<'_, '_, '_> {
     }
 }
 
-/// The split URL of an object, if it holds one of [`SPLIT_URLS`]: the
-/// path key, the host and the path.
-fn split_url<'a>(map: &Object<'a>) -> Option<(&'static str, &'a str, &'a str)> {
-    SPLIT_URLS.iter().find_map(|&(host_key, path_key)| {
-        let path = alert::as_str(map.get(path_key)?)?;
-        let host = alert::as_str(map.get(host_key)?)?;
-        path.starts_with('/').then_some((path_key, host, path))
-    })
+/// The direction a string's key (or its parent's, for a generic key)
+/// names, worked out on first use.
+struct KeyDirection<'k> {
+    key: Option<&'k str>,
+    parent: Option<&'k str>,
+    known: Option<Direction>,
+}
+
+impl KeyDirection<'_> {
+    fn get(&mut self) -> Direction {
+        *self.known.get_or_insert_with(|| {
+            self.key.map_or(Direction::Unknown, |k| {
+                let d = direction::from_key(k);
+                if d == Direction::Unknown && direction::is_generic_key(k) {
+                    self.parent.map_or(Direction::Unknown, direction::from_key)
+                } else {
+                    d
+                }
+            })
+        })
+    }
+}
+
+/// The host and path of a split URL, when `key` is the path key of one
+/// of [`SPLIT_URLS`], its value starts with `/` and the object holds the
+/// pair's host key. Looked up only at a path key: a lookup by key is a
+/// scan of the object.
+fn split_url<'a>(map: &Object<'a>, key: &str, value: Node<'a>) -> Option<(&'a str, &'a str)> {
+    let &(host_key, _) = SPLIT_URLS.iter().find(|(_, path_key)| *path_key == key)?;
+    let path = alert::as_str(value).filter(|p| p.starts_with('/'))?;
+    let host = alert::as_str(map.get(host_key)?)?;
+    Some((host, path))
 }
 
 fn push_index(path: &mut String, i: usize) {
@@ -614,6 +664,10 @@ fn cut(s: &str) -> String {
     // counting their chars one by one is the cost.
     if s.len() <= RAW_CONTEXT_CHARS {
         return s.to_owned();
+    }
+    // ASCII up to the limit: the limit's byte is its char, no counting.
+    if s.as_bytes()[..RAW_CONTEXT_CHARS].is_ascii() {
+        return s[..RAW_CONTEXT_CHARS].to_owned();
     }
     match s.char_indices().nth(RAW_CONTEXT_CHARS) {
         Some((end, _)) => s[..end].to_owned(),

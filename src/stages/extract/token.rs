@@ -21,9 +21,17 @@ pub struct Token {
 
 /// Appends every IP token of `s` to `out`, in order of position.
 pub fn scan(s: &str, out: &mut Vec<Token>) {
+    scan_after_colon(s, memchr::memchr(b':', s.as_bytes()), out)
+}
+
+/// [`scan`], given where the string's first colon is (the caller has
+/// looked for it already).
+pub fn scan_after_colon(s: &str, first_colon: Option<usize>, out: &mut Vec<Token>) {
     let first = out.len();
     // An IPv6 token has at least two colons; most strings have none.
-    let v6_spans = if memchr::memchr_iter(b':', s.as_bytes()).nth(1).is_some() {
+    let two_colons =
+        first_colon.is_some_and(|c| memchr::memchr(b':', &s.as_bytes()[c + 1..]).is_some());
+    let v6_spans = if two_colons {
         scan_v6(s, out)
     } else {
         Vec::new()
