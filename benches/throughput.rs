@@ -277,9 +277,20 @@ async fn run(s: Scenario) -> Value {
     };
     writer.join().unwrap();
     let total = std::fs::metadata(&alerts_path).unwrap().len();
+    let give_up = Instant::now() + Duration::from_secs(120);
     while daemon.checkpoints.committed().map_or(0, |b| b.offset) < total
         || received.load(Ordering::Relaxed) - received_before < s.expected_events as u64
     {
+        if Instant::now() > give_up {
+            panic!(
+                "{}: {} of {} events after 120 s (handled {} of {total} bytes, {:?})",
+                s.name,
+                received.load(Ordering::Relaxed) - received_before,
+                s.expected_events,
+                daemon.checkpoints.committed().map_or(0, |b| b.offset),
+                daemon.stats.skipped()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let secs = started.elapsed().as_secs_f64();

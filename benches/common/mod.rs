@@ -50,10 +50,7 @@ pub fn syscheck_alert(seq: usize, rule: usize, sha256: &str) -> String {
         concat!(
             r#"{{"timestamp":"2026-11-22T10:03:09.004+0000","rule":{{"level":7,"description":"Integrity checksum changed.","id":"{rule}","firedtimes":{seq},"mail":false,"groups":["ossec","syscheck","syscheck_entry_modified","syscheck_file"]}},"#,
             r#""agent":{{"id":"001","name":"web-01","ip":"10.0.1.50"}},"manager":{{"name":"wazuh-manager"}},"id":"1763805789.{seq}","cluster":{{"name":"wazuh","node":"node01"}},"#,
-            r#""full_log":"File '/usr/local/bin/tool{seq}' modified
-Mode: realtime
-Changed attributes: size,mtime,md5,sha1,sha256
-","#,
+            r#""full_log":"File '/usr/local/bin/tool{seq}' modified\nMode: realtime\nChanged attributes: size,mtime,md5,sha1,sha256\n","#,
             r#""syscheck":{{"path":"/usr/local/bin/tool{seq}","mode":"realtime","size_before":"120","size_after":"4096","perm_after":"rwxr-xr-x","md5_before":"0cc175b9c0f1b6a831c399e269772661","md5_after":"92eb5ffee6ae2fec3ad71c777531578f","sha1_before":"86f7e437faa5a7fce15d1ddcb9eaeaea377667b8","sha1_after":"e9d71f5ee7c92d6dc9e92ffdad17b8bd49418f98","sha256_before":"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb","sha256_after":"{sha256}","changed_attributes":["size","mtime","md5","sha1","sha256"],"event":"modified"}},"#,
             r#""decoder":{{"name":"syscheck_integrity_changed"}},"data":{{"bench_seq":{seq}}},"location":"syscheck"}}"#
         ),
