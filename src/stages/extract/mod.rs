@@ -357,6 +357,16 @@ impl NormalisedKey {
     }
 }
 
+/// Whether a key can be a hash, domain or version key at all, by its last
+/// byte (each of those ends in one of these): a key that cannot is not
+/// normalised, and most are not.
+fn may_name_a_kind(key: &str) -> bool {
+    matches!(
+        key.as_bytes().last().map(u8::to_ascii_lowercase),
+        Some(b'5' | b'1' | b'6' | b'h' | b's' | b'e' | b'y' | b't' | b'n' | b'i' | b'_' | b'-')
+    )
+}
+
 /// A domain key's value as a host name: a trailing `.` and a trailing
 /// `:port` (the HTTP `Host` header's) dropped.
 fn host_of_field(value: &str) -> &str {
@@ -433,7 +443,7 @@ impl Walk<'_, '_, '_> {
             parent,
             known: None,
         };
-        let k = key.map(NormalisedKey::of);
+        let k = key.filter(|k| may_name_a_kind(k)).map(NormalisedKey::of);
         // One search for a colon serves the IPv6 and the URL scan.
         let first_colon = memchr::memchr(b':', s.as_bytes());
         // A version field's `1.0.0.1` is a file version, never an address.

@@ -445,3 +445,24 @@ mod domains {
         }
     }
 }
+
+#[test]
+fn every_named_key_passes_the_last_byte_filter() {
+    let hash_keys = [
+        "md5",
+        "sha1",
+        "sha256",
+        "hash",
+        "hashes",
+        "fileHashSha256",
+        "TargetSha1",
+        "MD5",
+    ];
+    for k in DOMAIN_KEYS.iter().copied().chain(hash_keys).chain([
+        "version",
+        "fileVersion",
+        "server_name",
+    ]) {
+        assert!(super::may_name_a_kind(k), "{k}");
+    }
+}
