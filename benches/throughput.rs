@@ -419,7 +419,7 @@ fn scenarios() -> Vec<Scenario> {
         alerts: scaled(200_000),
         lines: Box::new(move |i| mixed(3000 + i, 401 + (i / 3000) % 200, i)),
         expected_events: scaled(200_000),
-        known: known,
+        known,
         misp_latency: Duration::ZERO,
         warmup: (0..3000).map(|i| warm(i, 0, i)).collect(),
         burst: false,
