@@ -158,15 +158,17 @@ impl Observable {
     pub fn from_misp(misp_type: &str, half: &str) -> Option<Observable> {
         let half = half.trim();
         match misp_type {
-            "domain" | "hostname" => crate::extract::normalise_domain(half).map(Observable::Domain),
+            "domain" | "hostname" => {
+                crate::extract::domain::normalise(half).map(Observable::Domain)
+            }
             "url" => crate::extract::normalise_url(half).map(Observable::Url),
-            "md5" | "filename|md5" => crate::extract::hash_of(Kind::Md5, half),
-            "sha1" | "filename|sha1" => crate::extract::hash_of(Kind::Sha1, half),
-            "sha256" | "filename|sha256" => crate::extract::hash_of(Kind::Sha256, half),
+            "md5" | "filename|md5" => crate::extract::hash::of(Kind::Md5, half),
+            "sha1" | "filename|sha1" => crate::extract::hash::of(Kind::Sha1, half),
+            "sha256" | "filename|sha256" => crate::extract::hash::of(Kind::Sha256, half),
             "domain|ip" => half
                 .parse()
                 .ok()
-                .or_else(|| crate::extract::normalise_domain(half).map(Observable::Domain)),
+                .or_else(|| crate::extract::domain::normalise(half).map(Observable::Domain)),
             _ => half.parse().ok(),
         }
     }
@@ -190,7 +192,7 @@ impl std::str::FromStr for Observable {
         }
         let hash = [Kind::Md5, Kind::Sha1, Kind::Sha256]
             .into_iter()
-            .find_map(|k| crate::extract::hash_of(k, s));
+            .find_map(|k| crate::extract::hash::of(k, s));
         if let Some(h) = hash {
             return Ok(h);
         }
@@ -200,7 +202,7 @@ impl std::str::FromStr for Observable {
                 .ok_or(NotAnObservable);
         }
         if s.contains('.') && !s.contains('/') {
-            if let Some(d) = crate::extract::normalise_domain(s) {
+            if let Some(d) = crate::extract::domain::normalise(s) {
                 return Ok(Observable::Domain(d));
             }
         }

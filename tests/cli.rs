@@ -148,25 +148,10 @@ fn a_url_password_never_appears_and_piped_logs_have_no_colour_codes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrich_prints_one_json_line_per_event() {
-    let ips: Vec<String> = (0..3).map(pool_ip).collect();
-    let data = SimData::from_events([event_with_ips(7, &ips)]);
-    let h = Harness::new(&data).await;
-    let cfg = write_config(
-        h.dir.path(),
-        &format!(
-            "[misp]\nurl = \"{}\"\napi_key = \"{KEY}\"\n[log]\nlevel = \"warn\"\n",
-            h.sim.url()
-        ),
-    );
-    let input = format!(
-        "{}\nnot json\n{}\n{}\n",
-        sshd_alert(1, &ips[0], "001"),
-        sshd_alert(2, "93.184.216.34", "001"),
-        sshd_alert(3, &ips[2], "000")
-    );
-    let out = tokio::task::spawn_blocking(move || {
+/// `wazuh-misp enrich --config CFG -` with `input` on its stdin, run off
+/// the test's runtime (the simulator it talks to runs on it).
+async fn enrich_stdin(cfg: std::path::PathBuf, input: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = Command::new(BIN)
             .args(["enrich", "--config"])
@@ -186,7 +171,28 @@ async fn enrich_prints_one_json_line_per_event() {
         child.wait_with_output().unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_prints_one_json_line_per_event() {
+    let ips: Vec<String> = (0..3).map(pool_ip).collect();
+    let data = SimData::from_events([event_with_ips(7, &ips)]);
+    let h = Harness::new(&data).await;
+    let cfg = write_config(
+        h.dir.path(),
+        &format!(
+            "[misp]\nurl = \"{}\"\napi_key = \"{KEY}\"\n[log]\nlevel = \"warn\"\n",
+            h.sim.url()
+        ),
+    );
+    let input = format!(
+        "{}\nnot json\n{}\n{}\n",
+        sshd_alert(1, &ips[0], "001"),
+        sshd_alert(2, "93.184.216.34", "001"),
+        sshd_alert(3, &ips[2], "000")
+    );
+    let out = enrich_stdin(cfg, input).await;
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -234,28 +240,7 @@ async fn enrich_matches_every_kind_against_a_misp_that_knows_them() {
             h.sim.url()
         ),
     );
-    let input = alerts.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = Command::new(BIN)
-            .args(["enrich", "--config"])
-            .arg(&cfg)
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+    let out = enrich_stdin(cfg, alerts.clone()).await;
     assert!(
         out.status.success(),
         "{}",

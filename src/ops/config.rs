@@ -212,7 +212,7 @@ impl FilterConfig {
     /// `exclude_domains`, each a host name.
     pub fn check_exclude_domains(&self) -> Result<(), ConfigError> {
         for d in &self.exclude_domains {
-            if crate::extract::normalise_domain(d.trim()).is_none() {
+            if crate::extract::domain::normalise(d.trim()).is_none() {
                 return Err(ConfigError::key(
                     "filter.exclude_domains",
                     format!("{d:?} is not a domain name (letters, digits, '-' and '.')"),

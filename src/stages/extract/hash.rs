@@ -54,21 +54,17 @@ pub fn of(kind: Kind, value: &str) -> Option<Observable> {
 /// The `MD5`, `SHA1` and `SHA256` parts of a Sysmon `Hashes` value, in
 /// their order. `IMPHASH`, `SHA384` and anything else are not file hashes
 /// of our kinds.
-pub fn sysmon(value: &str, mut found: impl FnMut(Observable)) {
-    for part in value.split(',') {
-        let Some((alg, hex)) = part.split_once('=') else {
-            continue;
-        };
+pub fn sysmon(value: &str) -> impl Iterator<Item = Observable> + '_ {
+    value.split(',').filter_map(|part| {
+        let (alg, hex) = part.split_once('=')?;
         let kind = match alg.trim().to_ascii_lowercase().as_str() {
             "md5" => Kind::Md5,
             "sha1" => Kind::Sha1,
             "sha256" => Kind::Sha256,
-            _ => continue,
+            _ => return None,
         };
-        if let Some(h) = of(kind, hex.trim()) {
-            found(h);
-        }
-    }
+        of(kind, hex.trim())
+    })
 }
 
 #[cfg(test)]
@@ -133,8 +129,7 @@ mod tests {
     #[test]
     fn sysmon_hashes() {
         let v = "SHA1=A94A8FE5CCB19BA61C4C0873D391E987982FBBD3,MD5=5D41402ABC4B2A76B9719D911017C592,SHA256=2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824,IMPHASH=00000000000000000000000000000000";
-        let mut got = Vec::new();
-        sysmon(v, |h| got.push(h.to_string()));
+        let got: Vec<String> = sysmon(v).map(|h| h.to_string()).collect();
         assert_eq!(
             got,
             [
@@ -143,10 +138,8 @@ mod tests {
                 "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
             ]
         );
-        let mut none = Vec::new();
-        sysmon("IMPHASH=F34D5F2D4577ED6D9CEEC516C1F5A744,SHA384=ab", |h| {
-            none.push(h)
-        });
+        let none: Vec<Observable> =
+            sysmon("IMPHASH=F34D5F2D4577ED6D9CEEC516C1F5A744,SHA384=ab").collect();
         assert!(none.is_empty());
     }
 }

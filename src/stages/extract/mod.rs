@@ -33,20 +33,9 @@ pub use crate::observable::{Direction, IpText, Kind, Observable, Occurrence};
 pub use public::{canonical, is_public};
 pub use token::{scan, Token};
 
-/// A MISP or user-given host name in canonical form (lowercase, punycode,
-/// no trailing dot), whether or not it is a public domain.
-pub fn normalise_domain(name: &str) -> Option<Box<str>> {
-    domain::normalise(name)
-}
-
 /// A URL in canonical form ([`url::normalise`]).
 pub fn normalise_url(text: &str) -> Option<Box<str>> {
     url::normalise(text).map(|u| u.text)
-}
-
-/// `value` as a hash of `kind` ([`hash::of`]).
-pub fn hash_of(kind: Kind, value: &str) -> Option<Observable> {
-    hash::of(kind, value)
 }
 
 /// Keys whose value is a host name, compared lowercased with `_` and `-`
@@ -336,24 +325,8 @@ impl NormalisedKey {
         &self.buf[..self.len]
     }
 
-    /// One of [`DOMAIN_KEYS`] (as a `match`, which dispatches on the
-    /// length first: this runs for every keyed string).
     fn is_domain_key(&self) -> bool {
-        matches!(
-            self.as_bytes(),
-            b"queryname"
-                | b"query"
-                | b"rrname"
-                | b"hostname"
-                | b"host"
-                | b"domain"
-                | b"sni"
-                | b"servername"
-                | b"dnsname"
-                | b"fqdn"
-                | b"destinationhostname"
-                | b"targetdomain"
-        )
+        DOMAIN_KEYS.iter().any(|d| d.as_bytes() == self.as_bytes())
     }
 }
 
@@ -464,9 +437,7 @@ impl Walk<'_, '_, '_> {
                     }
                 }
                 Some(hash::HashKey::Sysmon) => {
-                    let mut hashes = Vec::new();
-                    hash::sysmon(s, |h| hashes.push(h));
-                    for h in hashes {
+                    for h in hash::sysmon(s) {
                         self.found(h, Direction::Unknown, Rank::Unknown, s);
                     }
                 }

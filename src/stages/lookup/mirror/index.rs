@@ -75,9 +75,9 @@ fn named_half<'v>(misp_type: &str, value: &'v str) -> Option<(NameKind, &'v str)
 fn canonical_name(kind: NameKind, text: &str) -> Option<Box<str>> {
     use crate::observable::Observable;
     match kind {
-        NameKind::Domain | NameKind::Hostname => crate::extract::normalise_domain(text),
+        NameKind::Domain | NameKind::Hostname => crate::extract::domain::normalise(text),
         NameKind::Url => crate::extract::normalise_url(text),
-        NameKind::Hash(k) => match crate::extract::hash_of(k, text)? {
+        NameKind::Hash(k) => match crate::extract::hash::of(k, text)? {
             Observable::Md5(t) | Observable::Sha1(t) | Observable::Sha256(t) => Some(t),
             _ => None,
         },

@@ -179,8 +179,7 @@ impl ServerMirror {
                 }
             }
             other => index::Match {
-                exact: name_kind(other)
-                    .is_some_and(|k| index.name_hit(k, other.text().as_str(), cutoff)),
+                exact: name_hit(index, other, cutoff),
                 ..index::Match::default()
             },
         }
@@ -194,9 +193,7 @@ impl ServerMirror {
             Observable::Domain(d) => index
                 .domain_match(d, self.policy.subdomains, cutoff)
                 .is_hit(),
-            other => {
-                name_kind(other).is_some_and(|k| index.name_hit(k, other.text().as_str(), cutoff))
-            }
+            other => name_hit(index, other, cutoff),
         }
     }
 }
@@ -465,7 +462,7 @@ impl Mirror {
                         && a.value
                             .split('|')
                             .next()
-                            .and_then(crate::extract::normalise_domain)
+                            .and_then(crate::extract::domain::normalise)
                             .as_ref()
                             == Some(parent)
                 });
@@ -499,6 +496,11 @@ impl Mirror {
         );
         Ok(part)
     }
+}
+
+/// Whether a URL or hash observable hits on `index`.
+fn name_hit(index: &Index, o: &Observable, cutoff: u32) -> bool {
+    name_kind(o).is_some_and(|k| index.name_hit(k, o.text().as_str(), cutoff))
 }
 
 /// The named key kind a URL or hash observable is filed under.
