@@ -23,6 +23,8 @@ pub const SKIP_REASONS: [&str; 10] = [
 pub struct Stats {
     pub lines_read: AtomicU64,
     pub alerts_processed: AtomicU64,
+    /// Observables of every kind (the name, and the metric's, predate
+    /// the other kinds).
     pub ips_extracted: AtomicU64,
     pub dedup_hits: AtomicU64,
     pub cache_hits: AtomicU64,

@@ -270,8 +270,9 @@ impl MispClient {
             .map_err(|e| e.scrubbed(&self.secrets))
     }
 
-    /// The body of one page of a mirror sync: every attribute of the IP
-    /// types that passes `q`'s filters, without context (light for MISP).
+    /// The body of one page of a mirror sync: every attribute of the
+    /// matched types that passes `q`'s filters, without context (light for
+    /// MISP).
     pub fn sync_body(&self, q: &SyncQuery<'_>) -> serde_json::Value {
         let mut body = serde_json::json!({
             "returnFormat": "json",
