@@ -125,6 +125,7 @@ fn mirror_for(cfg: &Config) -> (Mirror, Syncer) {
         server: mirror.servers()[0].clone(),
         settings: SyncSettings::from_config(&cfg.misp),
         stats,
+        hunts: None,
     };
     (mirror, syncer)
 }

@@ -32,5 +32,7 @@ pub mod stages;
 #[cfg(feature = "demo")]
 pub use commands::demo;
 pub use commands::{check, enrich_lines, integratord};
-pub use ops::{config, metrics, ratelog, service, state, stats};
-pub use stages::{dedup, enrich, extract, filter, input, lookup, output};
+pub use ops::{config, false_positives, metrics, ratelog, service, state, stats};
+pub use stages::{
+    dedup, enrich, extract, filter, input, ledger, lookup, output, sightings, suppress,
+};

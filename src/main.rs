@@ -58,6 +58,36 @@ enum Command {
         #[arg(required = true, value_name = "OBSERVABLE")]
         ips: Vec<String>,
     },
+    /// Mark VALUE as a false positive: never enriched again (the running daemon picks it up within seconds), and with misp.sightings on, a false-positive sighting to MISP for each attribute that matches it.
+    FalsePositive {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Why (kept in the list).
+        #[arg(long, conflicts_with_all = ["remove", "list"])]
+        reason: Option<String>,
+        /// Take VALUE off the list instead.
+        #[arg(long, conflicts_with = "list")]
+        remove: bool,
+        /// Print the list (one JSON line per value) instead.
+        #[arg(long)]
+        list: bool,
+        #[arg(value_name = "VALUE", required_unless_present = "list")]
+        value: Option<String>,
+    },
+    /// Hunt the ledger of past observables against the whole mirror now, and print the retro events (--send sends them to Wazuh).
+    Hunt {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only values seen within this long (7d, 12h, 30m, or seconds). Default: retro.window_days.
+        #[arg(long)]
+        since: Option<String>,
+        /// Send the events to the queue socket and record them as hunted.
+        #[arg(long)]
+        send: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
     /// Run the whole pipeline offline against a built-in MISP simulator and sample alerts.
     #[cfg(feature = "demo")]
     Demo,
@@ -152,6 +182,28 @@ fn main() -> ExitCode {
             action: MirrorCommand::Status { config },
         } => mirror_status(&config),
         Command::Lookup { config, ips } => rt.block_on(lookup(&config, &ips)),
+        Command::FalsePositive {
+            config,
+            reason,
+            remove,
+            list,
+            value,
+        } => {
+            use wazuh_misp::commands::feedback::FalsePositive;
+            let what = match (list, remove, value) {
+                (true, _, _) => FalsePositive::List,
+                (false, true, Some(value)) => FalsePositive::Remove { value },
+                (false, false, Some(value)) => FalsePositive::Add { value, reason },
+                (false, _, None) => unreachable!("clap requires VALUE without --list"),
+            };
+            rt.block_on(false_positive(&config, what))
+        }
+        Command::Hunt {
+            config,
+            since,
+            send,
+            limit,
+        } => rt.block_on(hunt(&config, since.as_deref(), send, limit)),
         #[cfg(feature = "demo")]
         Command::Demo => rt.block_on(run_demo()),
         Command::Integratord {
@@ -367,7 +419,11 @@ async fn lookup(path: &Path, ips: &[String]) -> ExitCode {
         Err(code) => return code,
     };
     init_logging("warn", LogFormat::Text);
-    match wazuh_misp::commands::mirror::lookup(&cfg, ips).await {
+    print_lines(wazuh_misp::commands::mirror::lookup(&cfg, ips).await)
+}
+
+fn print_lines(result: anyhow::Result<Vec<serde_json::Value>>) -> ExitCode {
+    match result {
         Ok(lines) => {
             for l in lines {
                 println!("{l}");
@@ -379,6 +435,37 @@ async fn lookup(path: &Path, ips: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn false_positive(
+    path: &Path,
+    what: wazuh_misp::commands::feedback::FalsePositive,
+) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging("warn", LogFormat::Text);
+    print_lines(wazuh_misp::commands::feedback::false_positive(&cfg, what).await)
+}
+
+async fn hunt(path: &Path, since: Option<&str>, send: bool, limit: usize) -> ExitCode {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging("warn", LogFormat::Text);
+    let since = match since {
+        Some(s) => match wazuh_misp::commands::feedback::parse_since(s) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("wazuh-misp: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (*cfg.retro.window_days * 86400) as i64,
+    };
+    print_lines(wazuh_misp::commands::feedback::hunt(&cfg, since, send, limit).await)
 }
 
 async fn integratord(

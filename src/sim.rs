@@ -71,6 +71,10 @@ struct Control {
     requests: Vec<Vec<String>>,
     /// Every authenticated request's body.
     bodies: Vec<Value>,
+    /// A fault for every `/sightings/add`, until cleared.
+    sighting_fault: Option<Fault>,
+    /// Every authenticated `/sightings/add` body, with the status answered.
+    sightings: Vec<(u16, Value)>,
 }
 
 struct Dataset {
@@ -824,6 +828,103 @@ async fn rest_search(
     respond(200, "application/json", text)
 }
 
+/// `POST /sightings/add` as `SightingsController::add` and
+/// `Sighting::saveSightings` implement it for a body naming `uuid` (or
+/// `id`): the attribute must exist, `type` must be 0, 1 or 2; an error is
+/// HTTP 200 with `{"message": "Could not add the Sighting. Reason: ..."}`,
+/// success the new sighting. A key without the sighting permission gets
+/// the ACL's 403 (set with [`MispSim::fail_sightings`]).
+async fn add_sighting(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let key_ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|k| k == inner.key);
+    if !key_ok {
+        return respond(403, "application/json", json!({"name": "Authentication failed.", "message": "Authentication failed.", "url": "/sightings/add"}).to_string());
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let fault = inner
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sighting_fault
+        .clone();
+    let record = |status: u16| {
+        inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sightings
+            .push((status, request.clone()));
+    };
+    match fault {
+        Some(Fault::Status(403)) => {
+            record(403);
+            return respond(403, "application/json", json!({"name": "You do not have permission to use this functionality.", "message": "You do not have permission to use this functionality.", "url": "/sightings/add"}).to_string());
+        }
+        Some(Fault::Status(code)) => {
+            record(code);
+            return respond(code, "application/json", json!({"name": "Internal error", "message": "Internal error", "url": "/sightings/add"}).to_string());
+        }
+        _ => {}
+    }
+    let error = |reason: &str| {
+        json!({"message": format!("Could not add the Sighting. Reason: {reason}")}).to_string()
+    };
+    let kind = match request.get("type") {
+        None | Some(Value::Null) => "0".to_owned(),
+        Some(v) => s(Some(v)),
+    };
+    if !["0", "1", "2"].contains(&kind.as_str()) {
+        record(200);
+        return respond(
+            200,
+            "application/json",
+            error("Invalid type, please change it before you POST 1000000 sightings."),
+        );
+    }
+    let id = [request.get("uuid"), request.get("id")]
+        .into_iter()
+        .map(s)
+        .find(|v| !v.is_empty());
+    let attribute = {
+        let d = inner.data.read().unwrap_or_else(|e| e.into_inner());
+        id.and_then(|id| {
+            let i = match d.by_uuid.get(&id) {
+                Some(&i) => Some(i),
+                None => d.attributes.iter().position(|(_, a)| s(a.get("id")) == id),
+            }?;
+            Some(d.attributes[i].1.clone())
+        })
+    };
+    record(200);
+    let Some(a) = attribute else {
+        return respond(
+            200,
+            "application/json",
+            error("No valid attributes found that match the criteria."),
+        );
+    };
+    let timestamp = match request.get("timestamp") {
+        None | Some(Value::Null) => chrono::Utc::now().timestamp().to_string(),
+        Some(v) => s(Some(v)),
+    };
+    respond(200, "application/json", json!({"Sighting": {
+        "id": inner.control.lock().unwrap_or_else(|e| e.into_inner()).sightings.len().to_string(),
+        "attribute_id": s(a.get("id")),
+        "event_id": s(a.get("event_id")),
+        "org_id": "1",
+        "date_sighting": timestamp,
+        "uuid": format!("5a1e0000-5167-4000-8000-{:012x}", fastrand::u64(..1 << 48)),
+        "source": s(request.get("source")),
+        "type": kind,
+    }}).to_string())
+}
+
 impl MispSim {
     /// Starts on an ephemeral loopback port.
     pub async fn start(data: &SimData, key: &str) -> std::io::Result<MispSim> {
@@ -847,6 +948,7 @@ impl MispSim {
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/attributes/restSearch", post(rest_search))
+            .route("/sightings/add", post(add_sighting))
             .with_state(inner.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -927,6 +1029,38 @@ impl MispSim {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sync_fault = fault;
+    }
+
+    /// Applies `fault` to every `/sightings/add` (`Fault::Status(403)`: a
+    /// key whose role lacks the sighting permission); `None` clears it.
+    pub fn fail_sightings(&self, fault: Option<Fault>) {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sighting_fault = fault;
+    }
+
+    /// Every authenticated `/sightings/add`: the status answered and the
+    /// body.
+    pub fn sighting_requests(&self) -> Vec<(u16, Value)> {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sightings
+            .clone()
+    }
+
+    /// The sightings MISP added: the bodies of the requests answered 200
+    /// for an attribute that exists.
+    pub fn sightings_added(&self) -> Vec<Value> {
+        let d = self.inner.data.read().unwrap_or_else(|e| e.into_inner());
+        self.sighting_requests()
+            .into_iter()
+            .filter(|(status, body)| *status == 200 && d.by_uuid.contains_key(&s(body.get("uuid"))))
+            .map(|(_, b)| b)
+            .collect()
     }
 
     /// Authenticated restSearch requests answered so far.

@@ -100,7 +100,7 @@ pub async fn run(
 }
 
 /// One datagram, retried for a few seconds while analysisd restarts.
-fn send(socket: &Path, datagram: &[u8]) -> anyhow::Result<()> {
+pub fn send(socket: &Path, datagram: &[u8]) -> anyhow::Result<()> {
     let mut last = None;
     for attempt in 0..20 {
         let result = std::os::unix::net::UnixDatagram::unbound().and_then(|s| {

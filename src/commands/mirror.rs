@@ -61,58 +61,108 @@ pub fn status(cfg: &Config) -> anyhow::Result<Value> {
     }))
 }
 
+/// The intelligence a one-shot command asks: every server's query-mode
+/// lookup, and in mirror mode the mirror loaded from the store.
+pub struct Opened {
+    pub lookups: Vec<(crate::config::Server, Lookup)>,
+    pub mirror: Option<Mirror>,
+    /// How long one answer may take before the command gives up.
+    pub patience: Duration,
+}
+
+impl Opened {
+    pub async fn open(cfg: &Config) -> anyhow::Result<Opened> {
+        let stats = Arc::new(Stats::default());
+        let mut lookups = Vec::new();
+        for server in cfg.servers() {
+            let client = MispClient::new(&server.misp, &server.api_key()?)?;
+            lookups.push((server, Lookup::start(client, &cfg.misp, stats.clone())));
+        }
+        let mirror = match (*cfg.misp.mode, Store::open_read_only(&cfg.input.state_dir)?) {
+            (MispMode::Mirror, Some(store)) => {
+                // One store for every server, as in the daemon.
+                let store = Arc::new(Mutex::new(store));
+                let mut servers = Vec::new();
+                let mut settings = Vec::new();
+                for (server, lookup) in lookups.iter() {
+                    settings.push(SyncSettings::from_config(&server.misp));
+                    servers.push((
+                        server.name.clone(),
+                        server.misp.clone(),
+                        lookup.clone(),
+                        store.clone(),
+                    ));
+                }
+                let mirror = Mirror::new(&cfg.misp, servers);
+                for (server, settings) in mirror.servers().iter().zip(settings) {
+                    Syncer {
+                        mirror: mirror.clone(),
+                        server: server.clone(),
+                        settings,
+                        stats: stats.clone(),
+                        hunts: None,
+                    }
+                    .load()
+                    .await?;
+                }
+                Some(mirror)
+            }
+            _ => None,
+        };
+        // A lookup that MISP keeps unanswered (query mode, or a server not
+        // synced yet) must not hang a triage command.
+        let patience = Duration::from_secs(
+            cfg.misp.timeout_secs * u64::from(cfg.misp.retries + 1) + *cfg.misp.detail_timeout_secs,
+        );
+        Ok(Opened {
+            lookups,
+            mirror,
+            patience,
+        })
+    }
+
+    /// Whether the mirror (if loaded) matches `o` on any server at once;
+    /// true without a mirror (only MISP can tell).
+    pub fn may_know(&self, o: &Observable) -> bool {
+        match &self.mirror {
+            Some(m) => m
+                .servers()
+                .iter()
+                .any(|s| s.index().is_some_and(|ix| m.hit_on(s, &ix, o))),
+            None => true,
+        }
+    }
+
+    /// Every server's answer for `o`.
+    pub async fn answer(&self, o: &Observable) -> anyhow::Result<crate::lookup::Hits> {
+        let unanswered =
+            || anyhow::anyhow!("MISP did not answer within {} s", self.patience.as_secs());
+        Ok(match &self.mirror {
+            Some(m) => match m.known(o, &mut Recent::default()) {
+                Some(h) => h,
+                None => tokio::time::timeout(self.patience, m.answer(o))
+                    .await
+                    .map_err(|_| unanswered())??,
+            },
+            None => tokio::time::timeout(self.patience, self.lookups[0].1.get(o))
+                .await
+                .map_err(|_| unanswered())??,
+        })
+    }
+}
+
 /// For each IP: what the mirror matches on every server, and the
 /// `misp_data` an alert naming it would carry (one per server).
 pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> {
-    let stats = Arc::new(Stats::default());
-    let mut lookups = Vec::new();
-    for server in cfg.servers() {
-        let client = MispClient::new(&server.misp, &server.api_key()?)?;
-        lookups.push((server, Lookup::start(client, &cfg.misp, stats.clone())));
-    }
-    let mirror = match (*cfg.misp.mode, Store::open_read_only(&cfg.input.state_dir)?) {
-        (MispMode::Mirror, Some(store)) => {
-            // One store for every server, as in the daemon.
-            let store = Arc::new(Mutex::new(store));
-            let mut servers = Vec::new();
-            let mut settings = Vec::new();
-            for (server, lookup) in lookups.iter() {
-                settings.push(SyncSettings::from_config(&server.misp));
-                servers.push((
-                    server.name.clone(),
-                    server.misp.clone(),
-                    lookup.clone(),
-                    store.clone(),
-                ));
-            }
-            let mirror = Mirror::new(&cfg.misp, servers);
-            for (server, settings) in mirror.servers().iter().zip(settings) {
-                Syncer {
-                    mirror: mirror.clone(),
-                    server: server.clone(),
-                    settings,
-                    stats: stats.clone(),
-                }
-                .load()
-                .await?;
-            }
-            Some(mirror)
-        }
-        _ => None,
-    };
-    // A lookup that MISP keeps unanswered (query mode, or a server not
-    // synced yet) must not hang a triage command.
-    let patience = Duration::from_secs(
-        cfg.misp.timeout_secs * u64::from(cfg.misp.retries + 1) + *cfg.misp.detail_timeout_secs,
-    );
-    let unanswered = || anyhow::anyhow!("MISP did not answer within {} s", patience.as_secs());
+    let opened = Opened::open(cfg).await?;
+    let (lookups, mirror) = (&opened.lookups, &opened.mirror);
     let mut out = Vec::new();
     for text in ips {
         let Ok(observable) = text.parse::<Observable>() else {
             out.push(json!({"value": text, "error": "not an IP, domain, URL or file hash"}));
             continue;
         };
-        let (matched, hits) = match &mirror {
+        let (matched, hits) = match mirror {
             Some(m) => {
                 let matched: Vec<Value> = m
                     .servers()
@@ -129,20 +179,9 @@ pub async fn lookup(cfg: &Config, ips: &[String]) -> anyhow::Result<Vec<Value>> 
                         })
                     })
                     .collect();
-                let hits = match m.known(&observable, &mut Recent::default()) {
-                    Some(h) => h,
-                    None => tokio::time::timeout(patience, m.answer(&observable))
-                        .await
-                        .map_err(|_| unanswered())??,
-                };
-                (Value::from(matched), hits)
+                (Value::from(matched), opened.answer(&observable).await?)
             }
-            None => (
-                Value::Null,
-                tokio::time::timeout(patience, lookups[0].1.get(&observable))
-                    .await
-                    .map_err(|_| unanswered())??,
-            ),
+            None => (Value::Null, opened.answer(&observable).await?),
         };
         let events: Vec<Value> = hits
             .parts()

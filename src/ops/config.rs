@@ -145,6 +145,33 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub retro: RetroConfig,
+}
+
+/// The ledger of observables seen, and retro-hunting when the mirror
+/// learns a new indicator (mirror mode).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetroConfig {
+    pub enabled: Restart<bool>,
+    pub window_days: Restart<u64>,
+    pub refs_per_value: Restart<usize>,
+    pub max_values: Restart<u64>,
+    pub on_first_sync: Restart<bool>,
+    pub max_events_per_sync: Restart<usize>,
+}
+
+impl Default for RetroConfig {
+    fn default() -> Self {
+        RetroConfig {
+            enabled: Restart(true),
+            window_days: Restart(7),
+            refs_per_value: Restart(3),
+            max_values: Restart(2_000_000),
+            on_first_sync: Restart(false),
+            max_events_per_sync: Restart(1000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -365,6 +392,15 @@ pub struct MispConfig {
     pub max_indicators: Restart<u64>,
     pub sync: Restart<SyncFilters>,
     pub servers: Restart<Vec<ServerConfig>>,
+    /// Send MISP a sighting for each matched attribute (off: it writes).
+    pub sightings: Restart<bool>,
+    /// The sightings' `source`; empty: `wazuh-<manager.name>`.
+    pub sighting_source: Restart<String>,
+    pub sighting_interval_secs: Restart<u64>,
+    pub sightings_per_minute: Restart<u32>,
+    pub sightings_pause_secs: Restart<u64>,
+    /// Pending sightings kept (the oldest dropped beyond).
+    pub sightings_queue_max: Restart<usize>,
 }
 
 impl fmt::Debug for MispConfig {
@@ -449,6 +485,12 @@ impl Default for MispConfig {
             max_indicators: Restart(5_000_000),
             sync: Restart(SyncFilters::default()),
             servers: Restart(Vec::new()),
+            sightings: Restart(false),
+            sighting_source: Restart(String::new()),
+            sighting_interval_secs: Restart(3600),
+            sightings_per_minute: Restart(120),
+            sightings_pause_secs: Restart(600),
+            sightings_queue_max: Restart(10_000),
         }
     }
 }
@@ -764,6 +806,18 @@ impl Config {
             ("dedup.window_secs", self.dedup.window_secs as usize),
             ("dedup.max_entries", *self.dedup.max_entries as usize),
             ("pipeline.channel_capacity", *self.pipeline.channel_capacity),
+            (
+                "misp.sighting_interval_secs",
+                *self.misp.sighting_interval_secs as usize,
+            ),
+            (
+                "misp.sightings_per_minute",
+                *self.misp.sightings_per_minute as usize,
+            ),
+            ("misp.sightings_queue_max", *self.misp.sightings_queue_max),
+            ("retro.window_days", *self.retro.window_days as usize),
+            ("retro.refs_per_value", *self.retro.refs_per_value),
+            ("retro.max_values", *self.retro.max_values as usize),
         ];
         for (key, v) in positive {
             if v == 0 {

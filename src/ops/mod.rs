@@ -2,6 +2,7 @@
 //! files, counters and metrics, systemd notification, rate-limited logs.
 
 pub mod config;
+pub mod false_positives;
 pub mod metrics;
 pub mod ratelog;
 pub mod service;

@@ -50,6 +50,20 @@ pub struct Stats {
     pub lookups_failed: AtomicU64,
     /// Batches handed to the workers and not yet taken.
     pub batches_queued: AtomicU64,
+    /// Observables dropped because they are marked as false positives.
+    pub suppressed: AtomicU64,
+    /// Sightings: sent to MISP, folded into one already sent or queued
+    /// within `misp.sighting_interval_secs`, dropped (queue full, or MISP
+    /// refused that one sighting), and attempts that failed (retried).
+    pub sightings_sent: AtomicU64,
+    pub sightings_aggregated: AtomicU64,
+    pub sightings_dropped: AtomicU64,
+    pub sightings_failed: AtomicU64,
+    /// The ledger: values evicted by `retro.max_values`, and retro events
+    /// sent (and left out beyond `retro.max_events_per_sync`).
+    pub ledger_evicted: AtomicU64,
+    pub retro_events: AtomicU64,
+    pub retro_capped: AtomicU64,
     skipped: [AtomicU64; SKIP_REASONS.len()],
 }
 

@@ -2,6 +2,7 @@
 //! applies reloads, and shuts down in order.
 
 use super::engine::{Engine, Rules};
+use super::feedback;
 use super::supervisor::{Death, Supervisor};
 use super::tasks::{self, ReportSettings};
 use super::worker;
@@ -9,9 +10,13 @@ use crate::config::{Applies, Change, Config};
 use crate::dedup::Dedup;
 use crate::input::tail::{self, Waker, BATCH_LINES};
 use crate::input::{bookmark, Checkpointer, TailOptions, Tailer};
+use crate::ledger::store::LedgerStore;
+use crate::ledger::Ledger;
+use crate::lookup::mirror::sync::HuntTrigger;
 use crate::lookup::mirror::{self, sync::Syncer, Mirror};
 use crate::lookup::{Lookup, MispClient, Source, PROBE_INTERVAL};
 use crate::output::Writer;
+use crate::sightings::Sightings;
 use crate::state::{read_versioned, write_atomic};
 use crate::stats::Stats;
 use anyhow::Context as _;
@@ -23,6 +28,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const DEDUP_FILE: &str = "dedup.json";
+
+/// Values the ledger holds in memory between flushes (a second's worth;
+/// about 150 bytes each with a reference).
+const LEDGER_PENDING: usize = 262_144;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct DedupState {
@@ -75,6 +84,7 @@ fn start_intelligence(
     client: MispClient,
     stats: &Arc<Stats>,
     supervisor: &Supervisor,
+    hunts: Option<HuntTrigger>,
 ) -> anyhow::Result<Source> {
     let lookup_for = |client: MispClient, misp: &crate::config::MispConfig| {
         let (lookup, batcher) = Lookup::new(
@@ -122,6 +132,7 @@ fn start_intelligence(
             server: server.clone(),
             settings,
             stats: stats.clone(),
+            hunts: hunts.clone(),
         };
         let stop = supervisor.shutdown_token();
         supervisor.spawn("mirror sync", async move {
@@ -166,13 +177,50 @@ impl Daemon {
         );
         let restored = load_dedup(&state_dir, &dedup);
         tracing::info!(entries = restored, "restored dedup window");
-        let source = start_intelligence(&cfg, client, &stats, &supervisor)?;
-        let engine = Arc::new(Engine::new(
+        let mirror_mode = *cfg.misp.mode == crate::config::MispMode::Mirror;
+        let ledger_store = if mirror_mode && *cfg.retro.enabled {
+            match LedgerStore::open(&state_dir) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the retro ledger; retro-hunting is off until it can be opened");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (found_tx, found_rx) = mpsc::channel(16);
+        let hunts = ledger_store.as_ref().map(|_| HuntTrigger {
+            tx: found_tx,
+            window_secs: (*cfg.retro.window_days * 86400) as i64,
+            on_first_sync: *cfg.retro.on_first_sync,
+        });
+        let source = start_intelligence(&cfg, client, &stats, &supervisor, hunts)?;
+        let mut engine = Engine::new(
             Rules::from_config(&cfg)?,
             source,
             Some(dedup.clone()),
             stats.clone(),
-        ));
+        );
+        let sightings = (*cfg.misp.sightings).then(|| {
+            let s = Arc::new(Sightings::new(
+                *cfg.misp.sighting_interval_secs,
+                *cfg.misp.sightings_queue_max,
+                &cfg.misp.sighting_source,
+            ));
+            let pending = feedback::load_sightings(&state_dir, &s);
+            tracing::info!(pending, "sightings to MISP are on");
+            s
+        });
+        let ledger = ledger_store
+            .as_ref()
+            .map(|_| Arc::new(Ledger::new(*cfg.retro.refs_per_value, LEDGER_PENDING)));
+        engine.feedback = feedback::Feedback {
+            ledger: ledger.clone(),
+            sightings: sightings.clone(),
+        };
+        tasks::reload_false_positives(&engine, &state_dir);
+        let engine = Arc::new(engine);
 
         let capacity = *cfg.pipeline.channel_capacity;
         let workers_n = cfg.pipeline.worker_count();
@@ -219,6 +267,52 @@ impl Daemon {
                     .map_err(|_| "the writer is gone, so nothing can be sent".to_owned())
             });
         }
+        if let (Some(store), Some(ledger)) = (ledger_store, ledger.clone()) {
+            let (settings, thread_stats, thread_stop) = (
+                feedback::LedgerSettings::from_config(&cfg),
+                stats.clone(),
+                supervisor.shutdown_token(),
+            );
+            supervisor
+                .spawn_thread("ledger", move || {
+                    feedback::write_ledger(ledger, store, settings, thread_stats, thread_stop);
+                    Ok(())
+                })
+                .context("cannot start the ledger thread")?;
+            supervisor.spawn(
+                "retro hunter",
+                feedback::hunt(
+                    found_rx,
+                    engine.clone(),
+                    out_tx.clone(),
+                    feedback::HuntSettings {
+                        state_dir: state_dir.clone(),
+                        max_events: *cfg.retro.max_events_per_sync,
+                        subdomains: *cfg.misp.match_subdomains,
+                    },
+                    stop.clone(),
+                )
+                .map(Ok),
+            );
+        }
+        if let Some(s) = &sightings {
+            supervisor.spawn(
+                "sightings sender",
+                feedback::send_sightings(
+                    s.clone(),
+                    feedback::SightingTargets::of(&engine.lookup, &cfg.misp.name),
+                    *cfg.misp.sightings_per_minute,
+                    Duration::from_secs(*cfg.misp.sightings_pause_secs),
+                    stats.clone(),
+                    stop.clone(),
+                )
+                .map(Ok),
+            );
+        }
+        supervisor.spawn(
+            "false positives",
+            tasks::watch_false_positives(engine.clone(), state_dir.clone(), stop.clone()).map(Ok),
+        );
         drop(out_tx);
         drop(line_rx);
 
@@ -268,6 +362,7 @@ impl Daemon {
                 checkpoints.clone(),
                 dedup,
                 Duration::from_secs((*cfg.dedup.persist_secs).max(1)),
+                sightings,
                 stop,
             )
             .map(Ok),
@@ -346,6 +441,9 @@ impl Daemon {
         if let Some(d) = &engine.dedup {
             save_dedup(state_dir, d);
         }
+        if let Some(s) = &engine.feedback.sightings {
+            feedback::save_sightings(state_dir, s, true);
+        }
         // One death can bring others (a worker ends when the tailer that fed
         // it is gone, before the tailer's own panic is reported): name them
         // all, so the cause is in the log whichever came first.
@@ -383,6 +481,7 @@ impl Daemon {
             }
         }
         self.engine.rules.store(Arc::new(rules));
+        tasks::reload_false_positives(&self.engine, &self.started.input.state_dir);
         self.engine.lookup.primary().reconfigure(client, &new.misp);
         if let Some(d) = &self.engine.dedup {
             d.set_window(Duration::from_secs(new.dedup.window_secs));

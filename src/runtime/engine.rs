@@ -5,6 +5,7 @@
 //! Shared by the daemon's workers and the `enrich` and `integratord`
 //! commands, so that every way in gives the same events.
 
+use super::feedback::Feedback;
 use crate::alert::{self, Fields, Node};
 use crate::config::{Config, MatchTypes};
 use crate::dedup::{self, Dedup};
@@ -16,6 +17,7 @@ use crate::observable::Occurrence;
 use crate::output::{self, Outgoing};
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
+use crate::suppress::Suppressed;
 use arc_swap::ArcSwap;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -70,6 +72,10 @@ pub struct Waiting {
 /// on MISP go on to the async [`Engine::finish`].
 pub struct Engine<I: Intelligence = Lookup> {
     pub rules: ArcSwap<Rules>,
+    /// Stage 3b: the false positives, swapped in when their file changes.
+    pub suppressed: ArcSwap<Suppressed>,
+    /// The side outputs: sightings back to MISP, the retro ledger.
+    pub feedback: Feedback,
     /// Stage 5, behind the intelligence port.
     pub lookup: I,
     pub dedup: Option<Dedup>,
@@ -137,6 +143,8 @@ impl<I: Intelligence> Engine<I> {
     pub fn new(rules: Rules, lookup: I, dedup: Option<Dedup>, stats: Arc<Stats>) -> Self {
         Engine {
             rules: ArcSwap::from_pointee(rules),
+            suppressed: ArcSwap::from_pointee(Suppressed::default()),
+            feedback: Feedback::default(),
             lookup,
             dedup,
             stats,
@@ -216,6 +224,23 @@ impl<I: Intelligence> Engine<I> {
         self.stats
             .ips_extracted
             .fetch_add(hits.len() as u64, Ordering::Relaxed);
+        let suppressed = self.suppressed.load();
+        if !suppressed.is_empty() {
+            let before = hits.len();
+            hits.retain(|h| !suppressed.covers(&h.observable));
+            let dropped = before - hits.len();
+            if dropped > 0 {
+                self.stats
+                    .suppressed
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+            }
+            if hits.is_empty() {
+                return None;
+            }
+        }
+        if let Some(ledger) = &self.feedback.ledger {
+            ledger.note(&fields, &hits);
+        }
         let rule_id = filter::rule_id(&fields).unwrap_or_default();
         let mut claimed: Vec<(Occurrence, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
@@ -355,6 +380,9 @@ impl<I: Intelligence> Engine<I> {
                 enrich::Rendered::Sent => {
                     log_enriched(&ctx, &hit);
                     out.dedup_keys.push(key);
+                    if let Some(s) = &self.feedback.sightings {
+                        offer_sightings(s, &ctx, &hit, &answer, rules.match_types, now.timestamp());
+                    }
                 }
                 enrich::Rendered::Nothing => self.release([key]),
                 enrich::Rendered::TooLarge => {
@@ -370,6 +398,32 @@ impl<I: Intelligence> Engine<I> {
             for k in keys {
                 d.release(k);
             }
+        }
+    }
+}
+
+/// A sighting for every attribute the events for `hit` showed, from the
+/// server each came from, at the alert's time.
+pub fn offer_sightings(
+    s: &crate::sightings::Sightings,
+    ctx: &AlertContext<'_>,
+    hit: &Occurrence,
+    answer: &crate::lookup::LookupResult,
+    match_types: MatchTypes,
+    now: i64,
+) {
+    let alert_time = || {
+        chrono::DateTime::parse_from_str(&ctx.timestamp, "%Y-%m-%dT%H:%M:%S%.3f%z")
+            .map_or(now, |t| t.timestamp())
+    };
+    for part in answer.parts() {
+        let server = part.server.as_deref().unwrap_or("");
+        for a in part
+            .attributes
+            .iter()
+            .filter(|a| enrich::selects(a, match_types, hit))
+        {
+            s.offer(server, &a.uuid, &ctx.manager.name, now, alert_time);
         }
     }
 }

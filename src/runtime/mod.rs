@@ -18,11 +18,13 @@
 //! - [`daemon`]: start, reload, shutdown;
 //! - [`supervisor`]: every thread and task, and their deaths;
 //! - [`tasks`]: the saver, the error reporter, the metrics publisher;
+//! - [`feedback`]: the sightings sender, the ledger thread, the retro hunter;
 //! - [`fault`]: injected failures for the supervision tests.
 
 pub mod daemon;
 pub mod engine;
 pub mod fault;
+pub mod feedback;
 pub mod supervisor;
 pub mod tasks;
 pub mod worker;

@@ -109,6 +109,7 @@ pub async fn save_periodically(
     checkpoints: Arc<Checkpointer>,
     dedup: Dedup,
     dedup_every: Duration,
+    sightings: Option<Arc<crate::sightings::Sightings>>,
     stop: CancellationToken,
 ) {
     let mut last = None;
@@ -126,6 +127,13 @@ pub async fn save_periodically(
             since_dedup = Duration::ZERO;
         }
         let bookmark = current.clone().filter(|_| current != last);
+        if let Some(s) = &sightings {
+            let (dir, s) = (state_dir.clone(), s.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                super::feedback::save_sightings(&dir, &s, false)
+            })
+            .await;
+        }
         if bookmark.is_none() && !save_dedup_now {
             continue;
         }
@@ -147,6 +155,46 @@ pub async fn save_periodically(
             last = current;
         }
     }
+}
+
+/// How often `false_positives.json` is checked for a change.
+pub const FALSE_POSITIVES_EVERY: Duration = Duration::from_secs(2);
+
+/// Swaps in the false-positive list whenever its file changes (what
+/// `wazuh-misp false-positive` writes), checked every
+/// [`FALSE_POSITIVES_EVERY`].
+pub async fn watch_false_positives<I: crate::lookup::Intelligence>(
+    engine: Arc<super::Engine<I>>,
+    state_dir: PathBuf,
+    stop: CancellationToken,
+) {
+    let mut seen = None;
+    let mut tick = tokio::time::interval(FALSE_POSITIVES_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::false_positives::version(&state_dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        reload_false_positives(&engine, &state_dir);
+    }
+}
+
+/// Reads `false_positives.json` into the engine now.
+pub fn reload_false_positives<I: crate::lookup::Intelligence>(
+    engine: &super::Engine<I>,
+    state_dir: &std::path::Path,
+) {
+    let entries = crate::false_positives::load(state_dir);
+    let list = crate::false_positives::suppressed(&entries);
+    if list.len() != engine.suppressed.load().len() {
+        tracing::info!(values = list.len(), "false positives loaded");
+    }
+    engine.suppressed.store(Arc::new(list));
 }
 
 /// Publishes the counters and gauges every second, when metrics are on.

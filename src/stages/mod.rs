@@ -11,5 +11,8 @@ pub mod enrich;
 pub mod extract;
 pub mod filter;
 pub mod input;
+pub mod ledger;
 pub mod lookup;
 pub mod output;
+pub mod sightings;
+pub mod suppress;

@@ -4,8 +4,10 @@
 //! field names are a public contract (Wazuh rules and dashboards key on
 //! them); README.md lists every field.
 
+mod retro;
 mod score;
 
+pub use retro::{retro_events, retro_summary_event, RetroHunt, RetroSource};
 pub use score::threat_score;
 
 use crate::alert::{self, member, text, Fields, Json, Node, Object};
@@ -37,6 +39,7 @@ const OWN_KEYS: &[&str] = &[
     "wazuh_alert_timestamp",
     "decoder",
     "misp_error",
+    "retro_hunt",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +52,9 @@ pub struct EnrichedEvent<'a> {
     pub detected_ip: Option<DetectedIp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detected_observable: Option<DetectedObservable>,
+    /// Only on a retro event: the alert is from the past, the indicator new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retro_hunt: Option<RetroHunt>,
     pub misp_data: MispData,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recommendations: Option<Recommendations>,
@@ -673,6 +679,7 @@ pub fn enrich<'a>(
             raw_context: hit.raw_context.clone(),
             matched_domain: None,
         }),
+        retro_hunt: None,
         recommendations,
         misp_data,
         context: ctx.clone(),
@@ -1001,20 +1008,23 @@ pub const KEPT_DATA_FIELDS: &[&str] =
 /// the observable was seen in. `"direction"` is the original script's
 /// behaviour, for IPs; other kinds keep every attribute.
 pub fn select(hits: &[Attribute], mode: MatchTypes, hit: &Occurrence) -> Vec<Attribute> {
-    let mode = if hit.observable.kind() == Kind::Ip {
-        mode
-    } else {
-        MatchTypes::All
-    };
     hits.iter()
-        .filter(|a| match (mode, hit.direction) {
-            (MatchTypes::All, _) => true,
-            (MatchTypes::Direction, Direction::Source) => a.kind.starts_with("ip-src"),
-            (MatchTypes::Direction, Direction::Destination) => a.kind.starts_with("ip-dst"),
-            (MatchTypes::Direction, Direction::Unknown) => a.kind.starts_with("ip-"),
-        })
+        .filter(|a| selects(a, mode, hit))
         .cloned()
         .collect()
+}
+
+/// Whether [`select`] keeps `a`.
+pub fn selects(a: &Attribute, mode: MatchTypes, hit: &Occurrence) -> bool {
+    if hit.observable.kind() != Kind::Ip {
+        return true;
+    }
+    match (mode, hit.direction) {
+        (MatchTypes::All, _) => true,
+        (MatchTypes::Direction, Direction::Source) => a.kind.starts_with("ip-src"),
+        (MatchTypes::Direction, Direction::Destination) => a.kind.starts_with("ip-dst"),
+        (MatchTypes::Direction, Direction::Unknown) => a.kind.starts_with("ip-"),
+    }
 }
 
 /// What [`render`] did with one occurrence.

@@ -79,6 +79,14 @@ impl MispError {
     }
 }
 
+/// What MISP did with one sighting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SightingOutcome {
+    Added,
+    /// Answered, but not added: the reason MISP gave.
+    Refused(String),
+}
+
 #[derive(Clone)]
 pub struct MispClient {
     http: reqwest::Client,
@@ -321,9 +329,24 @@ impl MispClient {
         &self,
         request: &serde_json::Value,
     ) -> Result<(Vec<Attribute>, usize), MispError> {
+        let body = self.post_json(self.endpoint.clone(), request).await?;
+        let attributes = parse_response(&body).map_err(|e| match e {
+            ParseError::NotJson(m) => MispError::BadBody(format!("not JSON or truncated: {m}")),
+            ParseError::WrongShape(m) => MispError::BadBody(format!("unexpected JSON shape: {m}")),
+        })?;
+        Ok((attributes, body.len()))
+    }
+
+    /// POSTs `request` to `url` and returns the body of a 2xx JSON answer;
+    /// every other answer is classified.
+    async fn post_json(
+        &self,
+        url: reqwest::Url,
+        request: &serde_json::Value,
+    ) -> Result<Vec<u8>, MispError> {
         let resp = self
             .http
-            .post(self.endpoint.clone())
+            .post(url)
             .json(request)
             .send()
             .await
@@ -358,11 +381,47 @@ impl MispClient {
                 "HTML instead of JSON (a login page: check misp.url and that the key belongs to an API-enabled user)".into(),
             ));
         }
-        let attributes = parse_response(&body).map_err(|e| match e {
-            ParseError::NotJson(m) => MispError::BadBody(format!("not JSON or truncated: {m}")),
-            ParseError::WrongShape(m) => MispError::BadBody(format!("unexpected JSON shape: {m}")),
-        })?;
-        Ok((attributes, body.len()))
+        Ok(body)
+    }
+
+    /// `POST /sightings/add` for one attribute, by uuid. MISP answers a
+    /// sighting it cannot add (no such attribute, or one this key cannot
+    /// see) with HTTP 200 and `{"message": "Could not add the Sighting.
+    /// Reason: ..."}` (`SightingsController::add`): that is
+    /// [`SightingOutcome::Refused`], final for this sighting.
+    pub async fn add_sighting(
+        &self,
+        uuid: &str,
+        kind: u8,
+        source: &str,
+        timestamp: i64,
+    ) -> Result<SightingOutcome, MispError> {
+        let url = self
+            .endpoint
+            .join("../sightings/add")
+            .map_err(|e| MispError::Unreachable(format!("cannot build the sightings URL: {e}")))?;
+        let body = serde_json::json!({
+            "uuid": uuid,
+            "type": kind.to_string(),
+            "source": source,
+            "timestamp": timestamp,
+        });
+        let answer = self
+            .post_json(url, &body)
+            .await
+            .map_err(|e| e.scrubbed(&self.secrets))?;
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        if v.get("Sighting").is_some() {
+            return Ok(SightingOutcome::Added);
+        }
+        match v
+            .get("message")
+            .or_else(|| v.get("errors"))
+            .and_then(|m| m.as_str())
+        {
+            Some(m) if m.contains("Could not add") => Ok(SightingOutcome::Refused(m.to_owned())),
+            _ => Ok(SightingOutcome::Added),
+        }
     }
 
     async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, MispError> {

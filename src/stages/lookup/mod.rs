@@ -29,7 +29,7 @@ pub mod port;
 pub mod recent;
 pub mod source;
 
-pub use client::{MispClient, MispError};
+pub use client::{MispClient, MispError, SightingOutcome};
 pub use model::Attribute;
 pub use port::Intelligence;
 pub use recent::Recent;

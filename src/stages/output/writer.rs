@@ -34,6 +34,9 @@ pub struct Outgoing {
     pub datagrams: Datagrams,
     pub dedup_keys: Vec<Key>,
     pub ack: Option<Ack>,
+    /// Told once every datagram is out (retro events: only then are they
+    /// recorded as hunted). Dropped unsent when abandoned.
+    pub sent: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub struct Writer {
@@ -88,6 +91,9 @@ impl Writer {
             }
             if let Some(ack) = out.ack {
                 ack.finish();
+            }
+            if let Some(sent) = out.sent {
+                let _ = sent.send(());
             }
         }
     }

@@ -24,6 +24,7 @@ use super::index::{uuid_bytes, Index, Key, Record};
 use super::store::{Row, Store};
 use super::{Mirror, ServerMirror};
 use crate::config::SyncFilters;
+use crate::ledger::hunt::{Found, Indicator};
 use crate::lookup::client::{MispClient, MispError, SyncQuery};
 use crate::lookup::model::Attribute;
 use crate::stats::Stats;
@@ -98,6 +99,67 @@ pub struct Syncer {
     pub server: Arc<ServerMirror>,
     pub settings: SyncSettings,
     pub stats: Arc<Stats>,
+    /// Where the indicators a sync finds new go, for retro-hunting.
+    pub hunts: Option<HuntTrigger>,
+}
+
+/// Retro-hunting's side of a sync: which new attributes to report.
+#[derive(Debug, Clone)]
+pub struct HuntTrigger {
+    pub tx: tokio::sync::mpsc::Sender<Found>,
+    /// An attribute whose timestamp is older than this (seconds) is not
+    /// new intelligence.
+    pub window_secs: i64,
+    /// Report the first full sync of an empty mirror too.
+    pub on_first_sync: bool,
+}
+
+/// The most new indicators one sync reports (a first sync with
+/// `retro.on_first_sync` can bring millions).
+const MAX_FOUND: usize = 100_000;
+
+/// How a sync tells an attribute new to the mirror.
+enum Novelty {
+    /// Not collecting.
+    Off,
+    /// An incremental sync: a uuid the live generation did not hold, or
+    /// one whose value changed.
+    Incremental,
+    /// A full sync: not in the index it replaces (`None`: a first sync,
+    /// everything is new).
+    Full(Option<Arc<Index>>),
+}
+
+/// What a sync collects of new attributes.
+struct Collected {
+    novelty: Novelty,
+    floor: i64,
+    indicators: Vec<Indicator>,
+}
+
+impl Collected {
+    fn note(&mut self, server: &Arc<str>, row: &Row, old: Option<&(String, String)>) {
+        if row.timestamp < self.floor || self.indicators.len() >= MAX_FOUND {
+            return;
+        }
+        let new = match &self.novelty {
+            Novelty::Off => false,
+            Novelty::Incremental => old.is_none_or(|(_, value)| *value != row.value),
+            Novelty::Full(None) => true,
+            Novelty::Full(Some(previous)) => {
+                !previous.holds(&row.kind, &row.value, &uuid_bytes(&row.uuid))
+            }
+        };
+        if new {
+            self.indicators.push(Indicator {
+                server: server.clone(),
+                uuid: row.uuid.clone(),
+                kind: row.kind.clone(),
+                value: row.value.clone(),
+                timestamp: row.timestamp,
+            });
+        }
+    }
 }
 
 /// A full or incremental sync.
@@ -367,7 +429,13 @@ impl Syncer {
         let name = self.server.name.to_string();
         let f = fp.clone();
         let generation = self.blocking(move |s, name| s.begin_full(name, &f)).await?;
-        let previous = self.server.index().map_or(0, |i| i.len());
+        let live = self.server.index();
+        let previous = live.as_ref().map_or(0, |i| i.len());
+        let mut collected = self.collecting(match live {
+            Some(ix) => Novelty::Full(Some(ix)),
+            None if self.hunts.as_ref().is_some_and(|h| h.on_first_sync) => Novelty::Full(None),
+            None => Novelty::Off,
+        });
         let mut index = Index::with_capacity(previous);
         let mut cursor = 0i64;
         let mut count = 0u64;
@@ -386,7 +454,7 @@ impl Syncer {
                 break;
             }
             cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
-            index = self.write(generation, rows, index).await?;
+            index = self.write(generation, rows, index, &mut collected).await?;
             if pager.done() {
                 break;
             }
@@ -404,7 +472,40 @@ impl Syncer {
             "mirror full sync done"
         );
         self.swap_in(index).await;
+        self.report(collected).await;
         Ok(())
+    }
+
+    fn collecting(&self, novelty: Novelty) -> Collected {
+        let (novelty, floor) = match &self.hunts {
+            Some(h) => (novelty, chrono::Utc::now().timestamp() - h.window_secs),
+            None => (Novelty::Off, i64::MAX),
+        };
+        Collected {
+            novelty,
+            floor,
+            indicators: Vec::new(),
+        }
+    }
+
+    /// Hands what the sync found new to the hunter.
+    async fn report(&self, collected: Collected) {
+        let Some(h) = &self.hunts else { return };
+        if collected.indicators.is_empty() {
+            return;
+        }
+        tracing::info!(
+            server = %self.server.name,
+            new_indicators = collected.indicators.len(),
+            "the mirror learnt new indicators; hunting them in the ledger"
+        );
+        let found = Found {
+            server: self.server.name.clone(),
+            indicators: collected.indicators,
+            at: chrono::Utc::now(),
+        };
+        // The hunter gone means shutdown.
+        let _ = h.tx.send(found).await;
     }
 
     async fn count(&self) -> u64 {
@@ -424,6 +525,7 @@ impl Syncer {
         generation: i64,
         rows: Vec<Row>,
         mut index: Index,
+        collected: &mut Collected,
     ) -> Result<Index, SyncError> {
         let (rows, replaced) = self
             .blocking(move |s, name| {
@@ -432,6 +534,7 @@ impl Syncer {
             })
             .await?;
         for (row, old) in rows.iter().zip(replaced) {
+            collected.note(&self.server.name, row, old.as_ref());
             let uuid = uuid_bytes(&row.uuid);
             if let Some((kind, value)) = old {
                 index.unfile(&kind, &value, &uuid);
@@ -457,6 +560,7 @@ impl Syncer {
         let from = (state.cursor - overlap).max(0);
         let since = Some(self.age_floor().map_or(from, |floor| from.max(floor)));
         let mut index: Option<Index> = None;
+        let mut collected = self.collecting(Novelty::Incremental);
         let mut cursor = state.cursor;
         let mut changes = 0usize;
         let mut pager = Pager::new(self.settings.page_size);
@@ -467,7 +571,9 @@ impl Syncer {
                 let mut ix = index.take().unwrap_or_else(|| (*current).clone());
                 cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
                 changes += rows.len();
-                ix = self.write(state.generation, rows, ix).await?;
+                ix = self
+                    .write(state.generation, rows, ix, &mut collected)
+                    .await?;
                 if !excluded.is_empty() {
                     let gone = self
                         .blocking(move |s, name| s.remove(name, state.generation, &excluded))
@@ -490,6 +596,7 @@ impl Syncer {
         if let Some(ix) = index {
             self.swap_in(ix).await;
         }
+        self.report(collected).await;
         Ok(())
     }
 }

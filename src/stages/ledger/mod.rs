@@ -1,0 +1,325 @@
+//! Stage 3c, the retro ledger: what was seen, so that an indicator MISP
+//! learns later can be matched against the past.
+//!
+//! For every public observable extracted (after false positives are
+//! dropped) the ledger keeps its first and last time seen, a count, and up
+//! to `retro.refs_per_value` references: the compact context of an alert it
+//! came from (the part of the alert an enriched event carries), enough to
+//! build that alert's event again without the alert ([`hunt`]).
+//!
+//! The hot path only touches [`Ledger::note`]: one lock of an in-memory
+//! map of what was seen since the last flush, where a value already
+//! holding its references costs a lookup and two adds. The runtime's
+//! ledger thread takes the map every second and writes it to the
+//! [`store`], SQLite on disk, which is what bounds memory: the ledger's
+//! size is on disk, and in memory only the page cache and one second of
+//! new values.
+
+pub mod hunt;
+pub mod store;
+
+use crate::alert::{self, member, Fields, Node};
+use crate::observable::{Kind, Observable, Occurrence};
+use foldhash::fast::RandomState;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// The alert's `data` keys a reference keeps: Wazuh's static fields,
+/// which rules and active responses read from an event's top level.
+pub const REF_DATA_FIELDS: &[&str] = &[
+    "srcip",
+    "dstip",
+    "srcport",
+    "dstport",
+    "protocol",
+    "action",
+    "srcuser",
+    "dstuser",
+    "status",
+    "system_name",
+    "url",
+];
+
+/// A reference longer than this keeps no `data` keys (a static field
+/// can be as long as the alert line).
+const MAX_REF_BYTES: usize = 4096;
+
+/// What one flush period saw of a value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    pub first: i64,
+    pub last: i64,
+    pub count: u64,
+    /// JSON objects ([`reference`]), oldest first.
+    pub refs: Vec<String>,
+}
+
+/// Values seen since the last flush.
+pub type Pending = HashMap<Observable, Seen, RandomState>;
+
+/// The hot path's side of the ledger. Bounded: beyond `max_pending`
+/// values not yet flushed, new values are dropped and counted (the
+/// flush is woken at half of it, so this is an overload, not a steady
+/// state).
+pub struct Ledger {
+    pending: Mutex<Pending>,
+    flush: Condvar,
+    refs_per_value: usize,
+    max_pending: usize,
+    pub dropped: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new(refs_per_value: usize, max_pending: usize) -> Ledger {
+        Ledger {
+            pending: Mutex::new(Pending::default()),
+            flush: Condvar::new(),
+            refs_per_value,
+            max_pending: max_pending.max(2),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn refs_per_value(&self) -> usize {
+        self.refs_per_value
+    }
+
+    /// Records `hits`, found in the alert `fields` describes, as seen now.
+    pub fn note(&self, fields: &Fields<'_>, hits: &[Occurrence]) {
+        let now = chrono::Utc::now().timestamp();
+        let mut context: Option<Value> = None;
+        let mut wake = false;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for hit in hits {
+                let full = pending.len() >= self.max_pending;
+                let seen = match pending.get_mut(&hit.observable) {
+                    Some(s) => s,
+                    None if full => {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    None => pending
+                        .entry(hit.observable.clone())
+                        .or_insert_with(|| Seen {
+                            first: now,
+                            ..Seen::default()
+                        }),
+                };
+                seen.last = now;
+                seen.count += 1;
+                if seen.refs.len() < self.refs_per_value {
+                    let ctx = context.get_or_insert_with(|| alert_context(fields));
+                    seen.refs.push(reference(ctx, hit));
+                }
+            }
+            wake |= pending.len() >= self.max_pending / 2;
+        }
+        if wake {
+            self.flush.notify_one();
+        }
+    }
+
+    /// What was seen since the last call: waits up to `wait` (less when
+    /// the map fills), then takes it.
+    pub fn take(&self, wait: Duration) -> Pending {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut pending, _) = self
+            .flush
+            .wait_timeout_while(pending, wait, |p| p.len() < self.max_pending / 2)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *pending)
+    }
+
+    /// Wakes a [`Ledger::take`] now (shutdown).
+    pub fn wake(&self) {
+        self.flush.notify_all();
+    }
+}
+
+/// The part of an alert an enriched event carries, as a small alert of its
+/// own: `id`, `timestamp`, `location`, `rule` (id, description, level,
+/// groups), `agent` (id, name, ip), `manager.name`, `decoder.name` and the
+/// static fields of `data`.
+pub fn alert_context(f: &Fields<'_>) -> Value {
+    let mut out = Map::new();
+    let put = |out: &mut Map<String, Value>, k: &str, n: Option<Node<'_>>| {
+        if let Some(n) = n {
+            out.insert(k.to_owned(), alert::to_json(n));
+        }
+    };
+    put(&mut out, "id", f.id);
+    put(&mut out, "timestamp", f.timestamp);
+    put(&mut out, "location", f.location);
+    let object = |node: Option<Node<'_>>, keys: &[&str]| -> Option<Value> {
+        node?;
+        let mut m = Map::new();
+        for k in keys {
+            if let Some(v) = member(node, k) {
+                m.insert((*k).to_owned(), alert::to_json(v));
+            }
+        }
+        Some(Value::Object(m))
+    };
+    for (k, node, keys) in [
+        (
+            "rule",
+            f.rule,
+            &["id", "description", "level", "groups"][..],
+        ),
+        ("agent", f.agent, &["id", "name", "ip"][..]),
+        ("manager", f.manager, &["name"][..]),
+        ("decoder", f.decoder, &["name"][..]),
+        ("data", f.data, REF_DATA_FIELDS),
+    ] {
+        if let Some(v) = object(node, keys) {
+            out.insert(k.to_owned(), v);
+        }
+    }
+    Value::Object(out)
+}
+
+/// One reference: the alert's context and where in it the value was.
+pub fn reference(context: &Value, hit: &Occurrence) -> String {
+    let make = |alert: &Value| {
+        serde_json::json!({
+            "alert": alert,
+            "field_path": hit.field_path,
+            "direction": hit.direction.as_str(),
+            "raw_context": hit.raw_context,
+        })
+        .to_string()
+    };
+    let text = make(context);
+    if text.len() <= MAX_REF_BYTES {
+        return text;
+    }
+    let mut smaller = context.clone();
+    if let Some(m) = smaller.as_object_mut() {
+        m.remove("data");
+    }
+    make(&smaller)
+}
+
+/// The ledger's key for `o`, ordered so that what a hunt asks for is a
+/// range: IPs as their bytes after a family tag (a network is the range
+/// of its first to last address), domains as their labels reversed
+/// (`com.example.www.`: a domain and its subdomains share a prefix), the
+/// other kinds as their canonical text after a kind tag.
+pub fn key_of(o: &Observable) -> Vec<u8> {
+    match o {
+        Observable::Ip(std::net::IpAddr::V4(a)) => [&[b'4'][..], &a.octets()].concat(),
+        Observable::Ip(std::net::IpAddr::V6(a)) => [&[b'6'][..], &a.octets()].concat(),
+        Observable::Domain(d) => domain_prefix(d),
+        other => {
+            let tag = match other.kind() {
+                Kind::Url => b'u',
+                Kind::Md5 => b'm',
+                Kind::Sha1 => b's',
+                _ => b'S',
+            };
+            let mut k = vec![tag];
+            k.extend_from_slice(other.to_string().as_bytes());
+            k
+        }
+    }
+}
+
+/// `d` + the labels of `domain` reversed, each followed by a dot: the
+/// key of `domain` and the prefix of its subdomains' keys.
+pub fn domain_prefix(domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(domain.len() + 2);
+    k.push(b'd');
+    for label in domain.rsplit('.') {
+        k.extend_from_slice(label.as_bytes());
+        k.push(b'.');
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(s: &str) -> Observable {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn keys_order_networks_and_subdomains_as_ranges() {
+        assert!(key_of(&obs("10.0.0.255")) < key_of(&obs("10.0.1.0")));
+        assert_eq!(key_of(&obs("10.0.0.1")).len(), 5);
+        assert_eq!(key_of(&obs("2001:db8::1")).len(), 17);
+        let parent = domain_prefix("evil.example");
+        assert_eq!(key_of(&obs("evil.example")), parent);
+        assert!(key_of(&obs("cdn.evil.example")).starts_with(&parent));
+        assert!(!key_of(&obs("notevil.example")).starts_with(&parent));
+        assert!(!key_of(&obs("evil.example.org")).starts_with(&parent));
+        assert_ne!(
+            key_of(&obs("d41d8cd98f00b204e9800998ecf8427f")),
+            key_of(&obs("http://d41d8cd98f00b204e9800998ecf8427f.example/"))
+        );
+    }
+
+    #[test]
+    fn a_value_keeps_its_references_up_to_the_limit_and_counts_the_rest() {
+        let line = r#"{"id":"1","timestamp":"2026-12-01T10:00:00.000+0000","rule":{"id":"5710","level":5,"description":"sshd","groups":["sshd"],"mail":false},"agent":{"id":"001","name":"web","ip":"10.0.0.5"},"manager":{"name":"wazuh-1"},"decoder":{"name":"sshd"},"location":"/var/log/auth.log","data":{"srcip":"185.220.101.4","other":"x"},"full_log":"Failed password from 185.220.101.4"}"#;
+        let ledger = Ledger::new(2, 100);
+        let hit = Occurrence {
+            observable: obs("185.220.101.4"),
+            direction: crate::observable::Direction::Source,
+            field_path: "data.srcip".into(),
+            raw_context: "185.220.101.4".into(),
+        };
+        let mut parser = alert::Parser::default();
+        for _ in 0..3 {
+            parser
+                .with(line, |a| {
+                    ledger.note(&Fields::of(a), std::slice::from_ref(&hit))
+                })
+                .unwrap();
+        }
+        let taken = ledger.take(Duration::ZERO);
+        let seen = &taken[&hit.observable];
+        assert_eq!(seen.count, 3);
+        assert_eq!(seen.refs.len(), 2);
+        let r: Value = serde_json::from_str(&seen.refs[0]).unwrap();
+        assert_eq!(r["field_path"], "data.srcip");
+        assert_eq!(r["direction"], "source");
+        assert_eq!(r["alert"]["rule"]["id"], "5710");
+        assert_eq!(r["alert"]["agent"]["name"], "web");
+        assert_eq!(r["alert"]["data"]["srcip"], "185.220.101.4");
+        assert!(r["alert"]["data"].get("other").is_none());
+        assert!(r["alert"]["rule"].get("mail").is_none());
+        assert!(r["alert"].get("full_log").is_none());
+        assert!(ledger.take(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn beyond_the_pending_bound_new_values_are_dropped_and_counted() {
+        let ledger = Ledger::new(1, 2);
+        let fields = Fields::default();
+        let hit = |ip: &str| Occurrence {
+            observable: obs(ip),
+            direction: crate::observable::Direction::Unknown,
+            field_path: "full_log".into(),
+            raw_context: String::new(),
+        };
+        ledger.note(
+            &fields,
+            &[
+                hit("1.1.1.1"),
+                hit("1.1.1.2"),
+                hit("1.1.1.3"),
+                hit("1.1.1.1"),
+            ],
+        );
+        assert_eq!(ledger.dropped.load(Ordering::Relaxed), 1);
+        let taken = ledger.take(Duration::ZERO);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[&obs("1.1.1.1")].count, 2);
+    }
+}
