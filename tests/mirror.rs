@@ -448,3 +448,30 @@ async fn domains_urls_and_hashes_are_mirrored_and_matched_locally() {
     }
     assert!(asked.iter().any(|v| v == "evil.com"), "{asked:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_asked_about_before_the_first_sync_matches_once_the_mirror_learns_it() {
+    let h = mirror_harness(&data(&[pool_ip(1)])).await;
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    // No sync yet: lookups go to MISP per value, and MISP does not know
+    // the IP, an answer the query cache keeps.
+    h.sim.fail_sync(Some(wazuh_misp::sim::Fault::Status(500)));
+    let daemon = h.start();
+    let later = pool_ip(55);
+    h.append(&format!("{}\n", sshd_alert(1, &later, "001")));
+    all_handled(&daemon, 1, WAIT).await;
+    assert_eq!(q.received.len(), 0);
+    h.sim
+        .add_attribute(0, json!({"type": "ip-src", "value": later, "to_ids": true}));
+    h.sim.fail_sync(None);
+    eventually("the mirror learnt it", WAIT, || hit(&daemon, &later)).await;
+    // The mirror's hit is not hidden by the cached "unknown".
+    let mut again: Value = serde_json::from_str(&sshd_alert(2, &later, "001")).unwrap();
+    again["rule"]["id"] = "5710".into();
+    h.append(&format!("{again}\n"));
+    q.received.wait_for(1, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let (_, ev) = q.received.events().remove(0);
+    assert_eq!(ev["detected_ip"]["value"], later);
+    assert_eq!(ev["misp_data"]["attributes"][0]["value"], later);
+}

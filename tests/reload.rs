@@ -182,6 +182,18 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
                 }]
                 .into()
             }
+            "misp.sightings" => new.misp.sightings = true.into(),
+            "misp.sighting_source" => new.misp.sighting_source = "soc".to_owned().into(),
+            "misp.sighting_interval_secs" => new.misp.sighting_interval_secs = 5.into(),
+            "misp.sightings_per_minute" => new.misp.sightings_per_minute = 5.into(),
+            "misp.sightings_pause_secs" => new.misp.sightings_pause_secs = 5.into(),
+            "misp.sightings_queue_max" => new.misp.sightings_queue_max = 5.into(),
+            "retro.enabled" => new.retro.enabled = false.into(),
+            "retro.window_days" => new.retro.window_days = 5.into(),
+            "retro.refs_per_value" => new.retro.refs_per_value = 5.into(),
+            "retro.max_values" => new.retro.max_values = 5.into(),
+            "retro.on_first_sync" => new.retro.on_first_sync = true.into(),
+            "retro.max_events_per_sync" => new.retro.max_events_per_sync = 5.into(),
             "dedup.window_secs" => new.dedup.window_secs = 17,
             "dedup.max_entries" => new.dedup.max_entries = 100.into(),
             "dedup.persist_secs" => new.dedup.persist_secs = 5.into(),
@@ -330,6 +342,12 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "misp.mode",
             "misp.name",
             "misp.servers",
+            "misp.sighting_interval_secs",
+            "misp.sighting_source",
+            "misp.sightings",
+            "misp.sightings_pause_secs",
+            "misp.sightings_per_minute",
+            "misp.sightings_queue_max",
             "misp.sync.exclude_tags",
             "misp.sync.include_tags",
             "misp.sync.max_age_days",
@@ -341,6 +359,12 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "output.queue_socket",
             "pipeline.channel_capacity",
             "pipeline.workers",
+            "retro.enabled",
+            "retro.max_events_per_sync",
+            "retro.max_values",
+            "retro.on_first_sync",
+            "retro.refs_per_value",
+            "retro.window_days",
         ]
     );
     daemon.shutdown(Duration::from_secs(5)).await;

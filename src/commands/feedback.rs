@@ -185,6 +185,10 @@ pub async fn hunt(
             continue;
         }
         let answer = opened.answer(&o).await?;
+        // Only indicators newer than the value's first sighting: an older
+        // one was in MISP when the alert came, and the live path matched
+        // it then (or the sync lag hid it, which the daemon's own hunt at
+        // that sync covered).
         let uuids: Vec<(&str, &str, i64)> = answer
             .parts()
             .flat_map(|p| &p.attributes)
@@ -195,6 +199,7 @@ pub async fn hunt(
                     a.timestamp.parse().unwrap_or(0),
                 )
             })
+            .filter(|(_, _, ts)| *ts > entry.first_seen)
             .collect();
         for r in &entry.refs {
             if out.len() >= limit {

@@ -268,6 +268,11 @@ pub struct Candidate {
     pub key: [u8; 16],
 }
 
+/// Ledger entries read per indicator at most (a wide network can hold
+/// most of the ledger): the bound of a hunt's time, and of what it counts
+/// as left out.
+pub const MAX_SCANNED: usize = 1_000_000;
+
 /// Reads the ledger for `indicators`: every (value, reference) not hunted
 /// for that indicator yet and not a false positive, at most `limit`, and
 /// how many more there were.
@@ -281,29 +286,34 @@ pub fn candidates(
     let mut out = Vec::new();
     let mut more = 0;
     for ind in indicators {
-        for entry in hunt::matches(store, ind, subdomains, limit + 1)? {
-            let Ok(o) = entry.value.parse::<Observable>() else {
-                continue;
-            };
-            if suppressed.covers(&o) {
-                continue;
-            }
-            for r in &entry.refs {
-                let key = hunt::hunt_key(&entry.value, &ind.uuid, &hunt::alert_id_of(r));
-                if store.hunted(&key)? {
-                    continue;
+        let mut scanned = 0;
+        for probe in hunt::probes(&ind.kind, &ind.value, subdomains) {
+            store.each_in_range(&probe.low, &probe.high, |entry| {
+                scanned += 1;
+                let Ok(o) = entry.value.parse::<Observable>() else {
+                    return Ok(true);
+                };
+                if suppressed.covers(&o) {
+                    return Ok(true);
                 }
-                if out.len() >= limit {
-                    more += 1;
-                    continue;
+                for r in &entry.refs {
+                    let key = hunt::hunt_key(&entry.value, &ind.uuid, &hunt::alert_id_of(r));
+                    if store.hunted(&key)? {
+                        continue;
+                    }
+                    if out.len() >= limit {
+                        more += 1;
+                        continue;
+                    }
+                    out.push(Candidate {
+                        indicator: ind.clone(),
+                        entry: entry.clone(),
+                        reference: r.clone(),
+                        key,
+                    });
                 }
-                out.push(Candidate {
-                    indicator: ind.clone(),
-                    entry: entry.clone(),
-                    reference: r.clone(),
-                    key,
-                });
-            }
+                Ok(scanned < MAX_SCANNED)
+            })?;
         }
     }
     Ok((out, more))

@@ -99,7 +99,7 @@ pub fn retro_events(
                     continue;
                 };
                 let server = (part.server_position > 0)
-                    .then(|| part.server.as_deref())
+                    .then_some(part.server.as_deref())
                     .flatten();
                 let salt = match server {
                     Some(s) => format!("{salt}|{s}"),

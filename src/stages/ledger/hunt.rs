@@ -7,7 +7,6 @@
 //! `domain` (with `misp.match_subdomains`) by the prefix its subdomains'
 //! keys share.
 
-use super::store::{Entry, LedgerError, LedgerStore};
 use super::{domain_prefix, key_of};
 use crate::observable::Observable;
 use md5::{Digest, Md5};
@@ -87,23 +86,6 @@ pub fn probes(misp_type: &str, value: &str, subdomains: bool) -> Vec<Probe> {
         }
     }
     out
-}
-
-/// The ledger entries `indicator` matches, at most `limit`.
-pub fn matches(
-    store: &LedgerStore,
-    indicator: &Indicator,
-    subdomains: bool,
-    limit: usize,
-) -> Result<Vec<Entry>, LedgerError> {
-    let mut out = Vec::new();
-    for p in probes(&indicator.kind, &indicator.value, subdomains) {
-        if out.len() >= limit {
-            break;
-        }
-        out.extend(store.range(&p.low, &p.high, limit - out.len())?);
-    }
-    Ok(out)
 }
 
 /// The key a (value, indicator, alert) is hunted once under.

@@ -277,18 +277,35 @@ impl LedgerStore {
             )
             .map_err(self.err())?;
         let rows = q
-            .query_map(params![low, high, limit as i64], |r| {
-                Ok(Entry {
-                    value: r.get(0)?,
-                    first_seen: r.get(1)?,
-                    last_seen: r.get(2)?,
-                    count: r.get::<_, i64>(3)?.max(0) as u64,
-                    refs: split(&r.get::<_, String>(4)?),
-                })
-            })
+            .query_map(params![low, high, limit as i64], entry_of)
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.err())
+    }
+
+    /// The values whose keys lie in `[low, high]`, in key order, one at a
+    /// time (a wide network can match most of the ledger); `f` returns
+    /// false to stop.
+    pub fn each_in_range(
+        &self,
+        low: &[u8],
+        high: &[u8],
+        mut f: impl FnMut(Entry) -> Result<bool>,
+    ) -> Result<()> {
+        let mut q = self
+            .conn
+            .prepare_cached(
+                "SELECT value, first_seen, last_seen, count, refs FROM seen
+                 WHERE key BETWEEN ?1 AND ?2 ORDER BY key",
+            )
+            .map_err(self.err())?;
+        let mut rows = q.query(params![low, high]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            if !f(entry_of(r).map_err(self.err())?)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Values last seen at or after `since`, in key order, for a hunt of
@@ -302,14 +319,7 @@ impl LedgerStore {
             .map_err(self.err())?;
         let mut rows = q.query([since]).map_err(self.err())?;
         while let Some(r) = rows.next().map_err(self.err())? {
-            let entry = Entry {
-                value: r.get(0).map_err(self.err())?,
-                first_seen: r.get(1).map_err(self.err())?,
-                last_seen: r.get(2).map_err(self.err())?,
-                count: r.get::<_, i64>(3).map_err(self.err())?.max(0) as u64,
-                refs: split(&r.get::<_, String>(4).map_err(self.err())?),
-            };
-            if !f(entry) {
+            if !f(entry_of(r).map_err(self.err())?) {
                 break;
             }
         }
@@ -340,6 +350,16 @@ impl LedgerStore {
         }
         tx.commit().map_err(err)
     }
+}
+
+fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        value: r.get(0)?,
+        first_seen: r.get(1)?,
+        last_seen: r.get(2)?,
+        count: r.get::<_, i64>(3)?.max(0) as u64,
+        refs: split(&r.get::<_, String>(4)?),
+    })
 }
 
 /// References kept: the first, then the latest, `n` in all.
@@ -441,7 +461,7 @@ mod tests {
         )
         .map(|a| assert_eq!(a.evicted, 1))
         .unwrap();
-        let all = s.range(&[b'4'], &[b'4', 255, 255, 255, 255], 10).unwrap();
+        let all = s.range(b"4", &[b'4', 255, 255, 255, 255], 10).unwrap();
         let values: Vec<_> = all.iter().map(|e| e.value.as_str()).collect();
         assert_eq!(values, ["1.1.1.2", "1.1.1.3"]);
         let a = s.apply(Pending::default(), 3, 1025, 1000, 10).unwrap();

@@ -503,6 +503,16 @@ impl Lookup {
             .await
     }
 
+    /// Drops a cached "MISP knows nothing of `subject`": the mirror says
+    /// otherwise (it learnt the indicator after the value was asked about
+    /// before the first sync), and the negative answer would hide the hit
+    /// for `misp.negative_cache_ttl_secs`.
+    pub async fn forget_miss(&self, subject: &Subject) {
+        if self.cache.get(subject).await.is_some_and(|h| h.is_empty()) {
+            self.cache.invalidate(subject).await;
+        }
+    }
+
     /// [`Lookup::get`] for any subject.
     pub async fn get_subject(&self, subject: &Subject) -> Result<Hits, LookupError> {
         let asks = self.asks.clone();

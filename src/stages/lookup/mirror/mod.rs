@@ -419,6 +419,9 @@ impl Mirror {
         } else {
             self.inner.detail_timeout
         };
+        for sub in &subjects {
+            s.query.forget_miss(sub).await;
+        }
         let asked = futures::future::join_all(subjects.iter().map(|sub| s.query.get_subject(sub)));
         let answers = tokio::time::timeout(wait, asked).await;
         let mut part = LookupResult {
