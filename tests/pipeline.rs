@@ -229,6 +229,12 @@ async fn demo_pipeline_produces_the_expected_events() {
             "unknown",
             "[003] (nids-01) 10.0.3.7->misp",
         ),
+        // The retro event: MISP learnt relay-7f3a.top after the query.
+        (
+            "sync.relay-7f3a.top",
+            "unknown",
+            "[004] (WS-FIN-022) 10.0.4.22->misp",
+        ),
     ];
     let mut want: Vec<(String, String, String)> = want
         .iter()
@@ -282,10 +288,11 @@ async fn demo_pipeline_produces_the_expected_events() {
         "data.win.eventdata.hashes"
     );
     // Matching is local: MISP is asked for the details of the 11 hits
-    // (6 IPs, 1 network, 1 parent domain, 1 URL, 2 hashes) once each,
-    // never about 8.8.8.8 (warninglisted, so not mirrored), the clean
-    // 93.184.216.34 or the syscheck hashes MISP does not know.
-    assert_eq!(outcome.misp_values, 11, "each hit's details asked once");
+    // (6 IPs, 1 network, 1 parent domain, 1 URL, 2 hashes) once each, and
+    // of the retro-hunt's (the late parent domain), never about 8.8.8.8
+    // (warninglisted, so not mirrored), the clean 93.184.216.34 or the
+    // syscheck hashes MISP does not know.
+    assert_eq!(outcome.misp_values, 12, "each hit's details asked once");
     assert!(outcome.misp_requests >= 1 && outcome.misp_requests <= outcome.misp_values);
     assert_eq!(outcome.mirrored.1, 2, "two networks mirrored");
     assert_eq!(Stats::get(&outcome.stats.dedup_hits), 1);

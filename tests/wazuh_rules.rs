@@ -48,7 +48,7 @@ async fn rules_parse_ids_are_unique_and_fields_exist() {
             !(100_620..=100_629).contains(&id),
             "{id} clashes with community MISP rules"
         );
-        assert!((100_800..=100_819).contains(&id), "{id} outside our block");
+        assert!((100_800..=100_829).contains(&id), "{id} outside our block");
         assert!(ids.insert(id), "duplicate id {id}");
         let level: u32 = r.attribute("level").unwrap().parse().unwrap();
         assert!(level <= 16);
@@ -76,9 +76,25 @@ async fn rules_parse_ids_are_unique_and_fields_exist() {
             ("^high$".into(), 12),
             ("^medium$".into(), 10),
             ("^low$".into(), 7),
+            ("^high$".into(), 12),
             ("^high$".into(), 12)
         ]
     );
+    // Retro events take their own rules: above the live ones' level among
+    // 100800's children, since Wazuh tries siblings by decreasing level.
+    let level_of = |id: &str| -> u32 {
+        rules
+            .iter()
+            .find(|r| r.attribute("id") == Some(id))
+            .and_then(|r| r.attribute("level")?.parse().ok())
+            .unwrap()
+    };
+    for (retro, live) in [("100817", "100801"), ("100818", "100812")] {
+        assert!(
+            level_of(retro) > level_of(live),
+            "{retro} must be tried before {live}"
+        );
+    }
     // A child for each kind of observable, naming it.
     for kind in ["domain", "url", "md5", "sha1", "sha256"] {
         let rule = rules
@@ -117,6 +133,19 @@ async fn rules_parse_ids_are_unique_and_fields_exist() {
     ))
     .unwrap();
     fields(&err, "", &mut known);
+    let summary: Value = serde_json::from_slice(&wazuh_misp::enrich::retro_summary_event(
+        "misp",
+        3,
+        1000,
+        12,
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    fields(&summary, "", &mut known);
+    assert!(
+        known.contains("retro_hunt.indicator_added"),
+        "the demo shows a retro event"
+    );
     let mut named = HashSet::new();
     for n in doc.descendants() {
         if n.has_tag_name("field") {

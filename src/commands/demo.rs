@@ -46,6 +46,8 @@ pub struct DemoOutcome {
     pub sync_requests: u64,
     /// Attributes and networks the mirror held.
     pub mirrored: (u64, usize),
+    /// Sightings MISP accepted.
+    pub sightings_sent: usize,
     pub elapsed: Duration,
 }
 
@@ -77,6 +79,12 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
     // The honeypot event flags its IPs to_ids = false, as honeypot feeds
     // often do; the demo mirrors them too, to show every kind of match.
     cfg.misp.sync.0.to_ids_only = false;
+    // Syncs every second, so that the indicator the demo adds later is
+    // learnt at once; sightings on, to show what MISP is told.
+    cfg.misp.sync_interval_secs = 1.into();
+    cfg.misp.sightings = true.into();
+    cfg.misp.sightings_per_minute = 60_000.into();
+    let state_dir = cfg.input.state_dir.to_path_buf();
     let alerts_path = cfg.input.alerts_file.clone();
     std::fs::File::create(&alerts_path)?;
     let client = MispClient::new(&cfg.misp, &cfg.resolve_api_key()?)?;
@@ -132,7 +140,33 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Retro-hunting: MISP learns an indicator after the alert that carried
+    // it (a DNS query two days earlier), and the next sync hunts it.
+    let past = RETRO_VALUE.parse().expect("an observable");
+    let ledger_key = crate::ledger::key_of(&past);
+    wait_for("the ledger to record the past alert", || {
+        crate::ledger::store::LedgerStore::open_read_only(&state_dir)
+            .ok()
+            .flatten()
+            .is_some_and(|l| {
+                l.range(&ledger_key, &ledger_key, 1)
+                    .is_ok_and(|e| !e.is_empty())
+            })
+    })
+    .await?;
+    sim.add_attribute(
+        FIN7_EVENT,
+        serde_json::json!({"type": "domain", "value": RETRO_INDICATOR, "category": "Network activity",
+            "to_ids": true, "comment": "C2 relay, reported two days after the DNS query"}),
+    );
     let stats = daemon.stats.clone();
+    wait_for("the retro event", || Stats::get(&stats.retro_events) > 0).await?;
+    let sightings = daemon.engine.feedback.sightings.clone();
+    wait_for("the sightings to reach MISP", || {
+        sightings.as_ref().is_none_or(|s| s.is_empty())
+    })
+    .await?;
+    let sightings_sent = sim.sightings_added().len();
     daemon.shutdown(Duration::from_secs(5)).await;
     let misp_requests = sim.requests() - sync_requests;
     let misp_values = sim.values_asked();
@@ -146,8 +180,28 @@ pub async fn run_demo(alerts: &str) -> anyhow::Result<DemoOutcome> {
         misp_values,
         sync_requests,
         mirrored,
+        sightings_sent,
         elapsed: started.elapsed(),
     })
+}
+
+/// The past alert's value the demo's late indicator matches, and that
+/// indicator (a parent domain), added to the FIN7 event.
+const RETRO_VALUE: &str = "sync.relay-7f3a.top";
+const RETRO_INDICATOR: &str = "relay-7f3a.top";
+const FIN7_EVENT: usize = 4;
+
+/// Polls `done` every 10 ms for at most 30 s: the demo watches another
+/// component's progress, which has no event to await.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        if Instant::now() > deadline {
+            anyhow::bail!("the demo waited 30 s for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// "ip 8 (1 by network), domain 2 (2 by parent domain), …": what the
@@ -161,6 +215,9 @@ fn matches_by_kind(datagrams: &[Vec<u8>]) -> String {
         let Ok(event) = serde_json::from_slice::<Value>(payload) else {
             continue;
         };
+        if event.get("retro_hunt").is_some() {
+            continue;
+        }
         let (kind, wide) = if let Some(ip) = event.get("detected_ip") {
             ("ip".to_owned(), ip.get("matched_network").is_some())
         } else if let Some(o) = event.get("detected_observable") {
@@ -184,6 +241,34 @@ fn matches_by_kind(datagrams: &[Vec<u8>]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Each retro event in a line: the value, the past alert, what it
+/// matched under and when the mirror learnt it.
+fn retro_events(datagrams: &[Vec<u8>]) -> Vec<String> {
+    datagrams
+        .iter()
+        .filter_map(|d| {
+            let (_, _, payload) = frame::parse(d)?;
+            let e: Value = serde_json::from_slice(payload).ok()?;
+            let r = e.get("retro_hunt")?;
+            let d = e.get("detected_ip").or_else(|| e.get("detected_observable"))?;
+            let kind = d.get("type").and_then(Value::as_str).unwrap_or("ip");
+            let under = d
+                .get("matched_domain")
+                .or_else(|| d.get("matched_network"))
+                .and_then(Value::as_str)
+                .map(|m| format!(" under {m}"))
+                .unwrap_or_default();
+            Some(format!(
+                "{kind} {} from alert {} of {} matched{under}, an indicator the mirror learnt at {}",
+                d["value"].as_str().unwrap_or(""),
+                e["rule"]["id"].as_str().unwrap_or(""),
+                e["wazuh_alert_timestamp"].as_str().unwrap_or(""),
+                r["indicator_added"].as_str().unwrap_or(""),
+            ))
+        })
+        .collect()
 }
 
 /// Prints each event and a closing summary.
@@ -213,6 +298,9 @@ pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()>
         "matches by kind:    {}",
         matches_by_kind(&outcome.datagrams)
     )?;
+    for retro in retro_events(&outcome.datagrams) {
+        writeln!(out, "retro-hunt:         {retro}")?;
+    }
     writeln!(out, "alerts read:        {}", g(&s.lines_read))?;
     writeln!(
         out,
@@ -238,6 +326,12 @@ pub fn print(outcome: &DemoOutcome, out: &mut impl Write) -> std::io::Result<()>
         outcome.misp_requests, outcome.misp_values
     )?;
     writeln!(out, "events sent:        {}", g(&s.events_sent))?;
+    writeln!(
+        out,
+        "sightings to MISP:  {} sent by attribute uuid ({} folded into one already sent)",
+        outcome.sightings_sent,
+        g(&s.sightings_aggregated)
+    )?;
     writeln!(
         out,
         "elapsed:            {:.3} s",

@@ -64,6 +64,21 @@ pub fn publish_once(src: &Sources) {
         ("wazuh_misp_open_errors_total", g(&s.open_errors)),
         ("wazuh_misp_lines_repaired_total", g(&s.lines_repaired)),
         ("wazuh_misp_lookups_failed_total", g(&s.lookups_failed)),
+        ("wazuh_misp_suppressed_total", g(&s.suppressed)),
+        ("wazuh_misp_sightings_sent_total", g(&s.sightings_sent)),
+        (
+            "wazuh_misp_sightings_aggregated_total",
+            g(&s.sightings_aggregated),
+        ),
+        (
+            "wazuh_misp_sightings_dropped_total",
+            g(&s.sightings_dropped),
+        ),
+        ("wazuh_misp_sightings_failed_total", g(&s.sightings_failed)),
+        ("wazuh_misp_ledger_evicted_total", g(&s.ledger_evicted)),
+        ("wazuh_misp_ledger_dropped_total", g(&s.ledger_dropped)),
+        ("wazuh_misp_retro_events_total", g(&s.retro_events)),
+        ("wazuh_misp_retro_left_out_total", g(&s.retro_capped)),
     ];
     for (name, v) in counters {
         metrics::counter!(name).absolute(v);

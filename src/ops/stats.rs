@@ -62,6 +62,8 @@ pub struct Stats {
     /// The ledger: values evicted by `retro.max_values`, and retro events
     /// sent (and left out beyond `retro.max_events_per_sync`).
     pub ledger_evicted: AtomicU64,
+    /// Values not recorded: the ledger's pending map was full.
+    pub ledger_dropped: AtomicU64,
     pub retro_events: AtomicU64,
     pub retro_capped: AtomicU64,
     skipped: [AtomicU64; SKIP_REASONS.len()],

@@ -207,14 +207,19 @@ impl Daemon {
                 *cfg.misp.sighting_interval_secs,
                 *cfg.misp.sightings_queue_max,
                 &cfg.misp.sighting_source,
+                stats.clone(),
             ));
             let pending = feedback::load_sightings(&state_dir, &s);
             tracing::info!(pending, "sightings to MISP are on");
             s
         });
-        let ledger = ledger_store
-            .as_ref()
-            .map(|_| Arc::new(Ledger::new(*cfg.retro.refs_per_value, LEDGER_PENDING)));
+        let ledger = ledger_store.as_ref().map(|_| {
+            Arc::new(Ledger::new(
+                *cfg.retro.refs_per_value,
+                LEDGER_PENDING,
+                stats.clone(),
+            ))
+        });
         engine.feedback = feedback::Feedback {
             ledger: ledger.clone(),
             sightings: sightings.clone(),

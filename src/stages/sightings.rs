@@ -9,11 +9,12 @@
 //! sighting. An alert never waits for it: [`Sightings::offer`] takes one
 //! lock and never blocks on MISP.
 
+use crate::stats::Stats;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 /// MISP's sighting types (`Sighting::TYPE`).
 pub const SIGHTING: u8 = 0;
@@ -68,21 +69,20 @@ pub struct Sightings {
     /// `misp.sighting_source`; empty: `wazuh-<manager.name>`.
     source: String,
     hasher: foldhash::quality::FixedState,
-    pub aggregated: AtomicU64,
-    pub dropped: AtomicU64,
+    /// `sightings_aggregated` and `sightings_dropped` are counted here.
+    stats: Arc<Stats>,
     pub wake: tokio::sync::Notify,
 }
 
 impl Sightings {
-    pub fn new(interval_secs: u64, max: usize, source: &str) -> Sightings {
+    pub fn new(interval_secs: u64, max: usize, source: &str, stats: Arc<Stats>) -> Sightings {
         Sightings {
             queue: Mutex::new(Queue::default()),
             interval_secs: interval_secs as i64,
             max: max.max(1),
             source: source.to_owned(),
             hasher: foldhash::quality::FixedState::with_seed(0x5167_4e74),
-            aggregated: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            stats,
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -127,7 +127,9 @@ impl Sightings {
             .get(&key)
             .is_some_and(|&at| now - at < self.interval_secs)
         {
-            self.aggregated.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .sightings_aggregated
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         if q.recent.len() >= self.max * 4 {
@@ -164,7 +166,7 @@ impl Sightings {
         q.pending.push_back(s);
         while q.pending.len() > self.max {
             q.pending.pop_front();
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.sightings_dropped.fetch_add(1, Ordering::Relaxed);
         }
         q.dirty = true;
     }
@@ -235,7 +237,7 @@ mod tests {
 
     #[test]
     fn one_sighting_per_attribute_and_source_per_interval() {
-        let s = Sightings::new(3600, 10, "");
+        let s = Sightings::new(3600, 10, "", Arc::default());
         for t in [0, 10, 3599] {
             s.offer("misp", "u1", "wazuh-1", t, || 42);
         }
@@ -243,7 +245,7 @@ mod tests {
         s.offer("misp", "u1", "wazuh-2", 20, || 44);
         s.offer("other", "u1", "wazuh-1", 20, || 45);
         s.offer("misp", "u1", "wazuh-1", 3600, || 46);
-        assert_eq!(s.aggregated.load(Ordering::Relaxed), 2);
+        assert_eq!(s.stats.sightings_aggregated.load(Ordering::Relaxed), 2);
         let mut sent = Vec::new();
         while let Some(x) = s.front() {
             s.done(&x);
@@ -263,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_configured_source_aggregates_across_managers() {
-        let s = Sightings::new(3600, 10, "soc");
+        let s = Sightings::new(3600, 10, "soc", Arc::default());
         s.offer("misp", "u1", "m1", 0, || 1);
         s.offer("misp", "u1", "m2", 0, || 1);
         assert_eq!(s.len(), 1);
@@ -272,17 +274,17 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_oldest_and_counts_them() {
-        let s = Sightings::new(3600, 2, "");
+        let s = Sightings::new(3600, 2, "", Arc::default());
         for u in ["a", "b", "c"] {
             s.offer("misp", u, "m", 0, || 0);
         }
-        assert_eq!(s.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.sightings_dropped.load(Ordering::Relaxed), 1);
         assert_eq!(s.front().unwrap().uuid, "b");
     }
 
     #[test]
     fn what_is_saved_is_restored_with_its_intervals() {
-        let s = Sightings::new(3600, 10, "");
+        let s = Sightings::new(3600, 10, "", Arc::default());
         s.offer("misp", "u1", "m", 100, || 7);
         let Some(SavedFile::V1(saved)) = s.saved(false) else {
             panic!("dirty")
@@ -291,7 +293,7 @@ mod tests {
         let text = serde_json::to_string(&SavedFile::V1(saved)).unwrap();
         assert!(text.contains("\"version\":\"1\""), "{text}");
         let SavedFile::V1(saved) = serde_json::from_str(&text).unwrap();
-        let again = Sightings::new(3600, 10, "");
+        let again = Sightings::new(3600, 10, "", Arc::default());
         assert_eq!(again.restore(saved, 200), 1);
         assert_eq!(again.front().unwrap().timestamp, 7);
         again.offer("misp", "u1", "m", 300, || 8);

@@ -20,11 +20,12 @@ pub mod store;
 
 use crate::alert::{self, member, Fields, Node};
 use crate::observable::{Kind, Observable, Occurrence};
+use crate::stats::Stats;
 use foldhash::fast::RandomState;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// The alert's `data` keys a reference keeps: Wazuh's static fields,
@@ -69,17 +70,18 @@ pub struct Ledger {
     flush: Condvar,
     refs_per_value: usize,
     max_pending: usize,
-    pub dropped: AtomicU64,
+    /// `ledger_dropped` is counted here.
+    stats: Arc<Stats>,
 }
 
 impl Ledger {
-    pub fn new(refs_per_value: usize, max_pending: usize) -> Ledger {
+    pub fn new(refs_per_value: usize, max_pending: usize, stats: Arc<Stats>) -> Ledger {
         Ledger {
             pending: Mutex::new(Pending::default()),
             flush: Condvar::new(),
             refs_per_value,
             max_pending: max_pending.max(2),
-            dropped: AtomicU64::new(0),
+            stats,
         }
     }
 
@@ -99,7 +101,7 @@ impl Ledger {
                 let seen = match pending.get_mut(&hit.observable) {
                     Some(s) => s,
                     None if full => {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.ledger_dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     None => pending
@@ -267,7 +269,7 @@ mod tests {
     #[test]
     fn a_value_keeps_its_references_up_to_the_limit_and_counts_the_rest() {
         let line = r#"{"id":"1","timestamp":"2026-12-01T10:00:00.000+0000","rule":{"id":"5710","level":5,"description":"sshd","groups":["sshd"],"mail":false},"agent":{"id":"001","name":"web","ip":"10.0.0.5"},"manager":{"name":"wazuh-1"},"decoder":{"name":"sshd"},"location":"/var/log/auth.log","data":{"srcip":"185.220.101.4","other":"x"},"full_log":"Failed password from 185.220.101.4"}"#;
-        let ledger = Ledger::new(2, 100);
+        let ledger = Ledger::new(2, 100, Arc::default());
         let hit = Occurrence {
             observable: obs("185.220.101.4"),
             direction: crate::observable::Direction::Source,
@@ -300,7 +302,7 @@ mod tests {
 
     #[test]
     fn beyond_the_pending_bound_new_values_are_dropped_and_counted() {
-        let ledger = Ledger::new(1, 2);
+        let ledger = Ledger::new(1, 2, Arc::default());
         let fields = Fields::default();
         let hit = |ip: &str| Occurrence {
             observable: obs(ip),
@@ -317,7 +319,7 @@ mod tests {
                 hit("1.1.1.1"),
             ],
         );
-        assert_eq!(ledger.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(ledger.stats.ledger_dropped.load(Ordering::Relaxed), 1);
         let taken = ledger.take(Duration::ZERO);
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[&obs("1.1.1.1")].count, 2);
