@@ -6,12 +6,15 @@
 //! 1. [`input`]: follow alerts.json (rotation, partial lines, bookmarks);
 //! 2. [`filter`]: which alerts are worth looking at;
 //! 3. [`extract`]: the observables in an alert, with direction and field;
+//!    then [`suppress`] drops the false positives and [`ledger`] records
+//!    what was seen, for retro-hunting;
 //! 4. [`dedup`]: the `rule:value:direction` window;
 //! 5. [`lookup`]: what threat intelligence knows, behind the
 //!    [`lookup::Intelligence`] port (today: MISP queried per value, with
 //!    cache, single flight, batching and breaker);
 //! 6. [`enrich`]: the enriched event, scored, aggregated, size-guarded;
-//! 7. [`output`]: framing for analysisd and the queue socket writer.
+//! 7. [`output`]: framing for analysisd and the queue socket writer;
+//! 8. [`sightings`]: what MISP is told back.
 //!
 //! The domain types the stages pass along are [`observable`] (what was
 //! found) and [`alert`] (the parsed alert every stage reads). [`runtime`]

@@ -516,3 +516,62 @@ async fn a_hunt_over_the_cap_sends_a_summary_and_the_hunt_command_sends_the_rest
     assert!(run(&["hunt"], &config).is_empty(), "sent once");
     assert!(run(&["hunt", "--since", "1s"], &config).is_empty());
 }
+
+#[test]
+fn the_dashboards_cdb_list_is_applied_by_the_shipped_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("wazuh-misp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[input]\nstate_dir = {state:?}\n[misp]\nurl = \"https://misp.example\"\napi_key = \"k\"\n"
+        ),
+    )
+    .unwrap();
+    let list = dir.path().join("misp-false-positives");
+    std::fs::write(
+        &list,
+        "185.220.101.4:our own scanner\n\"2001:db8:10::5\":\"the proxy\"\n\"http://dl.example.com/a\":\n\n# a comment\nEvil.Example.COM\n",
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wazuh/misp-false-positives.sh");
+    for _ in 0..2 {
+        let out = Command::new("sh")
+            .arg(&script)
+            .env("WAZUH_MISP_LIST", &list)
+            .env("WAZUH_MISP_CONFIG", &config)
+            .env("WAZUH_MISP_BIN", BIN)
+            .env("WAZUH_MISP_USER", "")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = run(&["false-positive", "--list"], &config);
+    let got: Vec<(String, Option<String>)> = listed
+        .iter()
+        .map(|e| {
+            (
+                e["value"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "185.220.101.4".to_owned(),
+                Some("our own scanner".to_owned())
+            ),
+            ("2001:db8:10::5".to_owned(), Some("the proxy".to_owned())),
+            ("http://dl.example.com/a".to_owned(), None),
+            ("evil.example.com".to_owned(), None),
+        ],
+        "each value once, in canonical form"
+    );
+}

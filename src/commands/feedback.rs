@@ -59,16 +59,18 @@ pub async fn false_positive(cfg: &Config, what: FalsePositive) -> anyhow::Result
         }
         FalsePositive::Add { value, reason } => {
             let o = parse(&value)?;
-            let listed = match false_positives::add(dir, &o, reason.as_deref())? {
-                Changed::Added(_) => "added",
-                _ => "already listed",
-            };
+            let added = matches!(
+                false_positives::add(dir, &o, reason.as_deref())?,
+                Changed::Added(_)
+            );
             let mut out = json!({
                 "value": o.to_string(),
                 "type": o.kind().as_str(),
-                "false_positive": listed,
+                "false_positive": if added { "added" } else { "already listed" },
             });
-            if *cfg.misp.sightings {
+            // Once: marking a value again (a script re-applying a list)
+            // does not sight it again.
+            if *cfg.misp.sightings && added {
                 out["sightings"] = send_false_positive(cfg, &o).await?.into();
             }
             Ok(vec![out])

@@ -117,9 +117,27 @@ fn change(state_dir: &Path, f: impl FnOnce(&mut Vec<Entry>) -> Changed) -> io::R
         let bytes = serde_json::to_vec_pretty(&ListFile::V1(List { entries }))
             .expect("the list serialises");
         write_atomic(&path(state_dir), &bytes)?;
+        readable_by_the_daemon(state_dir)?;
     }
     drop(lock);
     Ok(changed)
+}
+
+/// The list as the daemon's user can read it: a temp file is created
+/// 0600, and the command may run as root while the daemon runs as
+/// `wazuh`, who owns `state_dir`.
+fn readable_by_the_daemon(state_dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let file = path(state_dir);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640))?;
+    let owner = std::fs::metadata(state_dir)?;
+    let me = std::fs::metadata(&file)?;
+    if (me.uid(), me.gid()) != (owner.uid(), owner.gid()) {
+        // Only root may give a file away; anyone else already wrote it as
+        // a user the directory lets write.
+        let _ = std::os::unix::fs::chown(&file, Some(owner.uid()), Some(owner.gid()));
+    }
+    Ok(())
 }
 
 /// A cheap token that changes when the file does (length and mtime), for

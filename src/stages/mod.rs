@@ -1,5 +1,6 @@
 //! The pipeline's stages, in data-flow order: [`input`] → [`filter`] →
-//! [`extract`] → [`dedup`] → [`lookup`] → [`enrich`] → [`output`].
+//! [`extract`] → [`suppress`] (→ [`ledger`]) → [`dedup`] → [`lookup`] →
+//! [`enrich`] → [`output`] (→ [`sightings`]).
 //!
 //! Everything here but `input`'s tailer, `lookup`'s HTTP client and
 //! batcher, and `output`'s writer is plain synchronous code: values in,

@@ -54,7 +54,7 @@ pub struct Seen {
     pub first: i64,
     pub last: i64,
     pub count: u64,
-    /// JSON objects ([`reference`]), oldest first.
+    /// JSON objects ([`reference()`]), oldest first.
     pub refs: Vec<String>,
 }
 

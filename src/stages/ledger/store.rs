@@ -24,7 +24,7 @@ pub struct Entry {
     pub first_seen: i64,
     pub last_seen: i64,
     pub count: u64,
-    /// JSON objects ([`super::reference`]): the first alert, then the
+    /// JSON objects ([`super::reference()`]): the first alert, then the
     /// latest ones.
     pub refs: Vec<String>,
 }
