@@ -25,23 +25,13 @@ use wazuh_misp::sim::{pool_ip, MispSim, SimData};
 use wazuh_misp::stats::Stats;
 
 mod common;
-use common::{peak_rss_mb, KEY};
+use common::{peak_rss_mb, rss_bytes, KEY};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// The `k`-th network indicator: /24s mostly, some /16, /20 and /28, in

@@ -12,8 +12,9 @@
 //! appended: the ceiling), `hot_mixed` (as `hot_max`, with a third each of
 //! sshd IP alerts, Sysmon DNS queries and syscheck changes: IPs, domains
 //! and hashes), `cold`, `noip`, `burst` (query mode, as before the
-//! mirror), and `mirror_cold` (mirror mode: `cold`'s traffic with 1 % of
-//! the IPs known). `BENCH_SCALE=0.1` runs a
+//! mirror), `mirror_hot` (mirror mode, the default: `hot`'s traffic, with
+//! the retro ledger recording every observable) and `mirror_cold` (mirror
+//! mode: `cold`'s traffic with 1 % of the IPs known). `BENCH_SCALE=0.1` runs a
 //! tenth of the alerts (for profiling); `BENCH_TIMELINE=1` prints the worst
 //! latency per 20 ms of append time (where a stall happened);
 //! `BENCH_WORKERS=N` sets `pipeline.workers`, `BENCH_THREADS=N` the
@@ -366,7 +367,13 @@ fn scenarios() -> Vec<Scenario> {
     // The same mix appended as fast as the writer can (`hot_max`) is the
     // ceiling; its latency is the backlog's, not the pipeline's. Rule ids
     // differ between the two, so hot_max's keys are not hot's duplicates.
-    for (name, first_rule, rate) in [("hot", 1, hot_rate), ("hot_max", 201, 0)] {
+    // `mirror_hot` is hot's traffic in mirror mode (the default), where
+    // the retro ledger records every observable on the hot path.
+    for (name, first_rule, rate, mirror) in [
+        ("hot", 1, hot_rate, false),
+        ("hot_max", 201, 0, false),
+        ("mirror_hot", 601, hot_rate, true),
+    ] {
         let ips = hot_ips.clone();
         out.push(Scenario {
             name,
@@ -380,7 +387,7 @@ fn scenarios() -> Vec<Scenario> {
             warmup: (0..1000).map(|i| alert(i, 0, &hot_ips[i], 10)).collect(),
             burst: false,
             rate,
-            mirror: false,
+            mirror,
         });
     }
     // A third each of IPs, domains and hashes, every one known and cached.

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+#[allow(dead_code)]
 pub const KEY: &str = "benchkey000000000000000000000000000000000";
 
 /// A corpus-shaped sshd alert; `bench_seq` rides along in `data` and comes
@@ -82,6 +83,18 @@ pub fn event(known: &[String]) -> Value {
         .collect();
     json!({"Event": {"id": "1", "info": "bench", "date": "2026-11-15", "threat_level_id": "2", "analysis": "2",
         "Orgc": {"name": "BENCH"}, "Tag": [{"name": "tlp:green"}], "Attribute": attrs}})
+}
+
+/// The process's resident set now, in bytes.
+#[allow(dead_code)]
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// The process's peak RSS (VmHWM), in MB.

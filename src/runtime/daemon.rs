@@ -29,9 +29,10 @@ use tokio::sync::mpsc;
 
 const DEDUP_FILE: &str = "dedup.json";
 
-/// Values the ledger holds in memory between flushes (a second's worth;
-/// about 150 bytes each with a reference).
-const LEDGER_PENDING: usize = 262_144;
+/// Values the ledger holds in memory between flushes: about 270 bytes
+/// each with a reference (18 MB full), and more new values than a second's
+/// flush writes (about 45 000) would only queue up.
+const LEDGER_PENDING: usize = 65_536;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct DedupState {

@@ -18,11 +18,10 @@
 pub mod hunt;
 pub mod store;
 
-use crate::alert::{self, member, Fields, Node};
+use crate::alert::{self, Fields, Json, Node};
 use crate::observable::{Kind, Observable, Occurrence};
 use crate::stats::Stats;
 use foldhash::fast::RandomState;
-use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -92,7 +91,6 @@ impl Ledger {
     /// Records `hits`, found in the alert `fields` describes, as seen now.
     pub fn note(&self, fields: &Fields<'_>, hits: &[Occurrence]) {
         let now = chrono::Utc::now().timestamp();
-        let mut context: Option<Value> = None;
         let mut wake = false;
         {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,8 +112,7 @@ impl Ledger {
                 seen.last = now;
                 seen.count += 1;
                 if seen.refs.len() < self.refs_per_value {
-                    let ctx = context.get_or_insert_with(|| alert_context(fields));
-                    seen.refs.push(reference(ctx, hit));
+                    seen.refs.push(reference(fields, hit));
                 }
             }
             wake |= pending.len() >= self.max_pending / 2;
@@ -142,68 +139,100 @@ impl Ledger {
     }
 }
 
-/// The part of an alert an enriched event carries, as a small alert of its
-/// own: `id`, `timestamp`, `location`, `rule` (id, description, level,
-/// groups), `agent` (id, name, ip), `manager.name`, `decoder.name` and the
-/// static fields of `data`.
-pub fn alert_context(f: &Fields<'_>) -> Value {
-    let mut out = Map::new();
-    let put = |out: &mut Map<String, Value>, k: &str, n: Option<Node<'_>>| {
-        if let Some(n) = n {
-            out.insert(k.to_owned(), alert::to_json(n));
-        }
-    };
-    put(&mut out, "id", f.id);
-    put(&mut out, "timestamp", f.timestamp);
-    put(&mut out, "location", f.location);
-    let object = |node: Option<Node<'_>>, keys: &[&str]| -> Option<Value> {
-        node?;
-        let mut m = Map::new();
-        for k in keys {
-            if let Some(v) = member(node, k) {
-                m.insert((*k).to_owned(), alert::to_json(v));
-            }
-        }
-        Some(Value::Object(m))
-    };
-    for (k, node, keys) in [
-        (
-            "rule",
-            f.rule,
-            &["id", "description", "level", "groups"][..],
-        ),
-        ("agent", f.agent, &["id", "name", "ip"][..]),
-        ("manager", f.manager, &["name"][..]),
-        ("decoder", f.decoder, &["name"][..]),
-        ("data", f.data, REF_DATA_FIELDS),
-    ] {
-        if let Some(v) = object(node, keys) {
-            out.insert(k.to_owned(), v);
-        }
-    }
-    Value::Object(out)
-}
-
-/// One reference: the alert's context and where in it the value was.
-pub fn reference(context: &Value, hit: &Occurrence) -> String {
-    let make = |alert: &Value| {
-        serde_json::json!({
-            "alert": alert,
-            "field_path": hit.field_path,
-            "direction": hit.direction.as_str(),
-            "raw_context": hit.raw_context,
+/// One reference: the part of the alert an enriched event carries, as a
+/// small alert of its own (`id`, `timestamp`, `location`, `rule` (id,
+/// description, level, groups), `agent` (id, name, ip), `manager.name`,
+/// `decoder.name` and the static fields of `data`), and where in it the
+/// value was. Serialised straight from the parsed alert.
+pub fn reference(f: &Fields<'_>, hit: &Occurrence) -> String {
+    let make = |data: bool| {
+        serde_json::to_string(&Reference {
+            alert: AlertRef {
+                id: f.id.map(Json),
+                timestamp: f.timestamp.map(Json),
+                location: f.location.map(Json),
+                rule: Picked::of(f.rule, &["id", "description", "level", "groups"]),
+                agent: Picked::of(f.agent, &["id", "name", "ip"]),
+                manager: Picked::of(f.manager, &["name"]),
+                decoder: Picked::of(f.decoder, &["name"]),
+                data: if data {
+                    Picked::of(f.data, REF_DATA_FIELDS)
+                } else {
+                    None
+                },
+            },
+            field_path: &hit.field_path,
+            direction: hit.direction.as_str(),
+            raw_context: &hit.raw_context,
         })
-        .to_string()
+        .expect("a parsed alert serialises")
     };
-    let text = make(context);
+    let text = make(true);
     if text.len() <= MAX_REF_BYTES {
         return text;
     }
-    let mut smaller = context.clone();
-    if let Some(m) = smaller.as_object_mut() {
-        m.remove("data");
+    make(false)
+}
+
+#[derive(serde::Serialize)]
+struct Reference<'a> {
+    alert: AlertRef<'a>,
+    field_path: &'a str,
+    direction: &'static str,
+    raw_context: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct AlertRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Json<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<Json<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<Json<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<Picked<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<Picked<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager: Option<Picked<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decoder: Option<Picked<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Picked<'a>>,
+}
+
+/// The members `keys` of an object, in the object's order.
+struct Picked<'a> {
+    object: alert::Object<'a>,
+    keys: &'static [&'static str],
+}
+
+impl<'a> Picked<'a> {
+    fn of(node: Option<Node<'a>>, keys: &'static [&'static str]) -> Option<Picked<'a>> {
+        Some(Picked {
+            object: node?.as_object()?,
+            keys,
+        })
     }
-    make(&smaller)
+}
+
+impl serde::Serialize for Picked<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        let mut seen: u32 = 0;
+        for (k, v) in self.object.iter() {
+            // The first occurrence of a key wins, as everywhere else.
+            if let Some(i) = self.keys.iter().position(|x| *x == k) {
+                if seen & (1 << i) == 0 {
+                    seen |= 1 << i;
+                    m.serialize_entry(k, &Json(v))?;
+                }
+            }
+        }
+        m.end()
+    }
 }
 
 /// The ledger's key for `o`, ordered so that what a hunt asks for is a
@@ -288,7 +317,7 @@ mod tests {
         let seen = &taken[&hit.observable];
         assert_eq!(seen.count, 3);
         assert_eq!(seen.refs.len(), 2);
-        let r: Value = serde_json::from_str(&seen.refs[0]).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&seen.refs[0]).unwrap();
         assert_eq!(r["field_path"], "data.srcip");
         assert_eq!(r["direction"], "source");
         assert_eq!(r["alert"]["rule"]["id"], "5710");
