@@ -29,10 +29,11 @@ use tokio::sync::mpsc;
 
 const DEDUP_FILE: &str = "dedup.json";
 
-/// Values the ledger holds in memory between flushes: about 270 bytes
-/// each with a reference (18 MB full), and more new values than a second's
-/// flush writes (about 45 000) would only queue up.
-const LEDGER_PENDING: usize = 65_536;
+/// Values the ledger holds in memory between flushes: about 730 bytes
+/// each with one reference (12 MB full; more with three), and a flush is
+/// woken at half of it, so a burst of new values is written in steps the
+/// ledger thread keeps up with (about 50 000 values a second).
+const LEDGER_PENDING: usize = 16_384;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct DedupState {
