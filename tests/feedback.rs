@@ -310,7 +310,11 @@ async fn past_alerts_come_back_as_retro_events_once_when_misp_learns_their_indic
     let data = SimData::from_events([event_with_ips(1, &[KNOWN.to_owned()])]);
     let h = Harness::new(&data).await;
     let q = QueueSocket::bind(&h.socket, Received::default());
-    let config = write_config(&h, "full_sync_interval_secs = 3\n", "");
+    let config = write_config(
+        &h,
+        "full_sync_interval_secs = 3\nsightings = true\nsightings_per_minute = 6000\n",
+        "",
+    );
     let mut daemon = Daemon::spawn(&config);
     daemon.wait_log("mirror full sync done", 1).await;
     // Nothing of these is known yet: the past IP in two alerts, an IP of
@@ -350,6 +354,12 @@ async fn past_alerts_come_back_as_retro_events_once_when_misp_learns_their_indic
     daemon.wait_log("mirror full sync done", full + 2).await;
     h.append(&format!("{}\n", alert(5, KNOWN, 5712)));
     q.received.wait_for(5, WAIT).await;
+    // The retro events sighted the new indicator, once, at the past
+    // alert's time, as their live events would have.
+    eventually("the retro sighting", WAIT, || {
+        sighted(&h).iter().any(|s| s.0 == past_uuid)
+    })
+    .await;
     daemon.signal(libc::SIGTERM);
     assert!(daemon.exit_status(WAIT).await.success());
     let events: Vec<Value> = q.received.events().into_iter().map(|(_, e)| e).collect();
@@ -422,6 +432,12 @@ async fn past_alerts_come_back_as_retro_events_once_when_misp_learns_their_indic
     assert!(events
         .iter()
         .any(|e| e["detected_ip"]["value"] == KNOWN && e.get("retro_hunt").is_none()));
+    let past_sightings: Vec<_> = sighted(&h)
+        .into_iter()
+        .filter(|s| s.0 == past_uuid)
+        .collect();
+    assert_eq!(past_sightings.len(), 1, "{past_sightings:?}");
+    assert_eq!(past_sightings[0].3, 1_795_341_482);
     // An on-demand hunt finds nothing left to send.
     let again = run(&["hunt"], &config);
     assert!(again.is_empty(), "{again:#?}");

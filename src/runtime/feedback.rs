@@ -348,6 +348,50 @@ pub fn render_candidate(
     )
 }
 
+/// Sightings for a retro event's attributes, at the past alert's time and
+/// from its manager, as its live event would have sent them.
+fn offer_retro_sightings(
+    s: &Sightings,
+    c: &Candidate,
+    value: &Observable,
+    answer: &crate::lookup::LookupResult,
+    match_types: MatchTypes,
+) {
+    let r: serde_json::Value = serde_json::from_str(&c.reference).unwrap_or_default();
+    let alert = &r["alert"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    let hit = crate::observable::Occurrence {
+        observable: value.clone(),
+        direction: match r["direction"].as_str() {
+            Some("source") => crate::observable::Direction::Source,
+            Some("destination") => crate::observable::Direction::Destination,
+            _ => crate::observable::Direction::Unknown,
+        },
+        field_path: String::new(),
+        raw_context: String::new(),
+    };
+    let ctx = enrich::AlertContext {
+        manager: enrich::ManagerContext {
+            name: text(&alert["manager"]["name"]).into(),
+        },
+        timestamp: text(&alert["timestamp"]).into(),
+        rule: Default::default(),
+        agent: Default::default(),
+        location: Default::default(),
+        decoder: Default::default(),
+        alert_id: Default::default(),
+        data: None,
+    };
+    super::engine::offer_sightings(
+        s,
+        &ctx,
+        &hit,
+        answer,
+        match_types,
+        chrono::Utc::now().timestamp(),
+    );
+}
+
 /// Hunts each sync's new indicators in the ledger and sends one retro
 /// event per matching reference, each recorded as hunted once the writer
 /// has sent it.
@@ -455,6 +499,9 @@ async fn hunt_once(
             .stats
             .retro_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if let Some(s) = &engine.feedback.sightings {
+            offer_retro_sightings(s, c, &value, &answer, match_types);
+        }
         sent += events.len();
         let key = c.key;
         let store = store.clone();
