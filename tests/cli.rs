@@ -362,7 +362,9 @@ fn demo_runs_offline_and_prints_a_summary() {
         text.contains("retro-hunt:         domain sync.relay-7f3a.top from alert 92650 of 2026-11-20T16:41:07.532+0000 matched under relay-7f3a.top"),
         "the demo shows a retro-hunt: {text}"
     );
-    assert!(text.contains("sightings to MISP:  13 sent"), "{text}");
+    // One per attribute of the twelve live events (one folded into
+    // another's), and the retro event's new indicator.
+    assert!(text.contains("sightings to MISP:  14 sent"), "{text}");
     assert!(text.contains("\"integration\": \"misp\""));
     assert!(
         text.contains("\"matched_network\": \"162.247.74.0/24\""),

@@ -246,6 +246,9 @@ pub fn write_ledger(
                 tracing::error!(error = %e, suppressed, "cannot write the retro ledger; what was seen in the last second is not recorded");
             }),
         }
+        // Also after a failure: a hunt waiting for this flush goes on
+        // with what the ledger has.
+        ledger.flushed();
         if stopping {
             return;
         }
@@ -446,6 +449,17 @@ async fn hunt_once(
     store: &Arc<std::sync::Mutex<LedgerStore>>,
     settings: &HuntSettings,
 ) -> anyhow::Result<(usize, usize)> {
+    // The alerts of the last moments are in the ledger's pending map: a
+    // sync can find an indicator within the second its alert came.
+    if let Some(ledger) = engine.feedback.ledger.clone() {
+        let written =
+            tokio::task::spawn_blocking(move || ledger.flush_and_wait(Duration::from_secs(10)))
+                .await
+                .unwrap_or(false);
+        if !written {
+            tracing::warn!("the ledger did not flush within 10 s; hunting what it holds");
+        }
+    }
     let (candidates, more) = {
         let store = store.clone();
         let indicators = f.indicators.clone();
@@ -495,13 +509,14 @@ async fn hunt_once(
         if out.send(msg).await.is_err() || rx.await.is_err() {
             anyhow::bail!("the writer is gone");
         }
+        // Sightings first: whoever sees the count has them queued.
+        if let Some(s) = &engine.feedback.sightings {
+            offer_retro_sightings(s, c, &value, &answer, match_types);
+        }
         engine
             .stats
             .retro_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        if let Some(s) = &engine.feedback.sightings {
-            offer_retro_sightings(s, c, &value, &answer, match_types);
-        }
         sent += events.len();
         let key = c.key;
         let store = store.clone();

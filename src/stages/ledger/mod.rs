@@ -67,6 +67,11 @@ pub type Pending = HashMap<Observable, Seen, RandomState>;
 pub struct Ledger {
     pending: Mutex<Pending>,
     flush: Condvar,
+    /// A hunt asked for what was noted so far to be on disk.
+    requested: std::sync::atomic::AtomicBool,
+    /// Flushes written so far, and their signal.
+    flushed: Mutex<u64>,
+    flushed_signal: Condvar,
     refs_per_value: usize,
     max_pending: usize,
     /// `ledger_dropped` is counted here.
@@ -78,6 +83,9 @@ impl Ledger {
         Ledger {
             pending: Mutex::new(Pending::default()),
             flush: Condvar::new(),
+            requested: std::sync::atomic::AtomicBool::new(false),
+            flushed: Mutex::new(0),
+            flushed_signal: Condvar::new(),
             refs_per_value,
             max_pending: max_pending.max(2),
             stats,
@@ -128,9 +136,49 @@ impl Ledger {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (mut pending, _) = self
             .flush
-            .wait_timeout_while(pending, wait, |p| p.len() < self.max_pending / 2)
+            .wait_timeout_while(pending, wait, |p| {
+                p.len() < self.max_pending / 2 && !self.requested.load(Ordering::Acquire)
+            })
             .unwrap_or_else(|e| e.into_inner());
+        self.requested.store(false, Ordering::Release);
         std::mem::take(&mut *pending)
+    }
+
+    /// The writer's side: what [`Ledger::take`] returned is on disk.
+    pub fn flushed(&self) {
+        *self.flushed.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.flushed_signal.notify_all();
+    }
+
+    /// Waits (at most `timeout`) until everything noted before this call
+    /// is on disk: a hunt must see the alerts that came just before the
+    /// sync. False if the writer did not get to it in time.
+    pub fn flush_and_wait(&self, timeout: Duration) -> bool {
+        let flushed = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
+        // The flush after the one in progress, which may have taken the
+        // map before this call's notes.
+        let target = *flushed + 2;
+        self.request();
+        let (flushed, _) = self
+            .flushed_signal
+            .wait_timeout_while(flushed, timeout, |n| {
+                if *n + 1 == target {
+                    // The one in progress ended: ask for the next now.
+                    self.request();
+                }
+                *n < target
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        *flushed >= target
+    }
+
+    /// Asks the writer for a flush now. Set under the map's lock, so that a
+    /// writer between its check and its wait cannot miss it.
+    fn request(&self) {
+        let guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.requested.store(true, Ordering::Release);
+        drop(guard);
+        self.flush.notify_all();
     }
 
     /// Wakes a [`Ledger::take`] now (shutdown).
@@ -327,6 +375,36 @@ mod tests {
         assert!(r["alert"]["rule"].get("mail").is_none());
         assert!(r["alert"].get("full_log").is_none());
         assert!(ledger.take(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_hunt_waits_for_what_was_noted_before_it_to_be_written() {
+        let ledger = Arc::new(Ledger::new(1, 100, Arc::default()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (ledger, written, stop) = (ledger.clone(), written.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // A long wait: only a request makes it flush early.
+                    let p = ledger.take(Duration::from_secs(3600));
+                    written.lock().unwrap().extend(p.into_keys());
+                    ledger.flushed();
+                }
+            })
+        };
+        let hit = Occurrence {
+            observable: "1.1.1.1".parse().unwrap(),
+            direction: crate::observable::Direction::Unknown,
+            field_path: "full_log".into(),
+            raw_context: String::new(),
+        };
+        ledger.note(&Fields::default(), std::slice::from_ref(&hit));
+        assert!(ledger.flush_and_wait(Duration::from_secs(30)));
+        assert_eq!(*written.lock().unwrap(), [hit.observable]);
+        stop.store(true, Ordering::Relaxed);
+        ledger.request();
+        writer.join().unwrap();
     }
 
     #[test]
