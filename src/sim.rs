@@ -974,14 +974,22 @@ impl MispSim {
         self.addr
     }
 
-    /// Stops serving; open connections are dropped.
+    /// Stops serving; open connections are closed. The graceful shutdown
+    /// is awaited (it closes idle keep-alive connections, whose tasks an
+    /// abort of the server's own task would leave serving), for a moment
+    /// only: a request held by `set_latency` is then cut off.
     pub async fn stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
+        if let Some(mut t) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 

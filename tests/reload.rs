@@ -194,6 +194,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "retro.max_values" => new.retro.max_values = 5.into(),
             "retro.on_first_sync" => new.retro.on_first_sync = true.into(),
             "retro.max_events_per_sync" => new.retro.max_events_per_sync = 5.into(),
+            "wazuh.version" => new.wazuh.version = wazuh_misp::config::WazuhVersion::V5.into(),
             "dedup.window_secs" => new.dedup.window_secs = 17,
             "dedup.max_entries" => new.dedup.max_entries = 100.into(),
             "dedup.persist_secs" => new.dedup.persist_secs = 5.into(),
@@ -365,6 +366,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "retro.on_first_sync",
             "retro.refs_per_value",
             "retro.window_days",
+            "wazuh.version",
         ]
     );
     daemon.shutdown(Duration::from_secs(5)).await;

@@ -146,6 +146,74 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub retro: RetroConfig,
+    pub wazuh: WazuhConfig,
+}
+
+/// Which Wazuh line the manager runs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum WazuhVersion {
+    /// 5 when `/var/wazuh-manager` exists and `/var/ossec` does not.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "4")]
+    V4,
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// A resolved [`WazuhVersion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WazuhLine {
+    /// alerts.json in, analysisd's datagram socket out.
+    V4,
+    /// The engine's event stream in, its HTTP ingestion socket out.
+    V5,
+}
+
+impl WazuhLine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WazuhLine::V4 => "4",
+            WazuhLine::V5 => "5",
+        }
+    }
+}
+
+/// Wazuh 4's install root, and Wazuh 5's.
+pub const WAZUH4_ROOT: &str = "/var/ossec";
+pub const WAZUH5_ROOT: &str = "/var/wazuh-manager";
+/// The defaults of `input.alerts_file` and `output.queue_socket` on 4.
+pub const WAZUH4_ALERTS: &str = "/var/ossec/logs/alerts/alerts.json";
+pub const WAZUH4_QUEUE: &str = "/var/ossec/queue/sockets/queue";
+/// The same on 5: the engine's event stream (the stable name, a hard link
+/// to the active file) and its HTTP ingestion socket.
+pub const WAZUH5_EVENTS: &str =
+    "/var/wazuh-manager/logs/standard-wazuh-events-v5/standard-wazuh-events-v5.json";
+pub const WAZUH5_QUEUE: &str = "/var/wazuh-manager/queue/sockets/queue-http.sock";
+
+impl WazuhVersion {
+    /// The line this setting means on a host where `exists` tells which
+    /// install roots there are.
+    pub fn resolve(self, exists: impl Fn(&Path) -> bool) -> WazuhLine {
+        match self {
+            WazuhVersion::V4 => WazuhLine::V4,
+            WazuhVersion::V5 => WazuhLine::V5,
+            WazuhVersion::Auto
+                if exists(Path::new(WAZUH5_ROOT)) && !exists(Path::new(WAZUH4_ROOT)) =>
+            {
+                WazuhLine::V5
+            }
+            WazuhVersion::Auto => WazuhLine::V4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WazuhConfig {
+    /// `"auto"`, `"4"` or `"5"`.
+    pub version: Restart<WazuhVersion>,
 }
 
 /// The ledger of observables seen, and retro-hunting when the mirror
@@ -202,7 +270,7 @@ pub struct InputConfig {
 impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
-            alerts_file: Restart("/var/ossec/logs/alerts/alerts.json".into()),
+            alerts_file: Restart(WAZUH4_ALERTS.into()),
             state_dir: Restart("/var/lib/wazuh-misp".into()),
             start_position: Restart(StartPosition::End),
             max_line_bytes: Restart(1_048_576),
@@ -526,7 +594,7 @@ pub struct OutputConfig {
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
-            queue_socket: Restart("/var/ossec/queue/sockets/queue".into()),
+            queue_socket: Restart(WAZUH4_QUEUE.into()),
             error_event_after_secs: 60,
             error_event_interval_secs: 600,
         }
@@ -696,7 +764,9 @@ fn parse(
         .add_source(env_source)
         .build()
         .map_err(from_config_error)?;
-    raw.try_deserialize().map_err(from_config_error)
+    let mut cfg: Config = raw.try_deserialize().map_err(from_config_error)?;
+    cfg.apply_line_defaults(cfg.wazuh_line());
+    Ok(cfg)
 }
 
 /// Turns the `config` crate's message into one that leads with the key.
@@ -757,6 +827,26 @@ fn check_ca_file(key: &str, ca: Option<&Path>) -> Result<(), ConfigError> {
 }
 
 impl Config {
+    /// The Wazuh line this config runs against (`wazuh.version`).
+    pub fn wazuh_line(&self) -> WazuhLine {
+        self.wazuh.version.resolve(Path::exists)
+    }
+
+    /// On Wazuh 5, `input.alerts_file` and `output.queue_socket` left at
+    /// their 4.x defaults mean 5's: the keys keep their names, so that one
+    /// file serves both lines.
+    pub fn apply_line_defaults(&mut self, line: WazuhLine) {
+        if line != WazuhLine::V5 {
+            return;
+        }
+        if self.input.alerts_file.as_path() == Path::new(WAZUH4_ALERTS) {
+            self.input.alerts_file = Restart(WAZUH5_EVENTS.into());
+        }
+        if self.output.queue_socket.as_path() == Path::new(WAZUH4_QUEUE) {
+            self.output.queue_socket = Restart(WAZUH5_QUEUE.into());
+        }
+    }
+
     /// A config for a self-contained run in one directory (the demo, the
     /// benchmarks, tests): alerts.json, the state dir and the queue socket
     /// under `dir`, reading from the beginning, talking to `misp_url`.

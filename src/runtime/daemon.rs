@@ -15,7 +15,7 @@ use crate::ledger::Ledger;
 use crate::lookup::mirror::sync::HuntTrigger;
 use crate::lookup::mirror::{self, sync::Syncer, Mirror};
 use crate::lookup::{Lookup, MispClient, Source, PROBE_INTERVAL};
-use crate::output::Writer;
+use crate::output::{HttpWriter, Writer};
 use crate::sightings::Sightings;
 use crate::state::{read_versioned, write_atomic};
 use crate::stats::Stats;
@@ -239,18 +239,28 @@ impl Daemon {
         let (out_tx, out_rx) = mpsc::channel(batches);
 
         let abandon = Arc::new(AtomicBool::new(false));
-        let writer = Writer::new(
-            cfg.output.queue_socket.to_path_buf(),
-            stats.clone(),
-            Some(dedup.clone()),
-            abandon.clone(),
-        );
-        supervisor
-            .spawn_thread("writer", move || {
-                writer.run(out_rx);
-                Ok(())
-            })
-            .context("cannot start the writer thread")?;
+        let socket = cfg.output.queue_socket.to_path_buf();
+        let line = cfg.wazuh_line();
+        tracing::info!(wazuh = line.as_str(), socket = %socket.display(), "writing to Wazuh");
+        let started = match line {
+            crate::config::WazuhLine::V4 => {
+                let writer =
+                    Writer::new(socket, stats.clone(), Some(dedup.clone()), abandon.clone());
+                supervisor.spawn_thread("writer", move || {
+                    writer.run(out_rx);
+                    Ok(())
+                })
+            }
+            crate::config::WazuhLine::V5 => {
+                let writer =
+                    HttpWriter::new(socket, stats.clone(), Some(dedup.clone()), abandon.clone());
+                supervisor.spawn_thread("writer", move || {
+                    writer.run(out_rx);
+                    Ok(())
+                })
+            }
+        };
+        started.context("cannot start the writer thread")?;
         let stop = supervisor.shutdown_token();
         let report = Arc::new(ReportSettings::new(
             cfg.output.error_event_after_secs,

@@ -134,3 +134,47 @@ fn url_userinfo_is_redacted() {
     };
     assert!(!format!("{cfg:?}").contains("s3cret"));
 }
+
+#[test]
+fn the_wazuh_line_is_found_and_sets_the_edges_defaults() {
+    use super::{WazuhLine, WazuhVersion};
+    let hosts: [(&[&str], WazuhLine); 4] = [
+        (&["/var/ossec"], WazuhLine::V4),
+        (&["/var/wazuh-manager"], WazuhLine::V5),
+        (&["/var/ossec", "/var/wazuh-manager"], WazuhLine::V4),
+        (&[], WazuhLine::V4),
+    ];
+    for (roots, line) in hosts {
+        let exists = |p: &std::path::Path| roots.iter().any(|r| std::path::Path::new(r) == p);
+        assert_eq!(WazuhVersion::Auto.resolve(exists), line, "{roots:?}");
+        assert_eq!(WazuhVersion::V5.resolve(exists), WazuhLine::V5);
+        assert_eq!(WazuhVersion::V4.resolve(exists), WazuhLine::V4);
+    }
+    let base = "[misp]\nurl = \"https://m.example\"\napi_key = \"k\"\n";
+    let on5 = super::load_str(&format!("{base}[wazuh]\nversion = \"5\"\n"), []).unwrap();
+    assert_eq!(
+        on5.input.alerts_file.as_path(),
+        std::path::Path::new(super::WAZUH5_EVENTS)
+    );
+    assert_eq!(
+        on5.output.queue_socket.as_path(),
+        std::path::Path::new(super::WAZUH5_QUEUE)
+    );
+    // Set by hand, a path stays.
+    let set = super::load_str(
+        &format!("{base}[wazuh]\nversion = \"5\"\n[output]\nqueue_socket = \"/tmp/q\"\n"),
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        set.output.queue_socket.as_path(),
+        std::path::Path::new("/tmp/q")
+    );
+    let on4 = super::load_str(&format!("{base}[wazuh]\nversion = \"4\"\n"), []).unwrap();
+    assert_eq!(
+        on4.input.alerts_file.as_path(),
+        std::path::Path::new(super::WAZUH4_ALERTS)
+    );
+    let bad = super::load_str(&format!("{base}[wazuh]\nversion = \"6\"\n"), []).unwrap_err();
+    assert!(bad.to_string().contains("wazuh.version"), "{bad}");
+}
