@@ -16,6 +16,8 @@
 //!   `Accept: application/json`, 200 with an empty list on no match;
 //! - fault injection: latency, 5xx, HTML bodies, truncated bodies, 429.
 
+pub mod engine;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -1,0 +1,126 @@
+//! Wazuh 5's output edge: events go to a stand-in for the engine's HTTP
+//! ingestion socket (`wazuh_misp::sim::engine`, parsing as
+//! `ndJsonParser.hpp` does) in valid batches of one agent each, with 413
+//! splitting a batch and 5xx or a missing socket losing nothing.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use wazuh_misp::config::WazuhVersion;
+use wazuh_misp::sim::engine::EngineSim;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn harness(ips: &[String]) -> Harness {
+    let data = wazuh_misp::sim::SimData::from_events([event_with_ips(1, ips)]);
+    let mut h = Harness::new(&data).await;
+    h.cfg.wazuh.version = WazuhVersion::V5.into();
+    h.cfg.output.queue_socket = h.dir.path().join("queue-http.sock").into();
+    h
+}
+
+/// Six alerts of three agents (the manager's among them), each naming a
+/// known IP.
+fn alerts(ips: &[String]) -> String {
+    (0..6)
+        .map(|n| sshd_alert(n, &ips[n], ["001", "002", "000"][n % 3]) + "\n")
+        .collect()
+}
+
+async fn until_events(engine: &EngineSim, n: usize) {
+    eventually(&format!("{n} events at the engine"), WAIT, || {
+        engine.events().len() >= n
+    })
+    .await;
+}
+
+fn by_id(engine: &EngineSim) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for (_, e) in engine.events() {
+        *m.entry(e["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_in_a_valid_batch_of_one_agent() {
+    let ips: Vec<String> = (0..6).map(pool_ip).collect();
+    let h = harness(&ips).await;
+    let mut engine = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
+    let daemon = h.start();
+    h.append(&alerts(&ips));
+    until_events(&engine, 6).await;
+    all_handled(&daemon, 6, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    for b in engine.batches() {
+        let agent = b.header["wazuh"]["agent"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(agent.bytes().all(|c| c.is_ascii_digit()), "{agent}");
+        for e in &b.events {
+            let (_, location, message) = wazuh_misp::output::frame::parse(e.as_bytes()).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(message).unwrap();
+            assert_eq!(v["agent"]["id"], agent.as_str(), "one agent per batch: {e}");
+            assert!(location.ends_with("misp"), "{location}");
+        }
+    }
+    let events = engine.events();
+    assert_eq!(events.len(), 6);
+    let manager = events.iter().filter(|(a, _)| a == "000").count();
+    assert_eq!(manager, 2);
+    assert!(by_id(&engine).values().all(|&n| n == 1));
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_batch_and_5xx_or_no_socket_lose_nothing() {
+    let ips: Vec<String> = (0..12).map(pool_ip).collect();
+    let h = harness(&ips).await;
+    // No engine yet: the daemon waits for the socket.
+    let daemon = h.start();
+    // One alert naming six known IPs: six events of one agent, one batch.
+    let mut many: serde_json::Value = serde_json::from_str(&sshd_alert(0, &ips[0], "001")).unwrap();
+    many["full_log"] = format!("blocked {}", ips[1..6].join(", ")).into();
+    h.append(&format!("{many}\n"));
+    eventually("the line read", WAIT, || {
+        wazuh_misp::stats::Stats::get(&daemon.stats.lines_read) == 1
+    })
+    .await;
+    assert!(
+        daemon.checkpoints.in_flight() > 0,
+        "not acknowledged without the engine"
+    );
+    let mut engine = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
+    engine.respond(503, 2);
+    engine.respond(413, 1);
+    until_events(&engine, 6).await;
+    all_handled(&daemon, 1, WAIT).await;
+    let sizes: Vec<usize> = engine.batches().iter().map(|b| b.events.len()).collect();
+    assert_eq!(sizes, [3, 3], "the 413 split the batch");
+    assert_eq!(engine.requests(), 5, "two 503s, a 413, two halves");
+    // Then the engine goes away and comes back.
+    engine.stop().await;
+    let later: String = (6..12)
+        .map(|n| sshd_alert(n, &ips[n], "001") + "\n")
+        .collect();
+    h.append(&later);
+    eventually("the later lines read", WAIT, || {
+        wazuh_misp::stats::Stats::get(&daemon.stats.lines_read) == 7
+    })
+    .await;
+    let mut again = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
+    until_events(&again, 6).await;
+    all_handled(&daemon, 7, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let mut seen = by_id(&engine);
+    for (id, n) in by_id(&again) {
+        *seen.entry(id).or_default() += n;
+    }
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "each once: {seen:?}");
+    again.stop().await;
+}
