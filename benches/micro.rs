@@ -108,6 +108,7 @@ fn benches(c: &mut Criterion) {
     let filter = AlertFilter {
         min_level: 6,
         exclude_rule_ids: vec!["31530".into(), "31531".into()],
+        ..AlertFilter::default()
     };
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.bench_function("parse_and_filter", |b| {

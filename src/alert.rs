@@ -216,11 +216,15 @@ pub struct Fields<'a> {
     pub manager: Option<Node<'a>>,
     pub decoder: Option<Node<'a>>,
     pub data: Option<Node<'a>>,
+    /// Wazuh 5's (WCS) `wazuh` object: the agent, the location, the
+    /// integration and the cluster of an engine event.
+    pub wazuh: Option<Node<'a>>,
 }
 
 impl<'a> Fields<'a> {
     pub fn of(alert: Node<'a>) -> Self {
         let mut f = Fields::default();
+        let mut at_timestamp = None;
         let Some(members) = alert.as_object() else {
             return f;
         };
@@ -235,11 +239,35 @@ impl<'a> Fields<'a> {
                 "manager" => &mut f.manager,
                 "decoder" => &mut f.decoder,
                 "data" => &mut f.data,
+                "wazuh" => &mut f.wazuh,
+                "@timestamp" => &mut at_timestamp,
                 _ => continue,
             };
             slot.get_or_insert(value);
         }
+        // A Wazuh 5 event (WCS) has no 4.x context: its agent is
+        // `wazuh.agent`, its location `wazuh.protocol.location`, its time
+        // `@timestamp` and its id `wazuh.event.id`. Every stage then reads
+        // it as it reads an alert.
+        if f.wazuh.is_some() {
+            f.agent = f.agent.or_else(|| member(f.wazuh, "agent"));
+            f.location = f
+                .location
+                .or_else(|| member(member(f.wazuh, "protocol"), "location"));
+            f.id = f.id.or_else(|| member(member(f.wazuh, "event"), "id"));
+            f.timestamp = f.timestamp.or(at_timestamp);
+        }
         f
+    }
+
+    /// A Wazuh 5 event's integration (`wazuh.integration.name`) and
+    /// category.
+    pub fn integration(&self) -> (Option<&'a str>, Option<&'a str>) {
+        let i = member(self.wazuh, "integration");
+        (
+            member(i, "name").and_then(as_str),
+            member(i, "category").and_then(as_str),
+        )
     }
 }
 

@@ -17,6 +17,7 @@ fn every_corpus_alert_is_processed_and_its_ips_check_out() {
     let filter = AlertFilter {
         min_level: 0,
         exclude_rule_ids: vec![],
+        ..AlertFilter::default()
     };
     let mut scratch = Scratch::default();
     let mut parser = wazuh_misp::alert::Parser::default();

@@ -133,6 +133,14 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
             "filter.exclude_rule_ids" => new.filter.exclude_rule_ids = vec!["5712".into()],
             "filter.exclude_ips" => new.filter.exclude_ips = vec!["185.100.0.0/16".into()],
             "filter.exclude_domains" => new.filter.exclude_domains = vec!["example.org".into()],
+            "filter.require_rule" => new.filter.require_rule = Some(false),
+            "filter.include_integrations" => {
+                new.filter.include_integrations = vec!["windows".into()]
+            }
+            "filter.exclude_integrations" => {
+                new.filter.exclude_integrations = vec!["windows".into()]
+            }
+            "filter.min_level_5x" => new.filter.min_level_5x = "high".into(),
             "filter.skip_fields" => new
                 .filter
                 .skip_fields
@@ -287,6 +295,10 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
                 "misp.timeout_secs" => lookup.client().timeout() == Duration::from_secs(3),
                 "misp.match_types" => rules.match_types == MatchTypes::Direction,
                 "filter.exclude_domains" => rules.extractor.excluded_domain("www.example.org"),
+                "filter.require_rule" => !rules.filter.require_rule,
+                "filter.include_integrations" => rules.filter.include_integrations == ["windows"],
+                "filter.exclude_integrations" => rules.filter.exclude_integrations == ["windows"],
+                "filter.min_level_5x" => rules.filter.min_level_5x == 2,
                 "misp.decay" => {
                     lookup.client().request_body(&[], None)["includeDecayScore"] == true
                 }

@@ -124,3 +124,77 @@ async fn a_413_splits_the_batch_and_5xx_or_no_socket_lose_nothing() {
     assert!(seen.values().all(|&n| n == 1), "each once: {seen:?}");
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_events_are_enriched_with_their_wcs_context_and_our_own_are_skipped() {
+    let known = [
+        ("ip-src", "185.220.101.42"),
+        ("domain", "fin7-loader.top"),
+        ("ip-dst", "91.240.118.50"),
+        ("url", "http://dl.fin7-loader.top/gate.php?id=7"),
+    ]
+    .map(|(t, v)| (t.to_owned(), v.to_owned()));
+    let data = wazuh_misp::sim::SimData::from_events([event_with(1, &known)]);
+    let mut h = Harness::new(&data).await;
+    h.cfg.wazuh.version = WazuhVersion::V5.into();
+    h.cfg.output.queue_socket = h.dir.path().join("queue-http.sock").into();
+    let mut engine = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
+    let daemon = h.start();
+    let stream = include_str!("fixtures/wazuh5/events.ndjson");
+    h.append(stream);
+    all_handled(&daemon, stream.lines().count() as u64, WAIT).await;
+    until_events(&engine, 5).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(daemon_skipped_own(&engine), 0);
+    let events = engine.events();
+    let find = |value: &str| {
+        events
+            .iter()
+            .find(|(_, e)| {
+                e["detected_ip"]["value"] == value || e["detected_observable"]["value"] == value
+            })
+            .unwrap_or_else(|| panic!("no event for {value}: {events:#?}"))
+            .clone()
+    };
+    let (agent, ssh) = find("185.220.101.42");
+    assert_eq!(agent, "001");
+    assert_eq!(ssh["agent"]["id"], "001");
+    assert_eq!(ssh["agent"]["name"], "web-01");
+    assert_eq!(ssh["agent"]["ip"], "10.0.1.50");
+    assert_eq!(ssh["location"], "/var/log/auth.log");
+    assert_eq!(ssh["wazuh_alert_timestamp"], "2026-11-22T09:58:02.114Z");
+    assert_eq!(ssh["manager"]["name"], "manager-1");
+    assert_eq!(ssh["detected_ip"]["field_path"], "source.ip");
+    assert_eq!(ssh["detected_ip"]["direction"], "source");
+    let (agent, dns) = find("cdn.fin7-loader.top");
+    assert_eq!(agent, "004");
+    assert_eq!(
+        dns["detected_observable"]["field_path"],
+        "dns.question.name"
+    );
+    assert_eq!(
+        dns["detected_observable"]["matched_domain"],
+        "fin7-loader.top"
+    );
+    let (_, dst) = find("91.240.118.50");
+    assert_eq!(dst["detected_ip"]["direction"], "destination");
+    assert_eq!(dst["detected_ip"]["field_path"], "destination.ip");
+    find("http://dl.fin7-loader.top/gate.php?id=7");
+    find("dl.fin7-loader.top");
+    // The fourth line is one of our own events: nothing came of it.
+    assert_eq!(events.len(), 5, "{events:#?}");
+    engine.stop().await;
+}
+
+/// Events at the engine that are ours about our own events.
+fn daemon_skipped_own(engine: &EngineSim) -> usize {
+    engine
+        .events()
+        .iter()
+        .filter(|(_, e)| {
+            e["location"]
+                .as_str()
+                .is_some_and(|l| l.ends_with("->misp"))
+        })
+        .count()
+}

@@ -287,7 +287,16 @@ pub struct FilterConfig {
     pub exclude_domains: Vec<String>,
     pub skip_fields: Vec<String>,
     pub scan_fields: Vec<String>,
+    /// Unset: true on Wazuh 4, false on 5 ([`FilterConfig::requires_rule`]).
+    pub require_rule: Option<bool>,
+    pub include_integrations: Vec<String>,
+    pub exclude_integrations: Vec<String>,
+    /// `low`, `medium`, `high` or `critical`.
+    pub min_level_5x: String,
 }
+
+/// Wazuh 5's categorical levels, lowest first.
+pub const LEVELS_5X: [&str; 4] = ["low", "medium", "high", "critical"];
 
 impl Default for FilterConfig {
     fn default() -> Self {
@@ -299,11 +308,37 @@ impl Default for FilterConfig {
             exclude_domains: Vec::new(),
             skip_fields: own(crate::extract::DEFAULT_SKIP_FIELDS),
             scan_fields: own(crate::extract::DEFAULT_SCAN_FIELDS),
+            require_rule: None,
+            include_integrations: Vec::new(),
+            exclude_integrations: Vec::new(),
+            min_level_5x: "medium".to_owned(),
         }
     }
 }
 
 impl FilterConfig {
+    /// Whether an event needs a rule on `line`.
+    pub fn requires_rule(&self, line: WazuhLine) -> bool {
+        self.require_rule.unwrap_or(line == WazuhLine::V4)
+    }
+
+    /// `min_level_5x`'s rank in [`LEVELS_5X`].
+    pub fn min_level_5x_rank(&self) -> Result<u8, ConfigError> {
+        LEVELS_5X
+            .iter()
+            .position(|l| l.eq_ignore_ascii_case(self.min_level_5x.trim()))
+            .map(|i| i as u8)
+            .ok_or_else(|| {
+                ConfigError::key(
+                    "filter.min_level_5x",
+                    format!(
+                        "{:?} is not a level: low, medium, high or critical",
+                        self.min_level_5x
+                    ),
+                )
+            })
+    }
+
     /// `exclude_domains`, each a host name.
     pub fn check_exclude_domains(&self) -> Result<(), ConfigError> {
         for d in &self.exclude_domains {
@@ -707,6 +742,8 @@ const LIST_KEYS: &[&str] = &[
     "filter.exclude_domains",
     "filter.skip_fields",
     "filter.scan_fields",
+    "filter.include_integrations",
+    "filter.exclude_integrations",
 ];
 
 /// Reads the file at `path` (it must exist) and the environment.
@@ -924,6 +961,7 @@ impl Config {
         self.validate_servers()?;
         self.filter.exclude_nets()?;
         self.filter.check_exclude_domains()?;
+        self.filter.min_level_5x_rank()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {

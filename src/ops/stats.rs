@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every reason a line or alert is skipped. A fixed list, so counting a
 /// skip (every filtered alert, on the hot path) is one atomic add, not a lock.
-pub const SKIP_REASONS: [&str; 10] = [
+pub const SKIP_REASONS: [&str; 11] = [
     "empty_line",
     "not_utf8",
     "line_too_long",
@@ -17,6 +17,7 @@ pub const SKIP_REASONS: [&str; 10] = [
     "level_below_minimum",
     "excluded_rule",
     "own_event",
+    "excluded_integration",
 ];
 
 #[derive(Default, Debug)]

@@ -39,6 +39,10 @@ impl Rules {
             filter: AlertFilter {
                 min_level: cfg.filter.min_level,
                 exclude_rule_ids: cfg.filter.exclude_rule_ids.clone(),
+                require_rule: cfg.filter.requires_rule(cfg.wazuh_line()),
+                include_integrations: cfg.filter.include_integrations.clone(),
+                exclude_integrations: cfg.filter.exclude_integrations.clone(),
+                min_level_5x: cfg.filter.min_level_5x_rank()?,
             },
             extractor: Extractor::new(
                 &cfg.filter.skip_fields,
@@ -241,7 +245,11 @@ impl<I: Intelligence> Engine<I> {
         if let Some(ledger) = &self.feedback.ledger {
             ledger.note(&fields, &hits);
         }
-        let rule_id = filter::rule_id(&fields).unwrap_or_default();
+        // Wazuh 5's engine events have no rule: the window is then per
+        // integration, so that one source's repeats are folded, not all.
+        let rule_id = filter::rule_id(&fields)
+            .or_else(|| fields.integration().0.map(std::borrow::Cow::Borrowed))
+            .unwrap_or_default();
         let mut claimed: Vec<(Occurrence, dedup::Key)> = Vec::with_capacity(hits.len());
         for hit in hits {
             let key = dedup::Key::of(&rule_id, &hit);

@@ -15,6 +15,8 @@ pub enum SkipReason {
     /// One of our own enriched events, seen again in alerts.json after a
     /// Wazuh rule fired on it. Without this the daemon would feed on itself.
     OwnEvent,
+    /// Wazuh 5: an integration not included, or excluded.
+    ExcludedIntegration,
 }
 
 impl SkipReason {
@@ -25,6 +27,7 @@ impl SkipReason {
             SkipReason::LevelBelowMinimum => "level_below_minimum",
             SkipReason::ExcludedRule => "excluded_rule",
             SkipReason::OwnEvent => "own_event",
+            SkipReason::ExcludedIntegration => "excluded_integration",
         }
     }
 }
@@ -33,6 +36,29 @@ impl SkipReason {
 pub struct AlertFilter {
     pub min_level: u32,
     pub exclude_rule_ids: Vec<String>,
+    /// Skip events without a rule (Wazuh 4's alerts all have one; Wazuh 5's
+    /// engine events none).
+    pub require_rule: bool,
+    /// Wazuh 5: integration names or categories to keep (empty: all), and
+    /// to skip.
+    pub include_integrations: Vec<String>,
+    pub exclude_integrations: Vec<String>,
+    /// Wazuh 5: the lowest categorical level kept, a rank in
+    /// [`crate::config::LEVELS_5X`].
+    pub min_level_5x: u8,
+}
+
+impl Default for AlertFilter {
+    fn default() -> Self {
+        AlertFilter {
+            min_level: 6,
+            exclude_rule_ids: Vec::new(),
+            require_rule: true,
+            include_integrations: Vec::new(),
+            exclude_integrations: Vec::new(),
+            min_level_5x: 1,
+        }
+    }
 }
 
 /// `rule.id` as a string. Wazuh writes it as a string; a number is accepted
@@ -61,14 +87,24 @@ impl AlertFilter {
         if !fields.is_object {
             return Err(SkipReason::NotAnObject);
         }
-        let is_misp = |n: Option<alert::Node<'_>>| n.and_then(alert::as_str) == Some("misp");
-        if is_misp(fields.location) || is_misp(member(fields.data, "integration")) {
+        if is_own(fields) {
             return Err(SkipReason::OwnEvent);
         }
-        let id = rule_id(fields).ok_or(SkipReason::NoRuleId)?;
-        // A missing or unreadable level counts as 0, so it is filtered
-        // unless min_level is 0.
-        if rule_level(fields).unwrap_or(0) < u64::from(self.min_level) {
+        if fields.wazuh.is_some() {
+            self.check_integration(fields)?;
+        }
+        let categorical = level_5x(fields);
+        if categorical.is_some_and(|rank| rank < self.min_level_5x) {
+            return Err(SkipReason::LevelBelowMinimum);
+        }
+        let Some(id) = rule_id(fields) else {
+            return if self.require_rule {
+                Err(SkipReason::NoRuleId)
+            } else {
+                Ok(())
+            };
+        };
+        if categorical.is_none() && rule_level(fields).unwrap_or(0) < u64::from(self.min_level) {
             return Err(SkipReason::LevelBelowMinimum);
         }
         if self.exclude_rule_ids.iter().any(|x| x == id.as_ref()) {
@@ -76,6 +112,47 @@ impl AlertFilter {
         }
         Ok(())
     }
+
+    fn check_integration(&self, fields: &Fields<'_>) -> Result<(), SkipReason> {
+        let (name, category) = fields.integration();
+        let named = |list: &[String]| {
+            list.iter()
+                .any(|x| Some(x.as_str()) == name || Some(x.as_str()) == category)
+        };
+        if !self.include_integrations.is_empty() && !named(&self.include_integrations) {
+            return Err(SkipReason::ExcludedIntegration);
+        }
+        if named(&self.exclude_integrations) {
+            return Err(SkipReason::ExcludedIntegration);
+        }
+        Ok(())
+    }
+}
+
+/// Our own events, come back: on 4.x as alerts (location `misp`, or an
+/// agent's `...->misp`, `data.integration: misp`), on 5 through the event
+/// stream (the same location, or our integration's name).
+fn is_own(fields: &Fields<'_>) -> bool {
+    let location = fields.location.and_then(alert::as_str);
+    location.is_some_and(|l| l == "misp" || l.ends_with("->misp"))
+        || member(fields.data, "integration").and_then(alert::as_str) == Some("misp")
+        || fields.integration().0 == Some(OUR_INTEGRATION)
+}
+
+/// The name of the Wazuh 5 integration that decodes our events.
+pub const OUR_INTEGRATION: &str = "wazuh-misp";
+
+/// A categorical level's rank (Wazuh 5's findings: `rule.level` or
+/// `wazuh.rule.level` is `low` … `critical`).
+fn level_5x(fields: &Fields<'_>) -> Option<u8> {
+    fields.wazuh?;
+    let level = member(fields.rule, "level")
+        .or_else(|| member(member(fields.wazuh, "rule"), "level"))
+        .and_then(alert::as_str)?;
+    crate::config::LEVELS_5X
+        .iter()
+        .position(|l| l.eq_ignore_ascii_case(level))
+        .map(|i| i as u8)
 }
 
 #[cfg(test)]
@@ -87,7 +164,84 @@ mod tests {
         AlertFilter {
             min_level: 6,
             exclude_rule_ids: vec!["31530".into(), "31531".into()],
+            ..AlertFilter::default()
         }
+    }
+
+    #[test]
+    fn wazuh_5_events_are_kept_without_a_rule_and_filtered_by_integration() {
+        let on5 = AlertFilter {
+            require_rule: false,
+            include_integrations: vec!["windows".into(), "system".into()],
+            exclude_integrations: vec!["sysmon-noisy".into()],
+            min_level_5x: 1,
+            ..AlertFilter::default()
+        };
+        let event = |integration: serde_json::Value, extra: serde_json::Value| {
+            let mut v = json!({"wazuh": {"agent": {"id": "001"}, "protocol": {"location": "EventChannel"},
+                                "integration": integration}, "source": {"ip": "185.220.101.4"}});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            v
+        };
+        let cases = [
+            (
+                event(json!({"name": "windows", "category": "os"}), json!({})),
+                Ok(()),
+            ),
+            (
+                event(json!({"name": "x", "category": "system"}), json!({})),
+                Ok(()),
+            ),
+            (
+                event(json!({"name": "suricata", "category": "ids"}), json!({})),
+                Err(SkipReason::ExcludedIntegration),
+            ),
+            (
+                event(
+                    json!({"name": "sysmon-noisy", "category": "windows"}),
+                    json!({}),
+                ),
+                Err(SkipReason::ExcludedIntegration),
+            ),
+            (
+                event(
+                    json!({"name": "windows"}),
+                    json!({"rule": {"level": "low"}}),
+                ),
+                Err(SkipReason::LevelBelowMinimum),
+            ),
+            (
+                json!({"wazuh": {"integration": {"name": "windows"}, "rule": {"level": "high"}}}),
+                Ok(()),
+            ),
+            (
+                json!({"wazuh": {"integration": {"name": "windows"}, "rule": {"level": "Low"}}}),
+                Err(SkipReason::LevelBelowMinimum),
+            ),
+            (
+                event(json!({"name": "wazuh-misp"}), json!({})),
+                Err(SkipReason::OwnEvent),
+            ),
+        ];
+        let mut parser = alert::Parser::default();
+        for (v, want) in cases {
+            let text = v.to_string();
+            let got = parser.with(&text, |a| on5.check(&Fields::of(a))).unwrap();
+            assert_eq!(got, want, "{text}");
+        }
+        // Our own events come back with our location, on either line.
+        let own = json!({"wazuh": {"protocol": {"location": "[001] (web-01) 10.0.1.50->misp"}}});
+        let text = own.to_string();
+        let got = parser.with(&text, |a| on5.check(&Fields::of(a))).unwrap();
+        assert_eq!(got, Err(SkipReason::OwnEvent));
+        // A 4.x filter still wants its rule.
+        let text = event(json!({"name": "windows"}), json!({})).to_string();
+        let got = parser
+            .with(&text, |a| AlertFilter::default().check(&Fields::of(a)))
+            .unwrap();
+        assert_eq!(got, Err(SkipReason::NoRuleId));
     }
 
     #[test]

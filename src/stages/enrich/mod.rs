@@ -326,10 +326,17 @@ impl<'a> AlertContext<'a> {
             agent: AgentContext {
                 id: Cow::Borrowed(string(member(f.agent, "id")).unwrap_or("000")),
                 name: text(member(f.agent, "name")),
-                ip: string(member(f.agent, "ip")).map(Cow::Borrowed),
+                // WCS: `wazuh.agent.host.ip`.
+                ip: string(member(f.agent, "ip"))
+                    .or_else(|| string(member(member(f.agent, "host"), "ip")))
+                    .map(Cow::Borrowed),
             },
             manager: ManagerContext {
-                name: text(member(f.manager, "name")),
+                // WCS has no manager: the cluster node the event came through.
+                name: text(
+                    member(f.manager, "name")
+                        .or_else(|| member(member(f.wazuh, "cluster"), "node")),
+                ),
             },
             location: text(f.location),
             timestamp: text(f.timestamp),

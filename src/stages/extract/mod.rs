@@ -89,6 +89,7 @@ pub const DEFAULT_SKIP_FIELDS: &[&str] = &[
     "location",
     "syscheck",
     "rule",
+    "wazuh",
 ];
 pub const DEFAULT_SCAN_FIELDS: &[&str] = &["rule.description"];
 
@@ -330,6 +331,18 @@ impl NormalisedKey {
     }
 }
 
+/// Keys that hold a domain under one parent only: ECS's (Wazuh 5's WCS)
+/// `dns.question.name`, where `name` alone means nothing.
+const DOMAIN_KEYS_UNDER: &[(&str, &str)] = &[("question", "name")];
+
+fn is_domain_in(key: &[u8], parent: Option<&str>) -> bool {
+    parent.is_some_and(|p| {
+        DOMAIN_KEYS_UNDER
+            .iter()
+            .any(|(under, k)| k.as_bytes() == key && p.eq_ignore_ascii_case(under))
+    })
+}
+
 /// Whether a key can be a hash, domain or version key at all, by its last
 /// byte (each of those ends in one of these): a key that cannot is not
 /// normalised, and most are not.
@@ -441,7 +454,7 @@ impl Walk<'_, '_, '_> {
                         self.found(h, Direction::Unknown, Rank::Unknown, s);
                     }
                 }
-                None if k.is_domain_key() => {
+                None if k.is_domain_key() || is_domain_in(k.as_bytes(), parent) => {
                     if let Some(d) = self.ex.domain(host_of_field(s)) {
                         self.found(d, Direction::Unknown, Rank::Unknown, s);
                     }
