@@ -153,6 +153,35 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
             )
         },
     );
+    let line = cfg.wazuh_line();
+    r.item(
+        true,
+        &format!(
+            "Wazuh {} (wazuh.version = {:?})",
+            line.as_str(),
+            *cfg.wazuh.version
+        ),
+        String::new,
+    );
+    if line == crate::config::WazuhLine::V5 {
+        let asset = std::path::Path::new(crate::config::WAZUH5_ROOT)
+            .join("etc/outputs/default/file-output-integrations.yml");
+        let enabled = std::fs::read_to_string(&asset).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.trim().replace(' ', "") == "enabled:true")
+        });
+        r.item(
+            enabled,
+            &format!(
+                "the engine writes its event stream ({} enabled)",
+                asset.display()
+            ),
+            || {
+                "set `enabled: true` in that file and restart wazuh-manager (README, \"Wazuh 5\")"
+                    .into()
+            },
+        );
+    }
     let sock = &cfg.output.queue_socket;
     let meta = std::fs::metadata(sock);
     let is_socket = meta.as_ref().is_ok_and(|m| m.file_type().is_socket());
@@ -161,7 +190,26 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
         &format!("queue socket {} exists", sock.display()),
         || "start wazuh-manager (analysisd creates the socket), or fix output.queue_socket".into(),
     );
-    if is_socket {
+    if is_socket && line == crate::config::WazuhLine::V5 {
+        let reachable = std::os::unix::net::UnixStream::connect(sock);
+        r.item(
+            reachable.is_ok(),
+            &format!(
+                "the engine's ingestion socket {} accepts connections",
+                sock.display()
+            ),
+            || {
+                format!(
+                    "{}; the socket is 0660: run as its group",
+                    reachable
+                        .as_ref()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                )
+            },
+        );
+    } else if is_socket {
         let writable = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(sock));
         r.item(
             writable.is_ok(),
