@@ -298,7 +298,7 @@ async fn every_key_takes_effect_on_sighup_or_is_reported_as_restart_only() {
                 "filter.require_rule" => !rules.filter.require_rule,
                 "filter.include_integrations" => rules.filter.include_integrations == ["windows"],
                 "filter.exclude_integrations" => rules.filter.exclude_integrations == ["windows"],
-                "filter.min_level_5x" => rules.filter.min_level_5x == 2,
+                "filter.min_level_5x" => rules.filter.min_level_5x == 3,
                 "misp.decay" => {
                     lookup.client().request_body(&[], None)["includeDecayScore"] == true
                 }

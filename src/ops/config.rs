@@ -291,12 +291,12 @@ pub struct FilterConfig {
     pub require_rule: Option<bool>,
     pub include_integrations: Vec<String>,
     pub exclude_integrations: Vec<String>,
-    /// `low`, `medium`, `high` or `critical`.
+    /// `informational`, `low`, `medium`, `high` or `critical`.
     pub min_level_5x: String,
 }
 
-/// Wazuh 5's categorical levels, lowest first.
-pub const LEVELS_5X: [&str; 4] = ["low", "medium", "high", "critical"];
+/// Wazuh 5's categorical levels (its rules' `level`), lowest first.
+pub const LEVELS_5X: [&str; 5] = ["informational", "low", "medium", "high", "critical"];
 
 impl Default for FilterConfig {
     fn default() -> Self {
@@ -332,7 +332,7 @@ impl FilterConfig {
                 ConfigError::key(
                     "filter.min_level_5x",
                     format!(
-                        "{:?} is not a level: low, medium, high or critical",
+                        "{:?} is not a level: informational, low, medium, high or critical",
                         self.min_level_5x
                     ),
                 )

@@ -56,7 +56,8 @@ impl Default for AlertFilter {
             require_rule: true,
             include_integrations: Vec::new(),
             exclude_integrations: Vec::new(),
-            min_level_5x: 1,
+            // "medium".
+            min_level_5x: 2,
         }
     }
 }
@@ -143,7 +144,7 @@ fn is_own(fields: &Fields<'_>) -> bool {
 pub const OUR_INTEGRATION: &str = "wazuh-misp";
 
 /// A categorical level's rank (Wazuh 5's findings: `rule.level` or
-/// `wazuh.rule.level` is `low` … `critical`).
+/// `wazuh.rule.level` is `informational` … `critical`, as 5.x rules grade).
 fn level_5x(fields: &Fields<'_>) -> Option<u8> {
     fields.wazuh?;
     let level = member(fields.rule, "level")
@@ -174,7 +175,7 @@ mod tests {
             require_rule: false,
             include_integrations: vec!["windows".into(), "system".into()],
             exclude_integrations: vec!["sysmon-noisy".into()],
-            min_level_5x: 1,
+            min_level_5x: 2,
             ..AlertFilter::default()
         };
         let event = |integration: serde_json::Value, extra: serde_json::Value| {
