@@ -171,7 +171,7 @@ fn main() {
     );
     println!(
         "{}",
-        json!({"measure": "rss", "values": store.len().unwrap(), "rss_bytes_per_value": rss as f64 / n as f64,
+        json!({"measure": "rss", "values": store.values().unwrap(), "rss_bytes_per_value": rss as f64 / n as f64,
                "file_bytes_per_value": file as f64 / n as f64})
     );
 

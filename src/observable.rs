@@ -240,6 +240,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The direction [`Direction::as_str`] names; anything else is unknown.
+    pub fn parse(s: &str) -> Direction {
+        match s {
+            "source" => Direction::Source,
+            "destination" => Direction::Destination,
+            _ => Direction::Unknown,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Source => "source",

@@ -232,9 +232,14 @@ pub async fn hunt(
                 key: hunt_key(&entry.value, uuid, &alert),
             };
             let added = chrono::DateTime::from_timestamp(*ts, 0).unwrap_or_else(chrono::Utc::now);
-            let events =
-                crate::runtime::feedback::render_candidate(&candidate, &answer, match_types, added)
-                    .map_err(|e| anyhow::anyhow!(e))?;
+            let events = crate::runtime::feedback::render_candidate(
+                &candidate,
+                &o,
+                &answer,
+                match_types,
+                added,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             for (header, payload) in &events {
                 if send {
                     let mut datagram = header.as_bytes().to_vec();

@@ -6,5 +6,6 @@ pub mod false_positives;
 pub mod metrics;
 pub mod ratelog;
 pub mod service;
+pub mod sqlite;
 pub mod state;
 pub mod stats;

@@ -322,22 +322,19 @@ pub fn candidates(
     Ok((out, more))
 }
 
-/// Renders `c` against the intelligence's answer for its value now.
+/// Renders `c`, whose value is `value`, against the intelligence's answer
+/// for it now.
 pub fn render_candidate(
     c: &Candidate,
+    value: &Observable,
     answer: &crate::lookup::LookupResult,
     match_types: MatchTypes,
     added: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let value: Observable = c
-        .entry
-        .value
-        .parse()
-        .map_err(|_| format!("{} is no observable", c.entry.value))?;
     enrich::retro_events(
         &RetroSource {
             reference: &c.reference,
-            value: &value,
+            value,
             first_seen: c.entry.first_seen,
             last_seen: c.entry.last_seen,
             count: c.entry.count,
@@ -365,11 +362,7 @@ fn offer_retro_sightings(
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
     let hit = crate::observable::Occurrence {
         observable: value.clone(),
-        direction: match r["direction"].as_str() {
-            Some("source") => crate::observable::Direction::Source,
-            Some("destination") => crate::observable::Direction::Destination,
-            _ => crate::observable::Direction::Unknown,
-        },
+        direction: crate::observable::Direction::parse(r["direction"].as_str().unwrap_or("")),
         field_path: String::new(),
         raw_context: String::new(),
     };
@@ -490,7 +483,7 @@ async fn hunt_once(
                 continue;
             }
         };
-        let events = match render_candidate(c, &answer, match_types, f.at) {
+        let events = match render_candidate(c, &value, &answer, match_types, f.at) {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::warn!(value = %value, error = %e, "cannot build a retro event");

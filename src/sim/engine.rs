@@ -137,17 +137,7 @@ impl EngineSim {
     }
 
     pub async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(mut t) = self.task.take() {
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-            }
-        }
+        super::shut_down(self.stop.take(), self.task.take()).await;
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -927,6 +927,27 @@ async fn add_sighting(
     }}).to_string())
 }
 
+/// Signals a server's graceful shutdown and awaits it for a moment: it
+/// closes idle keep-alive connections, whose tasks an abort of the
+/// server's own task would leave serving. Past the moment, it is aborted.
+pub(crate) async fn shut_down(
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(s) = stop {
+        let _ = s.send(());
+    }
+    if let Some(mut t) = task {
+        if tokio::time::timeout(Duration::from_secs(2), &mut t)
+            .await
+            .is_err()
+        {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
 impl MispSim {
     /// Starts on an ephemeral loopback port.
     pub async fn start(data: &SimData, key: &str) -> std::io::Result<MispSim> {
@@ -976,23 +997,10 @@ impl MispSim {
         self.addr
     }
 
-    /// Stops serving; open connections are closed. The graceful shutdown
-    /// is awaited (it closes idle keep-alive connections, whose tasks an
-    /// abort of the server's own task would leave serving), for a moment
-    /// only: a request held by `set_latency` is then cut off.
+    /// Stops serving ([`shut_down`]): open connections are closed; a
+    /// request held by `set_latency` is cut off.
     pub async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(mut t) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(2), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-                let _ = t.await;
-            }
-        }
+        shut_down(self.stop.take(), self.task.take()).await;
     }
 
     /// Serves again on the same address, with the same data and counters.

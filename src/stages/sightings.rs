@@ -88,7 +88,7 @@ impl Sightings {
     }
 
     /// The source for an alert from `manager`.
-    pub fn source_for(&self, manager: &str) -> String {
+    fn source_for(&self, manager: &str) -> String {
         if self.source.is_empty() {
             format!("wazuh-{manager}")
         } else {
@@ -150,14 +150,6 @@ impl Sightings {
             timestamp: timestamp(),
         };
         self.push(&mut q, sighting);
-        drop(q);
-        self.wake.notify_one();
-    }
-
-    /// Queues `s` as it is (a false positive: never aggregated).
-    pub fn push_now(&self, s: Sighting) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        self.push(&mut q, s);
         drop(q);
         self.wake.notify_one();
     }

@@ -64,11 +64,7 @@ pub fn retro_events(
         .map_err(|e| format!("a ledger reference is not what this build writes: {e}"))?;
     let hit = Occurrence {
         observable: src.value.clone(),
-        direction: match r.direction.as_str() {
-            "source" => Direction::Source,
-            "destination" => Direction::Destination,
-            _ => Direction::Unknown,
-        },
+        direction: Direction::parse(&r.direction),
         field_path: r.field_path,
         raw_context: r.raw_context,
     };

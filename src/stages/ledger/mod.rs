@@ -92,10 +92,6 @@ impl Ledger {
         }
     }
 
-    pub fn refs_per_value(&self) -> usize {
-        self.refs_per_value
-    }
-
     /// Records `hits`, found in the alert `fields` describes, as seen now.
     pub fn note(&self, fields: &Fields<'_>, hits: &[Occurrence]) {
         let now = chrono::Utc::now().timestamp();
@@ -178,11 +174,6 @@ impl Ledger {
         let guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         self.requested.store(true, Ordering::Release);
         drop(guard);
-        self.flush.notify_all();
-    }
-
-    /// Wakes a [`Ledger::take`] now (shutdown).
-    pub fn wake(&self) {
         self.flush.notify_all();
     }
 }

@@ -10,11 +10,19 @@
 //! aside (`ledger.sqlite.unreadable-<time>`) and the ledger starts empty.
 
 use super::{key_of, Pending};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use crate::ops::sqlite;
+use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "ledger.sqlite";
 pub const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS seen(
+        key BLOB PRIMARY KEY, value TEXT NOT NULL, first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL, count INTEGER NOT NULL, refs TEXT NOT NULL) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS seen_by_last ON seen(last_seen);
+    CREATE TABLE IF NOT EXISTS hunted(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS hunted_by_at ON hunted(at);";
 
 /// A value as the ledger holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,108 +65,32 @@ impl LedgerStore {
     /// Opens (creating) the ledger in `dir`; an unusable file is set aside.
     pub fn open(dir: &Path) -> Result<LedgerStore> {
         let path = dir.join(FILE);
-        match Self::open_checked(&path) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if path.exists() {
-                    let aside = dir.join(format!(
-                        "{FILE}.unreadable-{}",
-                        chrono::Utc::now().timestamp()
-                    ));
-                    tracing::error!(error = %e, set_aside = %aside.display(), "the retro ledger is unreadable; set aside, starting an empty one");
-                    let _ = std::fs::rename(&path, &aside);
-                    for ext in ["-wal", "-shm"] {
-                        let _ = std::fs::remove_file(dir.join(format!("{FILE}{ext}")));
-                    }
-                }
-                Self::open_checked(&path)
-            }
-        }
+        let err = |source| LedgerError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = sqlite::open_or_set_aside(
+            &path,
+            SCHEMA,
+            SCHEMA_VERSION,
+            "the retro ledger",
+            "starting an empty one",
+        )
+        .map_err(err)?;
+        // 8 MiB of page cache: the ledger's memory, whatever its size.
+        conn.pragma_update(None, "cache_size", -8192).map_err(err)?;
+        Ok(LedgerStore { conn, path })
     }
 
     /// An existing ledger, read-only (for `wazuh-misp hunt` beside the
     /// daemon). `None` if there is none.
     pub fn open_read_only(dir: &Path) -> Result<Option<LedgerStore>> {
         let path = dir.join(FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let err = |source| LedgerError {
+        let conn = sqlite::open_read_only(&path).map_err(|source| LedgerError {
             path: path.display().to_string(),
             source,
-        };
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        Ok(Some(LedgerStore { conn, path }))
-    }
-
-    fn open_checked(path: &Path) -> Result<LedgerStore> {
-        let err = |source| LedgerError {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        let store = LedgerStore {
-            conn,
-            path: path.to_owned(),
-        };
-        store.init().map_err(err)?;
-        Ok(store)
-    }
-
-    fn init(&self) -> rusqlite::Result<()> {
-        let c = &self.conn;
-        c.busy_timeout(std::time::Duration::from_secs(10))?;
-        c.pragma_update(None, "journal_mode", "WAL")?;
-        c.pragma_update(None, "synchronous", "NORMAL")?;
-        // 8 MiB of page cache: the ledger's memory, whatever its size.
-        c.pragma_update(None, "cache_size", -8192)?;
-        let ok: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if ok != "ok" {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                Some(format!("quick_check: {ok}")),
-            ));
-        }
-        c.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS seen(
-                key BLOB PRIMARY KEY, value TEXT NOT NULL, first_seen INTEGER NOT NULL,
-                last_seen INTEGER NOT NULL, count INTEGER NOT NULL, refs TEXT NOT NULL) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS seen_by_last ON seen(last_seen);
-             CREATE TABLE IF NOT EXISTS hunted(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS hunted_by_at ON hunted(at);",
-        )?;
-        let version: Option<String> = c
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match version.as_deref() {
-            None => {
-                c.execute(
-                    "INSERT INTO meta(key, value) VALUES('schema_version', ?1)",
-                    [SCHEMA_VERSION],
-                )?;
-            }
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-                    Some(format!(
-                        "schema version {other:?}, this build reads {SCHEMA_VERSION:?}"
-                    )),
-                ))
-            }
-        }
-        Ok(())
+        })?;
+        Ok(conn.map(|conn| LedgerStore { conn, path }))
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
@@ -168,15 +100,12 @@ impl LedgerStore {
         }
     }
 
-    pub fn len(&self) -> Result<u64> {
+    /// Values the ledger holds.
+    pub fn values(&self) -> Result<u64> {
         self.conn
             .query_row("SELECT count(*) FROM seen", [], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
             .map_err(self.err())
-    }
-
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
     }
 
     /// Writes one flush in one transaction: new values inserted, known
@@ -441,7 +370,7 @@ mod tests {
         drop(s);
         // Reopened: what was flushed is there.
         let s = LedgerStore::open(dir.path()).unwrap();
-        assert_eq!(s.len().unwrap(), 1);
+        assert_eq!(s.values().unwrap(), 1);
     }
 
     #[test]
@@ -466,7 +395,7 @@ mod tests {
         assert_eq!(values, ["1.1.1.2", "1.1.1.3"]);
         let a = s.apply(Pending::default(), 3, 1025, 1000, 10).unwrap();
         assert_eq!(a.expired, 1);
-        assert_eq!(s.len().unwrap(), 1);
+        assert_eq!(s.values().unwrap(), 1);
     }
 
     #[test]

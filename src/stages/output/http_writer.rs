@@ -93,17 +93,7 @@ impl HttpWriter {
                     }
                 }
             }
-            if let Some(dedup) = &self.dedup {
-                for &k in &out.dedup_keys {
-                    dedup.mark_sent(k);
-                }
-            }
-            if let Some(ack) = out.ack {
-                ack.finish();
-            }
-            if let Some(sent) = out.sent {
-                let _ = sent.send(());
-            }
+            out.delivered(self.dedup.as_ref());
         }
     }
 

@@ -39,6 +39,24 @@ pub struct Outgoing {
     pub sent: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl Outgoing {
+    /// Every event in it is out: its dedup keys are marked sent, its
+    /// lines' ack finished, and whoever waits on `sent` told.
+    pub fn delivered(self, dedup: Option<&Dedup>) {
+        if let Some(dedup) = dedup {
+            for &k in &self.dedup_keys {
+                dedup.mark_sent(k);
+            }
+        }
+        if let Some(ack) = self.ack {
+            ack.finish();
+        }
+        if let Some(sent) = self.sent {
+            let _ = sent.send(());
+        }
+    }
+}
+
 pub struct Writer {
     path: PathBuf,
     socket: Option<UnixDatagram>,
@@ -84,17 +102,7 @@ impl Writer {
                     None => return,
                 }
             }
-            if let Some(dedup) = &self.dedup {
-                for &k in &out.dedup_keys {
-                    dedup.mark_sent(k);
-                }
-            }
-            if let Some(ack) = out.ack {
-                ack.finish();
-            }
-            if let Some(sent) = out.sent {
-                let _ = sent.send(());
-            }
+            out.delivered(self.dedup.as_ref());
         }
     }
 

@@ -16,12 +16,26 @@
 //! `meta`; an unreadable, corrupt or newer file is set aside and the
 //! mirror rebuilt by a full sync.
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use crate::ops::sqlite;
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "mirror.sqlite";
 /// The schema this code writes; a file of another version is set aside.
 pub const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS servers(
+        name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, generation INTEGER NOT NULL,
+        complete INTEGER NOT NULL, cursor INTEGER NOT NULL, last_sync INTEGER,
+        last_full_sync INTEGER, last_error TEXT, attributes INTEGER NOT NULL DEFAULT 0,
+        networks INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE IF NOT EXISTS attributes(
+        server TEXT NOT NULL, generation INTEGER NOT NULL, uuid TEXT NOT NULL,
+        id TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL, category TEXT NOT NULL,
+        value TEXT NOT NULL, to_ids INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+        tags TEXT NOT NULL, event_uuid TEXT NOT NULL, event_info TEXT NOT NULL,
+        network INTEGER NOT NULL,
+        PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;";
 
 /// What the store knows of one server's sync.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -94,117 +108,29 @@ impl Store {
     /// time>` and a new one created: the mirror is then rebuilt.
     pub fn open(dir: &Path) -> Result<Store> {
         let path = dir.join(FILE);
-        match Self::open_checked(&path) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if path.exists() {
-                    let aside = dir.join(format!(
-                        "{FILE}.unreadable-{}",
-                        chrono::Utc::now().timestamp()
-                    ));
-                    tracing::error!(
-                        error = %e,
-                        set_aside = %aside.display(),
-                        "the mirror store is unreadable; set aside, the mirror is rebuilt by a full sync"
-                    );
-                    let _ = std::fs::rename(&path, &aside);
-                    for ext in ["-wal", "-shm"] {
-                        let _ = std::fs::remove_file(dir.join(format!("{FILE}{ext}")));
-                    }
-                }
-                Self::open_checked(&path)
-            }
-        }
-    }
-
-    fn open_checked(path: &Path) -> Result<Store> {
-        let err = |source| StoreError {
+        let conn = sqlite::open_or_set_aside(
+            &path,
+            SCHEMA,
+            SCHEMA_VERSION,
+            "the mirror store",
+            "the mirror is rebuilt by a full sync",
+        )
+        .map_err(|source| StoreError {
             path: path.display().to_string(),
             source,
-        };
-        let conn = Connection::open(path).map_err(&err)?;
-        let store = Store {
-            conn,
-            path: path.to_owned(),
-        };
-        store.init().map_err(&err)?;
-        Ok(store)
-    }
-
-    fn init(&self) -> rusqlite::Result<()> {
-        let c = &self.conn;
-        c.busy_timeout(std::time::Duration::from_secs(10))?;
-        c.pragma_update(None, "journal_mode", "WAL")?;
-        // In WAL mode, NORMAL loses no committed transaction to a process
-        // kill, only (possibly) the last ones to a power cut, and the file
-        // stays consistent either way.
-        c.pragma_update(None, "synchronous", "NORMAL")?;
-        let ok: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if ok != "ok" {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                Some(format!("quick_check: {ok}")),
-            ));
-        }
-        c.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS servers(
-                name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, generation INTEGER NOT NULL,
-                complete INTEGER NOT NULL, cursor INTEGER NOT NULL, last_sync INTEGER,
-                last_full_sync INTEGER, last_error TEXT, attributes INTEGER NOT NULL DEFAULT 0,
-                networks INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS attributes(
-                server TEXT NOT NULL, generation INTEGER NOT NULL, uuid TEXT NOT NULL,
-                id TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL, category TEXT NOT NULL,
-                value TEXT NOT NULL, to_ids INTEGER NOT NULL, timestamp INTEGER NOT NULL,
-                tags TEXT NOT NULL, event_uuid TEXT NOT NULL, event_info TEXT NOT NULL,
-                network INTEGER NOT NULL,
-                PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;",
-        )?;
-        let version: Option<String> = c
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match version.as_deref() {
-            None => {
-                c.execute(
-                    "INSERT INTO meta(key, value) VALUES('schema_version', ?1)",
-                    [SCHEMA_VERSION],
-                )?;
-            }
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-                    Some(format!(
-                        "schema version {other:?}, this build reads {SCHEMA_VERSION:?}"
-                    )),
-                ))
-            }
-        }
-        Ok(())
+        })?;
+        Ok(Store { conn, path })
     }
 
     /// Opens an existing store without writing to it (for `mirror status`
     /// and `lookup` while the daemon runs). `None` if there is none.
     pub fn open_read_only(dir: &Path) -> Result<Option<Store>> {
         let path = dir.join(FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError {
+        let conn = sqlite::open_read_only(&path).map_err(|source| StoreError {
             path: path.display().to_string(),
             source,
         })?;
-        let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
-        Ok(Some(Store { conn, path }))
+        Ok(conn.map(|conn| Store { conn, path }))
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
