@@ -420,10 +420,9 @@ pub fn offer_sightings(
     match_types: MatchTypes,
     now: i64,
 ) {
-    let alert_time = || {
-        chrono::DateTime::parse_from_str(&ctx.timestamp, "%Y-%m-%dT%H:%M:%S%.3f%z")
-            .map_or(now, |t| t.timestamp())
-    };
+    // Parsed once, and only if a sighting is queued.
+    let parsed = std::cell::OnceCell::new();
+    let alert_time = || *parsed.get_or_init(|| alert_time(&ctx.timestamp).unwrap_or(now));
     for part in answer.parts() {
         let server = part.server.as_deref().unwrap_or("");
         for a in part
@@ -434,6 +433,15 @@ pub fn offer_sightings(
             s.offer(server, &a.uuid, &ctx.manager.name, now, alert_time);
         }
     }
+}
+
+/// An alert's time in Unix seconds: Wazuh 4's `2026-11-22T09:58:02.114+0000`
+/// or Wazuh 5's RFC 3339 `@timestamp` (`2026-11-22T09:58:02.114Z`).
+pub fn alert_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.3f%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(text))
+        .ok()
+        .map(|t| t.timestamp())
 }
 
 /// One debug line per event, with the fields journald users filter on.
@@ -452,6 +460,17 @@ fn log_enriched(ctx: &AlertContext<'_>, hit: &Occurrence) {
 mod tests {
     use super::*;
     use enrich::AgentContext;
+
+    #[test]
+    fn an_alerts_time_is_read_on_both_lines() {
+        assert_eq!(
+            alert_time("2026-11-22T09:58:02.114+0000"),
+            Some(1_795_341_482)
+        );
+        assert_eq!(alert_time("2026-11-22T09:58:02.114Z"), Some(1_795_341_482));
+        assert_eq!(alert_time("2026-11-22T10:58:02+01:00"), Some(1_795_341_482));
+        assert_eq!(alert_time("yesterday"), None);
+    }
 
     #[test]
     fn the_remembered_header_follows_the_agent() {
