@@ -261,3 +261,81 @@ async fn the_event_stream_is_followed_through_the_engines_rotation() {
     assert_eq!(got, want, "every event once, across the rotation");
     engine.stop().await;
 }
+
+/// The first event of the fixture, naming `ip`, with its own event id.
+fn stream_event(n: usize, ip: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(
+        include_str!("fixtures/wazuh5/events.ndjson")
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    v["source"]["ip"] = ip.into();
+    v["event"]["original"] = format!("Invalid user test from {ip} port 41220").into();
+    v["wazuh"]["event"]["id"] = format!("e{n}").into();
+    v.to_string() + "\n"
+}
+
+/// As the engine's compressor does (`compressLogFile`): `<file>.gz`, then
+/// the original removed.
+fn gzip_and_delete(path: &std::path::Path) {
+    use std::io::Write;
+    let gz = std::fs::File::create(format!("{}.gz", path.display())).unwrap();
+    let mut e = flate2::write::GzEncoder::new(gz, flate2::Compression::new(5));
+    e.write_all(&std::fs::read(path).unwrap()).unwrap();
+    e.finish().unwrap();
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Stopped while the engine rotated twice, the daemon finds its bookmarked
+/// file only as a `.gz` (the original deleted), and the file after it
+/// gzipped too: it reads the rest of both, decompressed, then the live
+/// file, and every event arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_across_rotations_already_gzipped_loses_nothing() {
+    let ips: Vec<String> = (0..9).map(pool_ip).collect();
+    let mut h = harness(&ips).await;
+    let channel = h.dir.path().join("standard-wazuh-events-v5");
+    let day = channel.join("2026/Dec");
+    std::fs::create_dir_all(&day).unwrap();
+    let file = |d: &str| day.join(format!("wazuh-standard-wazuh-events-v5-{d}.json"));
+    let stable = channel.join("standard-wazuh-events-v5.json");
+    let rotate_to = |next: &std::path::Path| {
+        std::fs::write(next, b"").unwrap();
+        let _ = std::fs::remove_file(&stable);
+        std::fs::hard_link(next, &stable).unwrap();
+    };
+    rotate_to(&file("01"));
+    h.cfg.input.alerts_file = stable.clone().into();
+    let mut engine = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
+
+    let daemon = h.start();
+    for (n, ip) in ips.iter().enumerate().take(3) {
+        append(&file("01"), &stream_event(n, ip));
+    }
+    until_events(&engine, 3).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+
+    // While it is stopped: more events in the bookmarked file, two
+    // rotations, and both rotated files compressed and deleted.
+    append(&file("01"), &stream_event(3, &ips[3]));
+    append(&file("01"), &stream_event(4, &ips[4]));
+    rotate_to(&file("02"));
+    append(&file("02"), &stream_event(5, &ips[5]));
+    append(&file("02"), &stream_event(6, &ips[6]));
+    rotate_to(&file("02-1"));
+    append(&file("02-1"), &stream_event(7, &ips[7]));
+    gzip_and_delete(&file("01"));
+    gzip_and_delete(&file("02"));
+
+    let daemon = h.start();
+    append(&file("02-1"), &stream_event(8, &ips[8]));
+    until_events(&engine, 9).await;
+    all_handled(&daemon, 6, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let counts = by_id(&engine);
+    assert_eq!(counts.len(), 9, "every event: {counts:?}");
+    assert!(counts.values().all(|&c| c == 1), "none twice: {counts:?}");
+    engine.stop().await;
+}

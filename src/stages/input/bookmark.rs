@@ -3,8 +3,9 @@
 //! saved before it kept as `bookmark.prev.json`.
 //!
 //! At start the bookmark is matched against alerts.json, then against the
-//! rotated files analysisd keeps beside it
-//! (`logs/alerts/YYYY/Mon/ossec-alerts-DD*.json`), by inode and fingerprint.
+//! rotated files Wazuh keeps beside it (`YYYY/Mon/ossec-alerts-DD*.json` on
+//! 4.x, `YYYY/Mon/wazuh-<channel>-DD*.json` on 5), by inode and
+//! fingerprint, or by fingerprint alone for a file gzipped since.
 //!
 //! An unreadable bookmark must not skip alerts: the previous one is used
 //! instead (it lags by one save, and the dedup window suppresses what is
@@ -108,11 +109,7 @@ pub fn resolve_start(alerts_file: &Path, loaded: &Loaded, fallback: StartPositio
         tracing::info!(offset = b.offset, "resuming alerts.json from the bookmark");
         return Start::At(b.offset);
     }
-    if let Some(path) = super::rotated::chronological(alerts_file)
-        .into_iter()
-        .rev()
-        .find(|p| matches(p, b))
-    {
+    if let Some(path) = super::rotated::find(alerts_file, &b.file) {
         tracing::info!(path = %path.display(), offset = b.offset, "bookmark is in a rotated file; finishing it first");
         return Start::Rotated {
             path,

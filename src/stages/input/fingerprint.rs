@@ -31,7 +31,12 @@ fn digest_prefix(file: &mut File, len: u64) -> io::Result<Option<String>> {
     if buf.len() as u64 != len {
         return Ok(None);
     }
-    Ok(Some(format!("{:x}", Md5::digest(&buf))))
+    Ok(Some(digest(&buf)))
+}
+
+/// The fingerprint of a file's first bytes.
+pub fn digest(prefix: &[u8]) -> String {
+    format!("{:x}", Md5::digest(prefix))
 }
 
 impl FileId {

@@ -17,11 +17,11 @@
 
 use super::checkpoint::{Ack, Checkpointer, LinePos};
 use super::fingerprint::{FileId, FINGERPRINT_BYTES};
+use super::source::{Opened, Source};
 use crate::config::StartPosition;
 use crate::ratelog::RateLimitedLog;
 use crate::stats::Stats;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -112,7 +112,7 @@ pub fn waker() -> (Waker, Receiver<()>) {
 }
 
 struct Open {
-    file: File,
+    file: Source,
     id: FileId,
     generation: u64,
     /// Bytes consumed so far (complete lines plus any held-back partial line).
@@ -240,23 +240,15 @@ impl Tailer {
 
     /// Opens `path` at `offset` (`u64::MAX`: at its end) as a new generation.
     fn open_file(&mut self, path: &Path, offset: u64) -> io::Result<()> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        let offset = offset.min(len);
-        self.discarding = None;
-        if offset > 0 {
-            // Starting mid-file: if we are not right after a newline, the
-            // rest of this line is a fragment (expected at start "end", when
-            // analysisd is mid-write) and must not be parsed.
-            file.seek(SeekFrom::Start(offset - 1))?;
-            let mut b = [0u8; 1];
-            file.read_exact(&mut b)?;
-            if b[0] != b'\n' {
-                self.discarding = Some(Discard::Fragment);
-            }
-        }
-        file.seek(SeekFrom::Start(offset))?;
-        let id = FileId::of(&mut file)?;
+        let Opened {
+            source: file,
+            id,
+            offset,
+            mid_line,
+        } = Source::open(path, offset)?;
+        // Starting mid-line, the rest of this line is a fragment (expected
+        // at start "end", when Wazuh is mid-write) and must not be parsed.
+        self.discarding = mid_line.then_some(Discard::Fragment);
         let generation = self.next_generation;
         self.next_generation += 1;
         self.checkpoints.opened(generation, id.clone(), offset);
@@ -309,7 +301,7 @@ impl Tailer {
     fn refresh_fingerprint(&mut self) {
         if let Some(open) = self.open.as_mut() {
             if open.id.fingerprint_len < FINGERPRINT_BYTES && open.offset >= FINGERPRINT_BYTES {
-                if let Ok(id) = FileId::of(&mut open.file) {
+                if let Some(Ok(id)) = open.file.plain().map(FileId::of) {
                     open.id = id.clone();
                     self.checkpoints.opened(open.generation, id, open.offset);
                 }
@@ -450,16 +442,24 @@ impl Tailer {
     /// analysisd moved on? Returns `Ok(true)` when it switched files, so the
     /// caller reads again at once.
     fn at_eof(&mut self) -> Result<bool, Closed> {
-        let Some(open) = self.open.as_ref() else {
+        let Some(open) = self.open.as_mut() else {
             return Ok(false);
         };
+        // A compressed file is finished; a plain one is when the stable
+        // name has moved on.
+        let finished = open.file.is_compressed();
         let meta = match std::fs::metadata(&self.opts.path) {
-            Ok(m) => m,
+            Ok(m) => Some(m),
             // Mid-rotation, or Wazuh stopped: keep the old file and wait.
-            Err(_) => return Ok(false),
+            Err(_) if !finished => return Ok(false),
+            Err(_) => None,
         };
-        if open.id.same_inode(&meta) {
-            let size = open.file.metadata().map_or(open.offset, |m| m.len());
+        if !finished && meta.as_ref().is_some_and(|m| open.id.same_inode(m)) {
+            let size = open
+                .file
+                .plain()
+                .and_then(|f| f.metadata().ok())
+                .map_or(open.offset, |m| m.len());
             if size < open.offset {
                 tracing::warn!(
                     path = %self.opts.path.display(),
@@ -487,14 +487,23 @@ impl Tailer {
         self.discard_partial(generation);
         self.open = None;
         // Lagging behind several rotations, the next file is the one
-        // analysisd wrote after this one, not necessarily today's.
-        let next = super::rotated::successor(&self.opts.path, &id)
-            .unwrap_or_else(|| self.opts.path.clone());
-        tracing::info!(next = %next.display(), "alerts file rotated; moving on");
-        if let Err(e) = self.open_file(&next, 0) {
-            tracing::warn!(path = %next.display(), error = %e, "cannot open the next alerts file; will retry");
-            if e.kind() != io::ErrorKind::NotFound {
-                self.next = Some((next, 0));
+        // Wazuh wrote after this one, not necessarily today's. It may be
+        // compressed (and its original deleted) between the listing and
+        // the open: then list again.
+        for _ in 0..3 {
+            let next = super::rotated::successor(&self.opts.path, &id)
+                .unwrap_or_else(|| self.opts.path.clone());
+            tracing::info!(next = %next.display(), "alerts file rotated; moving on");
+            match self.open_file(&next, 0) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && next != self.opts.path => continue,
+                Err(e) => {
+                    tracing::warn!(path = %next.display(), error = %e, "cannot open the next alerts file; will retry");
+                    if e.kind() != io::ErrorKind::NotFound {
+                        self.next = Some((next, 0));
+                    }
+                    break;
+                }
             }
         }
         Ok(true)
