@@ -183,7 +183,39 @@ async fn engine_events_are_enriched_with_their_wcs_context_and_our_own_are_skipp
     find("dl.fin7-loader.top");
     // The fourth line is one of our own events: nothing came of it.
     assert_eq!(events.len(), 5, "{events:#?}");
+    // What the shipped decoder reads of our events is in them.
+    let sent: Vec<&serde_json::Value> = events.iter().map(|(_, e)| e).collect();
+    for path in decoder_reads() {
+        let rare = ["retro_hunt", "misp_error"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        let present = sent.iter().any(|e| {
+            path.split('.')
+                .try_fold(*e, |v, k| v.get(k))
+                .is_some_and(|v| !v.is_null())
+        });
+        assert!(
+            present || rare,
+            "the decoder reads {path}, which no event has"
+        );
+    }
     engine.stop().await;
+}
+
+/// The paths of our event (`_tmp_json.<path>`) that
+/// `config/wazuh5/decoders/wazuh-misp.yml` checks or maps.
+fn decoder_reads() -> Vec<String> {
+    let text = include_str!("../config/wazuh5/decoders/wazuh-misp.yml");
+    let mut paths: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || "(),".contains(c))
+        .filter_map(|w| w.trim_start_matches('$').strip_prefix("_tmp_json."))
+        .map(|p| p.trim_end_matches([':', '.']).to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert!(paths.len() > 10, "{paths:?}");
+    paths
 }
 
 /// Events at the engine that are ours about our own events.

@@ -171,6 +171,13 @@ pub struct Summary {
     /// decoder does not extract arrays of objects, so rules cannot reach
     /// `events[].info`.
     pub latest_event_info: Option<String>,
+    /// `uuid` of that event, for a link back (`/events/view/<uuid>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_event_uuid: Option<String>,
+    /// The most restrictive TLP among the attributes' tags (`clear`,
+    /// `white`, `green`, `amber`, `amber+strict`, `red`), as tagged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlp: Option<String>,
     pub attribution: Vec<String>,
     pub threat_types: Vec<String>,
     pub max_threat_score: u32,
@@ -524,9 +531,22 @@ fn threat_actor(tag: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
 
+/// How restrictive a TLP colour is; 0 for what is not one.
+fn tlp_rank(colour: &str) -> u8 {
+    match colour {
+        "clear" | "white" => 1,
+        "green" => 2,
+        "amber" => 3,
+        "amber+strict" => 4,
+        "red" => 5,
+        _ => 0,
+    }
+}
+
 fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary {
     let mut attribution: Vec<String> = Vec::new();
     let mut types = BTreeSet::new();
+    let mut tlp: Option<String> = None;
     for t in attrs.iter().flat_map(|a| &a.tags) {
         if let Some(actor) = threat_actor(&t.name) {
             if !attribution.contains(&actor) {
@@ -540,7 +560,11 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
             }
         }
         if let Some(colour) = lower.strip_prefix("tlp:") {
-            types.insert(colour.trim().to_owned());
+            let colour = colour.trim();
+            types.insert(colour.to_owned());
+            if tlp_rank(colour) > tlp.as_deref().map_or(0, tlp_rank) {
+                tlp = Some(colour.to_owned());
+            }
         }
     }
     let dates = events
@@ -560,6 +584,8 @@ fn summarise(attrs: &[AggregatedAttribute], events: &[EventSummary]) -> Summary 
         earliest_event_date: dates.clone().min().map(str::to_owned),
         latest_event_date: dates.max().map(str::to_owned),
         latest_event_info: latest.map(|e| e.info.clone()),
+        latest_event_uuid: latest.map(|e| e.uuid.clone()).filter(|u| !u.is_empty()),
+        tlp,
         attribution,
         threat_types: types.into_iter().collect(),
         max_threat_score: attrs.iter().map(|a| a.threat_score).max().unwrap_or(0),

@@ -49,6 +49,34 @@ fn tlp_green() -> Value {
     json!([{"id": "4", "name": "tlp:green", "colour": "#339900"}])
 }
 
+/// The strictest colour wins, whatever order the tags come in.
+#[test]
+fn the_summary_names_the_most_restrictive_tlp() {
+    let tags = json!([{"id": "5", "name": "tlp:amber", "colour": "#FFC000"},
+                      {"id": "4", "name": "tlp:green", "colour": "#339900"}]);
+    let data = SimData::from_events([
+        event(
+            "1",
+            "a",
+            "2026-01-02",
+            tlp_green(),
+            json!([ip_attr("1", "ip-dst", "185.1.1.1", "1700000300")]),
+        ),
+        event(
+            "2",
+            "b",
+            "2026-01-03",
+            tags,
+            json!([ip_attr("2", "ip-dst", "185.1.1.1", "1700000100")]),
+        ),
+    ]);
+    let attrs = lookup(&data, "185.1.1.1");
+    let parsed = alert();
+    let ctx = AlertContext::from_alert(parsed);
+    let ev = enrich(&ctx, &hit("185.1.1.1"), &attrs, chrono::Utc::now()).unwrap();
+    assert_eq!(ev.misp_data.summary.tlp.as_deref(), Some("amber"));
+}
+
 #[test]
 fn same_ip_in_several_events_aggregates_into_one_entry() {
     let data = SimData::from_events([
@@ -101,6 +129,16 @@ fn same_ip_in_several_events_aggregates_into_one_entry() {
     assert_eq!(s.latest_event_date.as_deref(), Some("2026-03-04"));
     assert_eq!(s.latest_event_info.as_deref(), Some("second"));
     assert_eq!(s.threat_types, ["green"]);
+    assert_eq!(s.tlp.as_deref(), Some("green"));
+    assert!(s.latest_event_uuid.is_some());
+    assert_eq!(
+        s.latest_event_uuid,
+        ev.misp_data
+            .events
+            .iter()
+            .find(|e| e.info == "second")
+            .map(|e| e.uuid.clone())
+    );
     assert_eq!(s.max_threat_score, 7);
     assert_eq!(ev.recommendations.as_ref().unwrap().priority, "medium");
     assert_eq!(ev.timestamp, "2026-11-22T10:00:00.123+0000");
