@@ -371,3 +371,49 @@ async fn a_restart_across_rotations_already_gzipped_loses_nothing() {
     assert!(counts.values().all(|&c| c == 1), "none twice: {counts:?}");
     engine.stop().await;
 }
+
+/// Each space has its own channel (`{space}-wazuh-events-v5`): the daemon
+/// follows the custom space's beside the standard one, with a bookmark of
+/// its own, so that a restart reads neither again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spaces_event_channel_is_followed_with_its_own_bookmark() {
+    let ips: Vec<String> = (0..4).map(pool_ip).collect();
+    let mut h = harness(&ips).await;
+    let logs = h.dir.path().join("logs");
+    let channel = |space: &str| {
+        let name = format!("{space}-wazuh-events-v5");
+        let dir = logs.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, b"").unwrap();
+        path
+    };
+    let standard = channel("standard");
+    let custom = channel("custom");
+    h.cfg.input.alerts_file = standard.clone().into();
+    let mut engine = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
+
+    let daemon = h.start();
+    append(&standard, &stream_event(0, &ips[0]));
+    append(&custom, &stream_event(1, &ips[1]));
+    until_events(&engine, 2).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let state = &*h.cfg.input.state_dir;
+    assert!(state.join("bookmark.json").exists());
+    assert!(state.join("bookmark-custom-wazuh-events-v5.json").exists());
+
+    append(&standard, &stream_event(2, &ips[2]));
+    append(&custom, &stream_event(3, &ips[3]));
+    let daemon = h.start();
+    until_events(&engine, 4).await;
+    // Only the two new lines were read after the restart.
+    eventually("the two new lines read", WAIT, || {
+        wazuh_misp::stats::Stats::get(&daemon.stats.lines_read) == 2
+    })
+    .await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let counts = by_id(&engine);
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|&c| c == 1), "{counts:?}");
+    engine.stop().await;
+}

@@ -181,6 +181,15 @@ async fn check_all<W: Write>(cfg: &Config, r: &mut Report<'_, W>) {
                     .into()
             },
         );
+        if *cfg.input.follow_spaces {
+            for other in crate::input::spaces::other_channels(alerts) {
+                r.item(
+                    true,
+                    &format!("also following {}", other.path.display()),
+                    String::new,
+                );
+            }
+        }
     }
     let sock = &cfg.output.queue_socket;
     let meta = std::fs::metadata(sock);

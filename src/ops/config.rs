@@ -265,6 +265,9 @@ pub struct InputConfig {
     /// Only consulted when there is no bookmark, at start.
     pub start_position: Restart<StartPosition>,
     pub max_line_bytes: Restart<usize>,
+    /// Wazuh 5: also follow the other spaces' event channels beside
+    /// `alerts_file` (`<logs>/<space>-wazuh-events-v5/`).
+    pub follow_spaces: Restart<bool>,
 }
 
 impl Default for InputConfig {
@@ -274,6 +277,7 @@ impl Default for InputConfig {
             state_dir: Restart("/var/lib/wazuh-misp".into()),
             start_position: Restart(StartPosition::End),
             max_line_bytes: Restart(1_048_576),
+            follow_spaces: Restart(true),
         }
     }
 }

@@ -8,6 +8,7 @@ use super::tasks::{self, ReportSettings};
 use super::worker;
 use crate::config::{Applies, Change, Config};
 use crate::dedup::Dedup;
+use crate::input::spaces::{self, Stream};
 use crate::input::tail::{self, Waker, BATCH_LINES};
 use crate::input::{bookmark, Checkpointer, TailOptions, Tailer};
 use crate::ledger::store::LedgerStore;
@@ -159,7 +160,11 @@ pub struct Daemon {
     supervisor: Supervisor,
     deaths: mpsc::UnboundedReceiver<Death>,
     stop_reading: Arc<AtomicBool>,
-    waker: Waker,
+    /// One per tailer.
+    wakers: Vec<Waker>,
+    /// Each followed stream's bookmark name and checkpointer (the first is
+    /// `input.alerts_file`'s, [`Daemon::checkpoints`]).
+    followed: Vec<(String, Arc<Checkpointer>)>,
     abandon: Arc<AtomicBool>,
     saver: tokio::task::JoinHandle<()>,
 }
@@ -333,32 +338,54 @@ impl Daemon {
         drop(out_tx);
         drop(line_rx);
 
-        let start = bookmark::resolve_start(
-            &cfg.input.alerts_file,
-            &bookmark::load(&state_dir),
-            *cfg.input.start_position,
-        );
+        // One tailer per stream: input.alerts_file, and on Wazuh 5 the
+        // other spaces' channels beside it, each with its own bookmark.
+        let mut streams = vec![Stream {
+            path: cfg.input.alerts_file.to_path_buf(),
+            bookmark: String::new(),
+        }];
+        if cfg.wazuh_line() == crate::config::WazuhLine::V5 && *cfg.input.follow_spaces {
+            streams.extend(spaces::other_channels(&cfg.input.alerts_file));
+        }
         let stop_reading = Arc::new(AtomicBool::new(false));
-        let (waker, wake_rx) = tail::waker();
-        let tailer = Tailer::new(
-            TailOptions {
-                path: cfg.input.alerts_file.to_path_buf(),
-                start,
-                max_line_bytes: *cfg.input.max_line_bytes,
-                poll: Duration::from_secs(1),
-            },
-            line_tx,
-            checkpoints.clone(),
-            stats.clone(),
-            stop_reading.clone(),
-        );
-        let thread_waker = waker.clone();
-        supervisor
-            .spawn_thread("tailer", move || {
-                tailer.run(thread_waker, wake_rx);
-                Ok(())
-            })
-            .context("cannot start the tailer thread")?;
+        let mut followed = Vec::new();
+        let mut wakers = Vec::new();
+        for stream in streams {
+            let stream_checkpoints = if stream.bookmark.is_empty() {
+                checkpoints.clone()
+            } else {
+                Arc::new(Checkpointer::new())
+            };
+            let start = bookmark::resolve_start(
+                &stream.path,
+                &bookmark::load(&state_dir, &stream.bookmark),
+                *cfg.input.start_position,
+            );
+            tracing::info!(path = %stream.path.display(), "following");
+            let (waker, wake_rx) = tail::waker();
+            let tailer = Tailer::new(
+                TailOptions {
+                    path: stream.path.clone(),
+                    start,
+                    max_line_bytes: *cfg.input.max_line_bytes,
+                    poll: Duration::from_secs(1),
+                },
+                line_tx.clone(),
+                stream_checkpoints.clone(),
+                stats.clone(),
+                stop_reading.clone(),
+            );
+            let thread_waker = waker.clone();
+            supervisor
+                .spawn_thread("tailer", move || {
+                    tailer.run(thread_waker, wake_rx);
+                    Ok(())
+                })
+                .context("cannot start the tailer thread")?;
+            followed.push((stream.bookmark, stream_checkpoints));
+            wakers.push(waker);
+        }
+        drop(line_tx);
 
         if !cfg.metrics.listen.is_empty() {
             let sources = crate::metrics::Sources {
@@ -376,7 +403,7 @@ impl Daemon {
             "state saver",
             tasks::save_periodically(
                 state_dir,
-                checkpoints.clone(),
+                followed.clone(),
                 dedup,
                 Duration::from_secs((*cfg.dedup.persist_secs).max(1)),
                 sightings,
@@ -394,7 +421,8 @@ impl Daemon {
             supervisor,
             deaths,
             stop_reading,
-            waker,
+            wakers,
+            followed,
             abandon,
             saver,
         })
@@ -427,13 +455,16 @@ impl Daemon {
             supervisor,
             mut deaths,
             stop_reading,
-            waker,
+            wakers,
+            followed,
             abandon,
             saver,
             ..
         } = self;
         stop_reading.store(true, Ordering::Relaxed);
-        waker.wake();
+        for waker in &wakers {
+            waker.wake();
+        }
         // The reporter, publisher and saver stop; the tailer ends, so the
         // workers drain and end, and the writer ends with the last of them.
         supervisor.begin_shutdown();
@@ -450,9 +481,11 @@ impl Daemon {
         // saver is never aborted in a save: it stops between saves.
         let _ = saver.await;
         let state_dir = &*started.input.state_dir;
-        if let Some(b) = checkpoints.committed() {
-            if let Err(e) = bookmark::save(state_dir, &b) {
-                tracing::error!(error = %e, "cannot save bookmark at shutdown");
+        for (stream, checkpoints) in &followed {
+            if let Some(b) = checkpoints.committed() {
+                if let Err(e) = bookmark::save(state_dir, stream, &b) {
+                    tracing::error!(error = %e, "cannot save bookmark at shutdown");
+                }
             }
         }
         if let Some(d) = &engine.dedup {

@@ -4,7 +4,7 @@
 use super::daemon::save_dedup;
 use crate::dedup::Dedup;
 use crate::enrich;
-use crate::input::{bookmark, Checkpointer};
+use crate::input::{bookmark, Bookmark, Checkpointer};
 use crate::lookup::Source;
 use crate::output::{self, Outgoing};
 use std::path::PathBuf;
@@ -106,13 +106,13 @@ pub const BOOKMARK_EVERY: Duration = Duration::from_millis(200);
 /// this returns, so the final save at shutdown never races it.
 pub async fn save_periodically(
     state_dir: PathBuf,
-    checkpoints: Arc<Checkpointer>,
+    streams: Vec<(String, Arc<Checkpointer>)>,
     dedup: Dedup,
     dedup_every: Duration,
     sightings: Option<Arc<crate::sightings::Sightings>>,
     stop: CancellationToken,
 ) {
-    let mut last = None;
+    let mut last = vec![None; streams.len()];
     let mut tick = tokio::time::interval(BOOKMARK_EVERY);
     let mut since_dedup = Duration::ZERO;
     loop {
@@ -120,13 +120,19 @@ pub async fn save_periodically(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let current = checkpoints.committed();
+        let current: Vec<_> = streams.iter().map(|(_, c)| c.committed()).collect();
         since_dedup += BOOKMARK_EVERY;
         let save_dedup_now = since_dedup >= dedup_every;
         if save_dedup_now {
             since_dedup = Duration::ZERO;
         }
-        let bookmark = current.clone().filter(|_| current != last);
+        // Each stream's bookmark that moved.
+        let moved: Vec<(String, Bookmark)> = streams
+            .iter()
+            .zip(current.iter().zip(&last))
+            .filter(|(_, (now, before))| now != before)
+            .filter_map(|((name, _), (now, _))| Some((name.clone(), now.clone()?)))
+            .collect();
         if let Some(s) = &sightings {
             let (dir, s) = (state_dir.clone(), s.clone());
             let _ = tokio::task::spawn_blocking(move || {
@@ -134,15 +140,15 @@ pub async fn save_periodically(
             })
             .await;
         }
-        if bookmark.is_none() && !save_dedup_now {
+        if moved.is_empty() && !save_dedup_now {
             continue;
         }
         // fsync (and a million-entry dedup table) would stall a runtime
         // thread and every alert queued behind it.
         let (dir, dedup) = (state_dir.clone(), dedup.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            if let Some(b) = bookmark {
-                if let Err(e) = bookmark::save(&dir, &b) {
+            for (stream, b) in moved {
+                if let Err(e) = bookmark::save(&dir, &stream, &b) {
                     tracing::error!(error = %e, "cannot save bookmark");
                 }
             }
@@ -151,8 +157,10 @@ pub async fn save_periodically(
             }
         })
         .await;
-        if current.is_some() {
-            last = current;
+        for (before, now) in last.iter_mut().zip(current) {
+            if now.is_some() {
+                *before = now;
+            }
         }
     }
 }

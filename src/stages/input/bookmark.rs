@@ -18,7 +18,7 @@ use crate::config::StartPosition;
 use crate::state::{read_versioned, write_atomic, Read};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "bookmark.json";
 pub const PREVIOUS_FILE_NAME: &str = "bookmark.prev.json";
@@ -31,11 +31,28 @@ enum OnDisk {
     V1(Bookmark),
 }
 
-/// Saves `b`, keeping the bookmark it replaces as `bookmark.prev.json`.
-pub fn save(state_dir: &Path, b: &Bookmark) -> std::io::Result<()> {
+/// The bookmark files of a stream: `bookmark.json` and
+/// `bookmark.prev.json` for `input.alerts_file` (stream `""`), and
+/// `bookmark-<stream>.json` and `bookmark-<stream>.prev.json` for the
+/// other spaces' streams on Wazuh 5, named by their channel.
+fn files(state_dir: &Path, stream: &str) -> (PathBuf, PathBuf) {
+    if stream.is_empty() {
+        return (
+            state_dir.join(FILE_NAME),
+            state_dir.join(PREVIOUS_FILE_NAME),
+        );
+    }
+    (
+        state_dir.join(format!("bookmark-{stream}.json")),
+        state_dir.join(format!("bookmark-{stream}.prev.json")),
+    )
+}
+
+/// Saves `b`, keeping the bookmark it replaces as the previous one.
+pub fn save(state_dir: &Path, stream: &str, b: &Bookmark) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(&OnDisk::V1(b.clone())).expect("bookmark serialises");
-    let current = state_dir.join(FILE_NAME);
-    match std::fs::rename(&current, state_dir.join(PREVIOUS_FILE_NAME)) {
+    let (current, previous) = files(state_dir, stream);
+    match std::fs::rename(&current, previous) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
@@ -69,12 +86,13 @@ fn read(path: &Path) -> Read<Bookmark> {
     }
 }
 
-pub fn load(state_dir: &Path) -> Loaded {
-    let current = read(&state_dir.join(FILE_NAME));
+pub fn load(state_dir: &Path, stream: &str) -> Loaded {
+    let (current_path, previous_path) = files(state_dir, stream);
+    let current = read(&current_path);
     if let Read::Found(b) = current {
         return Loaded::Found(b);
     }
-    match (current, read(&state_dir.join(PREVIOUS_FILE_NAME))) {
+    match (current, read(&previous_path)) {
         (_, Read::Found(b)) => {
             tracing::warn!(
                 offset = b.offset,
@@ -143,37 +161,37 @@ mod tests {
     #[test]
     fn saved_with_a_version_and_unversioned_files_still_load() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &bookmark(7)).unwrap();
+        save(dir.path(), "", &bookmark(7)).unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["version"], "1");
         assert_eq!(v["offset"], 7);
-        assert_eq!(load(dir.path()), Loaded::Found(bookmark(7)));
+        assert_eq!(load(dir.path(), ""), Loaded::Found(bookmark(7)));
         // As 0.1 wrote it.
         std::fs::write(
             dir.path().join(FILE_NAME),
             r#"{"file":{"dev":1,"ino":2,"fingerprint":"abc","fingerprint_len":3},"offset":9}"#,
         )
         .unwrap();
-        assert_eq!(load(dir.path()), Loaded::Found(bookmark(9)));
+        assert_eq!(load(dir.path(), ""), Loaded::Found(bookmark(9)));
     }
 
     #[test]
     fn an_unreadable_bookmark_falls_back_to_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &bookmark(100)).unwrap();
-        save(dir.path(), &bookmark(200)).unwrap();
+        save(dir.path(), "", &bookmark(100)).unwrap();
+        save(dir.path(), "", &bookmark(200)).unwrap();
         std::fs::write(dir.path().join(FILE_NAME), b"{\"version\":\"1\",\"fi").unwrap();
-        assert_eq!(load(dir.path()), Loaded::Found(bookmark(100)));
+        assert_eq!(load(dir.path(), ""), Loaded::Found(bookmark(100)));
         assert!(dir.path().join("bookmark.json.corrupt").exists());
 
         // Not a file at all.
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &bookmark(100)).unwrap();
-        save(dir.path(), &bookmark(200)).unwrap();
+        save(dir.path(), "", &bookmark(100)).unwrap();
+        save(dir.path(), "", &bookmark(200)).unwrap();
         std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
         std::fs::create_dir(dir.path().join(FILE_NAME)).unwrap();
-        assert_eq!(load(dir.path()), Loaded::Found(bookmark(100)));
+        assert_eq!(load(dir.path(), ""), Loaded::Found(bookmark(100)));
     }
 
     #[test]
@@ -184,7 +202,7 @@ mod tests {
             r#"{"version":"9","file":{"dev":1,"ino":2,"fingerprint":"abc","fingerprint_len":3},"offset":9}"#,
         )
         .unwrap();
-        assert_eq!(load(dir.path()), Loaded::Unreadable);
+        assert_eq!(load(dir.path(), ""), Loaded::Unreadable);
     }
 
     /// With no readable bookmark, the start is the beginning of the current

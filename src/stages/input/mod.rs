@@ -6,12 +6,14 @@
 //! - [`bookmark`]: the saved position in `state_dir/bookmark.json`.
 //! - [`rotated`]: the files Wazuh rotated the stream into, oldest first.
 //! - [`source`]: reading a file, plain or gzipped since its rotation.
+//! - [`spaces`]: Wazuh 5's event streams, one per space.
 
 pub mod bookmark;
 pub mod checkpoint;
 pub mod fingerprint;
 pub mod rotated;
 pub mod source;
+pub mod spaces;
 pub mod tail;
 
 pub use checkpoint::{Ack, Bookmark, Checkpointer, LinePos};
