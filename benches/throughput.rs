@@ -14,7 +14,9 @@
 //! and hashes), `cold`, `noip`, `burst` (query mode, as before the
 //! mirror), `mirror_hot` (mirror mode, the default: `hot`'s traffic, with
 //! the retro ledger recording every observable) and `mirror_cold` (mirror
-//! mode: `cold`'s traffic with 1 % of the IPs known). `BENCH_SCALE=0.1` runs a
+//! mode: `cold`'s traffic with 1 % of the IPs known), `wazuh5_mirror_hot`
+//! (`mirror_hot` on Wazuh 5: engine events in, NDJSON batches over HTTP
+//! out, to a receiver standing in for `queue-http.sock`). `BENCH_SCALE=0.1` runs a
 //! tenth of the alerts (for profiling); `BENCH_TIMELINE=1` prints the worst
 //! latency per 20 ms of append time (where a stall happened);
 //! `BENCH_WORKERS=N` sets `pipeline.workers`, `BENCH_THREADS=N` the
@@ -56,6 +58,113 @@ struct Scenario {
     rate: u64,
     /// `misp.mode = "mirror"` (synced before the clock starts), else query.
     mirror: bool,
+    /// Wazuh 5: the lines are engine events (WCS), and the events go in
+    /// NDJSON batches over HTTP to a receiver standing in for the
+    /// engine's `queue-http.sock`.
+    wazuh5: bool,
+}
+
+/// An engine event (WCS, as the file output writes it) from sshd naming
+/// `ip`, of integration `bench-<integration>` (the dedup key on 5 is the
+/// integration, so it varies as the rule id does on 4). The sequence
+/// number rides in the location, which the enriched event copies.
+fn wcs_event(seq: usize, integration: usize, ip: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"@timestamp":"2026-11-22T09:58:02.114Z","wazuh":{{"agent":{{"id":"001","name":"web-01","host":{{"ip":"10.0.1.50"}}}},"#,
+            r#""protocol":{{"queue":49,"location":"/var/log/bench_seq/{seq}"}},"integration":{{"name":"bench-{integration}","category":"system-activity","decoders":["decoder/sshd/0"]}},"#,
+            r#""event":{{"id":"ev-{seq}"}},"cluster":{{"name":"wazuh","node":"manager-1"}},"space":{{"name":"standard"}}}},"#,
+            r#""event":{{"original":"Nov 22 09:58:01 web-01 sshd[22108]: Invalid user test from {ip} port 41220","category":["authentication"],"outcome":"failure","kind":"event"}},"#,
+            r#""source":{{"ip":"{ip}","port":41220}},"user":{{"name":"test"}},"process":{{"name":"sshd","pid":22108}},"host":{{"name":"web-01"}}}}"#
+        ),
+        seq = seq,
+        integration = integration,
+        ip = ip
+    )
+}
+
+/// Stands in for the engine's ingestion socket as cheaply as it can: reads
+/// each `POST /events/enriched`, answers 200 on the kept-alive connection,
+/// and notes when each event (`\nE ` line) arrived by the sequence number
+/// in its location.
+fn http_receiver(
+    path: &std::path::Path,
+    clock: Instant,
+    received: Arc<AtomicU64>,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(usize, u64)>> {
+    use std::io::Read;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::Builder::new()
+        .name("bench-recv".into())
+        .spawn(move || {
+            let mut arrivals = Vec::new();
+            let finder = memchr::memmem::Finder::new(b"/bench_seq/");
+            let events = memchr::memmem::Finder::new(b"\nE ");
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+                let mut chunk = vec![0u8; 1 << 16];
+                'conn: while !stop.load(Ordering::Relaxed) {
+                    // One request: headers, then Content-Length bytes.
+                    let (head, len) = loop {
+                        if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                            let text = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (end + 4, len);
+                        }
+                        match conn.read(&mut chunk) {
+                            Ok(0) => break 'conn,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            Err(_) if !stop.load(Ordering::Relaxed) => continue,
+                            Err(_) => break 'conn,
+                        }
+                    };
+                    while buf.len() < head + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) => break 'conn,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            Err(_) if !stop.load(Ordering::Relaxed) => continue,
+                            Err(_) => break 'conn,
+                        }
+                    }
+                    let now = clock.elapsed().as_nanos() as u64;
+                    let body = &buf[head..head + len];
+                    let n = events.find_iter(body).count();
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                    if measuring.load(Ordering::Relaxed) {
+                        for at in finder.find_iter(body) {
+                            let seq = body[at + 11..]
+                                .iter()
+                                .take_while(|b| b.is_ascii_digit())
+                                .fold(0usize, |acc, b| acc * 10 + usize::from(b - b'0'));
+                            arrivals.push((seq, now));
+                        }
+                    }
+                    buf.drain(..head + len);
+                    if conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            arrivals
+        })
+        .unwrap()
 }
 
 /// Receives up to `slots` datagrams per system call (recvmmsg): the
@@ -135,17 +244,14 @@ async fn run(s: Scenario) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let alerts_path = dir.path().join("alerts.json");
     std::fs::write(&alerts_path, b"").unwrap();
-    let socket_path = dir.path().join("queue");
+    let socket_path = dir
+        .path()
+        .join(if s.wazuh5 { "queue-http.sock" } else { "queue" });
     let sim = MispSim::start(&SimData::from_events([event(&s.known)]), KEY)
         .await
         .unwrap();
     sim.set_latency(s.misp_latency);
 
-    // Receiver: records when each sequence number arrived.
-    let receiver = UnixDatagram::bind(&socket_path).unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
     let appended: Arc<Vec<AtomicU64>> = Arc::new(
         (0..s.alerts + s.warmup.len())
             .map(|_| AtomicU64::new(0))
@@ -156,7 +262,20 @@ async fn run(s: Scenario) -> Value {
     let stop = Arc::new(AtomicBool::new(false));
     // Cleared when the clock starts, so warm-up events are not counted.
     let measuring = Arc::new(AtomicBool::new(false));
-    let recv_thread = {
+    let recv_thread = if s.wazuh5 {
+        http_receiver(
+            &socket_path,
+            clock,
+            received.clone(),
+            measuring.clone(),
+            stop.clone(),
+        )
+    } else {
+        // Receiver: records when each sequence number arrived.
+        let receiver = UnixDatagram::bind(&socket_path).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let (received, stop, measuring) = (received.clone(), stop.clone(), measuring.clone());
         let expected = s.expected_events;
         std::thread::Builder::new()
@@ -202,6 +321,10 @@ async fn run(s: Scenario) -> Value {
     }
     .into();
     cfg.misp.max_concurrent_requests = (16).into();
+    if s.wazuh5 {
+        cfg.wazuh.version = wazuh_misp::config::WazuhVersion::V5.into();
+        cfg.output.queue_socket = socket_path.clone().into();
+    }
     if let Some(w) = std::env::var("BENCH_WORKERS")
         .ok()
         .and_then(|w| w.parse::<usize>().ok())
@@ -388,8 +511,25 @@ fn scenarios() -> Vec<Scenario> {
             burst: false,
             rate,
             mirror,
+            wazuh5: false,
         });
     }
+    // Wazuh 5: mirror_hot's traffic as engine events, sent in NDJSON
+    // batches over HTTP.
+    let ips = hot_ips.clone();
+    out.push(Scenario {
+        name: "wazuh5_mirror_hot",
+        alerts: scaled(200_000),
+        lines: Box::new(move |i| wcs_event(1000 + i, 801 + (i / 1000) % 200, &ips[i % 1000])),
+        expected_events: scaled(200_000),
+        known: hot_ips.clone(),
+        misp_latency: Duration::ZERO,
+        warmup: (0..1000).map(|i| wcs_event(i, 800, &hot_ips[i])).collect(),
+        burst: false,
+        rate: hot_rate,
+        mirror: true,
+        wazuh5: true,
+    });
     // A third each of IPs, domains and hashes, every one known and cached.
     let domains: Vec<String> = (0..1000)
         .map(|i| format!("cdn{i}.bench-evil.com"))
@@ -432,6 +572,7 @@ fn scenarios() -> Vec<Scenario> {
         burst: false,
         rate: 0,
         mirror: false,
+        wazuh5: false,
     });
     // 20 000 distinct IPs, 10 % known to MISP, 20 ms per request.
     let ips = cold_ips.clone();
@@ -446,6 +587,7 @@ fn scenarios() -> Vec<Scenario> {
         burst: false,
         rate: 0,
         mirror: false,
+        wazuh5: false,
     });
     // Mirror mode: 20 000 distinct IPs, 1 % known to MISP, 20 ms per
     // request; every lookup local, MISP asked only for hits' details.
@@ -461,6 +603,7 @@ fn scenarios() -> Vec<Scenario> {
         burst: false,
         rate: 0,
         mirror: true,
+        wazuh5: false,
     });
     // No public IP, or filtered by level.
     out.push(Scenario {
@@ -485,6 +628,7 @@ fn scenarios() -> Vec<Scenario> {
         burst: false,
         rate: 0,
         mirror: false,
+        wazuh5: false,
     });
     // A million lines as fast as they can be written; (rule, ip) unique, so
     // the dedup table ends with a million live entries.
@@ -500,6 +644,7 @@ fn scenarios() -> Vec<Scenario> {
         burst: true,
         rate: 0,
         mirror: false,
+        wazuh5: false,
     });
     out
 }
