@@ -417,3 +417,51 @@ async fn every_spaces_event_channel_is_followed_with_its_own_bookmark() {
     assert!(counts.values().all(|&c| c == 1), "{counts:?}");
     engine.stop().await;
 }
+
+/// What is already queued when the writer takes a worker's hand-off goes
+/// out with it: ten hand-offs of one agent's events, queued before the
+/// writer starts, cost one request, and every one is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_already_queued_share_a_request() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use wazuh_misp::output::{Datagrams, HttpWriter, Outgoing};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("queue-http.sock");
+    let mut engine = EngineSim::start(&sock).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut told = Vec::new();
+    for n in 0..10 {
+        let mut datagrams = Datagrams::default();
+        assert!(datagrams.push(
+            "1:[001] (web-01) 10.0.1.50->misp:",
+            format!(r#"{{"integration":"misp","event_id":"e{n}"}}"#).as_bytes(),
+        ));
+        let (sent, rx) = tokio::sync::oneshot::channel();
+        told.push(rx);
+        tx.send(Outgoing {
+            datagrams,
+            dedup_keys: Vec::new(),
+            ack: None,
+            sent: Some(sent),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let writer = HttpWriter::new(
+        sock,
+        Arc::new(wazuh_misp::stats::Stats::default()),
+        None,
+        Arc::new(AtomicBool::new(false)),
+    );
+    tokio::task::spawn_blocking(move || writer.run(rx))
+        .await
+        .unwrap();
+    for rx in told {
+        rx.await.expect("every hand-off is acknowledged");
+    }
+    assert_eq!(engine.events().len(), 10);
+    assert_eq!(engine.requests(), 1, "{:?}", engine.batches());
+    engine.stop().await;
+}

@@ -77,23 +77,40 @@ impl HttpWriter {
     /// Runs until every sender is dropped and the inbox is empty, or until
     /// `abandon` is set while a send is being retried.
     pub fn run(mut self, mut inbox: mpsc::Receiver<Outgoing>) {
-        while let Some(out) = inbox.blocking_recv() {
+        while let Some(first) = inbox.blocking_recv() {
             crate::runtime::fault::inject(crate::runtime::fault::Component::Writer);
-            let events: Vec<Event> = out
-                .datagrams
+            // Each worker hands over one read's events; what else is
+            // already waiting goes in the same requests (never waited
+            // for), up to a batch's worth: one round trip per batch, not
+            // per worker hand-off.
+            let mut group = vec![first];
+            let mut queued = group[0].datagrams.len();
+            while queued < MAX_BATCH_EVENTS {
+                match inbox.try_recv() {
+                    Ok(more) => {
+                        queued += more.datagrams.len();
+                        group.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<Event> = group
                 .iter()
+                .flat_map(|out| out.datagrams.iter())
                 .filter_map(Event::of_datagram)
                 .collect();
             for (header, lines) in by_agent(&events) {
                 for chunk in chunks(&lines) {
                     if !self.send(&header, chunk) {
-                        // Abandoned: the ack is dropped unfinished, so
+                        // Abandoned: the acks are dropped unfinished, so
                         // these lines are read again at the next start.
                         return;
                     }
                 }
             }
-            out.delivered(self.dedup.as_ref());
+            for out in group {
+                out.delivered(self.dedup.as_ref());
+            }
         }
     }
 
