@@ -250,19 +250,7 @@ async fn the_event_stream_is_followed_through_the_engines_rotation() {
     h.cfg.input.alerts_file = stable.clone().into();
     let mut engine = EngineSim::start(&h.cfg.output.queue_socket).await.unwrap();
     let daemon = h.start();
-    let event = |n: usize| -> String {
-        let mut v: serde_json::Value = serde_json::from_str(
-            include_str!("fixtures/wazuh5/events.ndjson")
-                .lines()
-                .next()
-                .unwrap(),
-        )
-        .unwrap();
-        v["source"]["ip"] = ips[n].clone().into();
-        v["event"]["original"] = format!("Invalid user test from {} port 41220", ips[n]).into();
-        v["wazuh"]["event"]["id"] = format!("e{n}").into();
-        v.to_string() + "\n"
-    };
+    let event = |n: usize| stream_event(n, &ips[n]);
     for n in 0..3 {
         append(&first, &event(n));
     }

@@ -438,7 +438,7 @@ pub fn offer_sightings(
 /// An alert's time in Unix seconds: Wazuh 4's `2026-11-22T09:58:02.114+0000`
 /// or Wazuh 5's RFC 3339 `@timestamp` (`2026-11-22T09:58:02.114Z`).
 pub fn alert_time(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.3f%z")
+    chrono::DateTime::parse_from_str(text, enrich::WAZUH_TIME_FORMAT)
         .or_else(|_| chrono::DateTime::parse_from_rfc3339(text))
         .ok()
         .map(|t| t.timestamp())

@@ -236,8 +236,11 @@ pub struct DecoderContext<'a> {
 }
 
 /// Wazuh's time format: `2026-11-22T10:00:00.123+0000`.
+pub const WAZUH_TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f%z";
+
+/// A time in [`WAZUH_TIME_FORMAT`].
 pub fn wazuh_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3f%z").to_string()
+    t.format(WAZUH_TIME_FORMAT).to_string()
 }
 
 /// `md5(ip|rule.id|alert.timestamp|alert.id)`, lowercase hex. Deterministic,

@@ -17,7 +17,6 @@ use super::tail::Start;
 use crate::config::StartPosition;
 use crate::state::{read_versioned, write_atomic, Read};
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "bookmark.json";
@@ -105,12 +104,6 @@ pub fn load(state_dir: &Path, stream: &str) -> Loaded {
     }
 }
 
-fn matches(path: &Path, b: &Bookmark) -> bool {
-    File::open(path)
-        .and_then(|mut f| b.file.matches(&mut f))
-        .unwrap_or(false)
-}
-
 /// Decides where the tailer starts, from the saved bookmark if any.
 pub fn resolve_start(alerts_file: &Path, loaded: &Loaded, fallback: StartPosition) -> Start {
     let b = match loaded {
@@ -123,7 +116,7 @@ pub fn resolve_start(alerts_file: &Path, loaded: &Loaded, fallback: StartPositio
             return Start::Fresh(StartPosition::Beginning);
         }
     };
-    if matches(alerts_file, b) {
+    if super::rotated::holds(alerts_file, &b.file) {
         tracing::info!(offset = b.offset, "resuming alerts.json from the bookmark");
         return Start::At(b.offset);
     }
@@ -145,6 +138,7 @@ pub fn resolve_start(alerts_file: &Path, loaded: &Loaded, fallback: StartPositio
 mod tests {
     use super::*;
     use crate::input::fingerprint::FileId;
+    use std::fs::File;
 
     fn bookmark(offset: u64) -> Bookmark {
         Bookmark {

@@ -84,10 +84,10 @@ pub fn chronological(stable: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, _, p)| p).collect()
 }
 
-/// Whether `path` is the file `id` names: the same inode, or, for a
-/// compressed file, the same first decompressed bytes (the original,
-/// compressed and deleted since).
-fn holds(path: &Path, id: &FileId) -> bool {
+/// Whether `path` is the file `id` names: the same inode and first bytes,
+/// or, for a compressed file, the same first decompressed bytes (the
+/// original, compressed and deleted since).
+pub fn holds(path: &Path, id: &FileId) -> bool {
     // Not by inode alone for a compressed file: the compressor's new file
     // may well reuse the inode of an original deleted before it.
     if source::is_compressed(path) {

@@ -91,21 +91,27 @@ fn decoder(path: &Path) -> io::Result<(MultiGzDecoder<BufReader<File>>, std::fs:
     Ok((MultiGzDecoder::new(BufReader::new(file)), meta))
 }
 
+/// Up to `len` first decompressed bytes of `path`, and its metadata.
+fn gzip_prefix(path: &Path, len: u64) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
+    let (d, meta) = decoder(path)?;
+    let mut prefix = Vec::with_capacity(len as usize);
+    d.take(len).read_to_end(&mut prefix)?;
+    Ok((prefix, meta))
+}
+
 fn open_gzip(path: &Path, offset: u64) -> io::Result<Opened> {
     let id = gzip_id(path)?;
     let (mut d, _) = decoder(path)?;
     let mut mid_line = false;
     let mut reached = 0;
     if offset > 0 {
-        let before = offset.saturating_sub(1);
+        let before = offset - 1;
         reached = io::copy(&mut d.by_ref().take(before), &mut io::sink())?;
         let mut b = [0u8; 1];
+        // Shorter than the bookmark, the file is read to its end.
         if reached == before && d.read(&mut b)? == 1 {
             reached += 1;
             mid_line = b[0] != b'\n';
-        } else {
-            // Shorter than the bookmark: the file is read to its end.
-            mid_line = false;
         }
     }
     Ok(Opened {
@@ -120,9 +126,7 @@ fn open_gzip(path: &Path, offset: u64) -> io::Result<Opened> {
 /// first decompressed bytes (what the original's fingerprint covered).
 pub fn gzip_id(path: &Path) -> io::Result<FileId> {
     use std::os::unix::fs::MetadataExt;
-    let (d, meta) = decoder(path)?;
-    let mut prefix = Vec::with_capacity(FINGERPRINT_BYTES as usize);
-    d.take(FINGERPRINT_BYTES).read_to_end(&mut prefix)?;
+    let (prefix, meta) = gzip_prefix(path, FINGERPRINT_BYTES)?;
     Ok(FileId {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -136,16 +140,10 @@ pub fn gzip_id(path: &Path) -> io::Result<FileId> {
 /// inode is not compared: the original is gone. A file that cannot be
 /// decompressed (still being written, damaged) does not match.
 pub fn gzip_holds(path: &Path, id: &FileId) -> bool {
-    let Ok((d, _)) = decoder(path) else {
-        return false;
-    };
-    let mut prefix = Vec::with_capacity(id.fingerprint_len as usize);
-    match d.take(id.fingerprint_len).read_to_end(&mut prefix) {
-        Ok(n) if n as u64 == id.fingerprint_len => {
-            super::fingerprint::digest(&prefix) == id.fingerprint
-        }
-        _ => false,
-    }
+    gzip_prefix(path, id.fingerprint_len).is_ok_and(|(prefix, _)| {
+        prefix.len() as u64 == id.fingerprint_len
+            && super::fingerprint::digest(&prefix) == id.fingerprint
+    })
 }
 
 #[cfg(test)]
