@@ -109,6 +109,7 @@ async fn a_network_indicator_matches_every_ip_inside_and_misp_hears_only_of_hits
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attribute_added_in_misp_matches_after_the_next_incremental_sync() {
+    let started = chrono::Utc::now().timestamp();
     let h = mirror_harness(&data(&[pool_ip(1)])).await;
     let q = QueueSocket::bind(&h.socket, Received::default());
     let daemon = h.start();
@@ -131,15 +132,24 @@ async fn an_attribute_added_in_misp_matches_after_the_next_incremental_sync() {
     daemon.shutdown(Duration::from_secs(5)).await;
     let (_, ev) = q.received.events().remove(0);
     assert_eq!(ev["detected_ip"]["value"], new_ip);
-    // The incremental syncs asked from the newest timestamp synced (the
-    // fixtures' 1763164800) minus misp.sync_overlap_secs, not for all.
-    let since: Vec<i64> = h
-        .sim
-        .request_bodies()
-        .into_iter()
-        .filter_map(|b| b.get("timestamp").and_then(Value::as_i64))
-        .collect();
-    assert!(since.contains(&(1_763_164_800 - 300)), "{since:?}");
+    // The incremental syncs asked by each of MISP's three clocks, from
+    // MISP's clock at the previous sync's start (its Date header) minus
+    // misp.sync_overlap_secs: never from the attributes' own timestamps
+    // (the fixtures' 1763164800).
+    let bodies = h.sim.request_bodies();
+    for window in ["timestamp", "event_timestamp", "publish_timestamp"] {
+        let since: Vec<i64> = bodies
+            .iter()
+            .filter_map(|b| b.get(window).and_then(Value::as_i64))
+            .collect();
+        assert!(!since.is_empty(), "no {window} window asked");
+        assert!(
+            since
+                .iter()
+                .all(|&t| (started - 300 - 2..=started).contains(&t)),
+            "{window}: {since:?}, test started at {started}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,12 +73,13 @@ async fn check_sync<W: Write>(cfg: &Config, client: &MispClient, r: &mut Report<
     let started = std::time::Instant::now();
     let page = client.sync_page(&q).await;
     let what = match &page {
-        Ok((attributes, bytes)) => format!(
-            "mirror sync: the first page holds {} attributes ({} bytes, {} ms){}",
-            attributes.len(),
-            bytes,
+        Ok(p) => format!(
+            "mirror sync: the first page holds {} attributes ({} bytes, {} ms; {} dropped by MISP's warninglists){}",
+            p.attributes.len(),
+            p.bytes,
             started.elapsed().as_millis(),
-            if attributes.len() as u32 >= *cfg.misp.sync_page_size {
+            p.skipped,
+            if p.attributes.len() as u64 + p.skipped >= u64::from(*cfg.misp.sync_page_size) {
                 " and more pages follow"
             } else {
                 ""

@@ -16,6 +16,7 @@
 //!   `Accept: application/json`, 200 with an empty list on no match;
 //! - fault injection: latency, 5xx, HTML bodies, truncated bodies, 429.
 
+pub mod api;
 pub mod engine;
 
 use axum::body::Body;
@@ -86,8 +87,15 @@ struct Dataset {
     /// Lowercased value (and each half of a composite) -> attribute indexes.
     by_value: HashMap<String, Vec<usize>>,
     by_uuid: HashMap<String, usize>,
-    warninglist: Vec<IpNet>,
+    /// Attribute indexes by event index.
+    by_event: Vec<Vec<usize>>,
+    /// Attribute ids rise with their index: id order is index order.
+    ids_ascending: bool,
+    /// Hard-deleted attributes (indexes stay stable; these are skipped).
+    gone: std::collections::HashSet<usize>,
+    warninglists: Vec<Warninglist>,
     next_attr_id: u64,
+    next_event_id: u64,
     /// The newest attribute timestamp.
     newest: i64,
     /// Bumped at every change.
@@ -122,7 +130,16 @@ pub struct MispSim {
 #[derive(Clone)]
 pub struct SimData {
     events: Vec<Value>,
-    warninglist: Vec<IpNet>,
+    warninglists: Vec<Warninglist>,
+}
+
+/// A cidr warninglist as MISP loads it (`Warninglist::update`): every list
+/// is there, and none is enabled until `/warninglists/toggleEnable`.
+#[derive(Clone, Debug)]
+struct Warninglist {
+    name: String,
+    networks: Vec<IpNet>,
+    enabled: bool,
 }
 
 impl SimData {
@@ -138,7 +155,7 @@ impl SimData {
         }
         SimData {
             events: out,
-            warninglist: Vec::new(),
+            warninglists: Vec::new(),
         }
     }
 
@@ -163,23 +180,43 @@ impl SimData {
         Ok(Self::from_events(events))
     }
 
-    /// A warninglist in MISP's `list.json` format (type `cidr`).
+    /// A warninglist in MISP's `list.json` format (type `cidr`), enabled.
     pub fn with_warninglist(mut self, list: &Value) -> Self {
-        if let Some(items) = list.get("list").and_then(Value::as_array) {
-            for s in items.iter().filter_map(Value::as_str) {
-                if let Ok(n) = s
-                    .parse::<IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                {
-                    self.warninglist.push(n);
-                }
-            }
-        }
+        self.warninglists.push(Warninglist::of(list, true));
+        self
+    }
+
+    /// A warninglist loaded but not enabled, as MISP holds every list it
+    /// ships: a test enables it with `/warninglists/toggleEnable`.
+    pub fn with_available_warninglist(mut self, list: &Value) -> Self {
+        self.warninglists.push(Warninglist::of(list, false));
         self
     }
 
     pub fn events(&self) -> &[Value] {
         &self.events
+    }
+}
+
+impl Warninglist {
+    fn of(list: &Value, enabled: bool) -> Warninglist {
+        let networks = list
+            .get("list")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .ok()
+            })
+            .collect();
+        Warninglist {
+            name: s(list.get("name")),
+            networks,
+            enabled,
+        }
     }
 }
 
@@ -295,20 +332,37 @@ impl Dataset {
             }
             events.push(event);
         }
+        let next_event_id = events
+            .iter()
+            .filter_map(|e| s(e.get("id")).parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
         let mut d = Dataset {
+            by_event: vec![Vec::new(); events.len()],
             attributes,
             events,
             by_value: HashMap::new(),
             by_uuid: HashMap::new(),
-            warninglist: data.warninglist.clone(),
+            gone: Default::default(),
+            ids_ascending: true,
+            warninglists: data.warninglists.clone(),
             next_attr_id,
+            next_event_id,
             newest: 0,
             version: 0,
             by_timestamp: Default::default(),
         };
         for i in 0..d.attributes.len() {
             d.index(i);
+            let ei = d.attributes[i].0;
+            d.by_event[ei].push(i);
         }
+        let ids: Vec<u64> = d
+            .attributes
+            .iter()
+            .map(|(_, a)| s(a.get("id")).parse().unwrap_or(0))
+            .collect();
+        d.ids_ascending = ids.windows(2).all(|w| w[0] < w[1]);
         d
     }
 
@@ -342,8 +396,8 @@ impl Dataset {
         }
     }
 
-    /// MISP's cidr warninglists catch an IP inside a listed network, and a
-    /// network value inside one.
+    /// MISP's enabled cidr warninglists catch an IP inside a listed
+    /// network, and a network value inside one.
     fn warninglisted(&self, value: &str) -> bool {
         value
             .split('|')
@@ -353,7 +407,12 @@ impl Dataset {
                     .or_else(|_| h.parse::<IpNet>())
                     .ok()
             })
-            .any(|v| self.warninglist.iter().any(|n| n.contains(&v)))
+            .any(|v| {
+                self.warninglists
+                    .iter()
+                    .filter(|w| w.enabled)
+                    .any(|w| w.networks.iter().any(|n| n.contains(&v)))
+            })
     }
 }
 
@@ -415,14 +474,60 @@ fn decay_score(timestamp: i64, now: i64) -> Value {
 struct Filters {
     /// `timestamp`: the attribute's, at or after (or within `[from, to]`).
     timestamp: Option<(i64, i64)>,
+    /// `event_timestamp`: the event's (`Event.timestamp`).
+    event_timestamp: Option<(i64, i64)>,
+    /// `publish_timestamp`: the event's `publish_timestamp`.
+    publish_timestamp: Option<(i64, i64)>,
     to_ids: Option<bool>,
     published: Option<bool>,
+    deleted: Deleted,
     /// `tags`: any of these on the attribute or its event.
     tags_any: Vec<String>,
-    /// `tags` given as `!name`: not on the attribute (MISP's attribute
-    /// scope excludes by the attribute's own tags only).
+    /// `tags` given as `!name`: on neither the attribute nor its event
+    /// (`MispAttribute::set_filter_tags` runs for the Attribute scope,
+    /// `Attribute.id NOT IN`, and the Event scope, `Event.id NOT IN`).
     tags_not: Vec<String>,
     uuids: Vec<String>,
+}
+
+/// restSearch's `deleted` (`Event::set_filter_deleted`, then
+/// `fetchAttributes`): absent, `0` or `false` hides soft-deleted
+/// attributes; `1`, `true` or `"only"` shows only them; `[0, 1]` both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deleted {
+    Live,
+    Only,
+    Both,
+}
+
+impl Deleted {
+    fn of(v: Option<&Value>) -> Deleted {
+        let one = |v: &Value| match v {
+            Value::String(x) if x == "only" => true,
+            other => truthy(Some(other)),
+        };
+        match v {
+            None | Some(Value::Null) => Deleted::Live,
+            Some(Value::Array(items)) => {
+                let (gone, live) = (items.iter().any(one), items.iter().any(|x| !one(x)));
+                match (gone, live) {
+                    (true, true) => Deleted::Both,
+                    (true, false) => Deleted::Only,
+                    _ => Deleted::Live,
+                }
+            }
+            Some(x) if one(x) => Deleted::Only,
+            Some(_) => Deleted::Live,
+        }
+    }
+
+    fn keeps(self, deleted: bool) -> bool {
+        match self {
+            Deleted::Live => !deleted,
+            Deleted::Only => deleted,
+            Deleted::Both => true,
+        }
+    }
 }
 
 fn tag_names(v: Option<&Value>) -> impl Iterator<Item = String> + '_ {
@@ -432,32 +537,50 @@ fn tag_names(v: Option<&Value>) -> impl Iterator<Item = String> + '_ {
         .map(|t| s(t.get("name")).to_lowercase())
 }
 
+/// Tags restSearch shows: not those marked non-exportable
+/// (`MispAttribute::attachTagsToAttributes` asks `Tag.exportable = 1`).
+fn exportable(tags: Option<&Value>) -> Vec<Value> {
+    tags.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t.get("exportable")
+                .is_none_or(|e| e.is_null() || truthy(Some(e)))
+        })
+        .cloned()
+        .collect()
+}
+
 impl Filters {
     fn of(body: &Value, now: i64) -> Filters {
-        // MISP's resolveTimeDelta: a number, or "1d", "2h", "30m", "10s".
-        let time = |v: &Value| -> Option<i64> {
+        // MISP's resolveTimeDelta: a number, or "1d", "2h", "30m", "10s";
+        // anything else is `time() + 1`, which matches nothing.
+        let time = |v: &Value| -> i64 {
             let t = s(Some(v));
             let t = t.trim();
             if let Ok(n) = t.parse::<i64>() {
-                return Some(n);
+                return n;
             }
-            let (num, unit) = t.split_at(t.len().checked_sub(1)?);
-            let n: i64 = num.parse().ok()?;
-            let secs = match unit {
-                "d" => 86400,
-                "h" => 3600,
-                "m" => 60,
-                "s" => 1,
-                _ => return None,
-            };
-            Some(now - n * secs)
+            let parsed = t.len().checked_sub(1).and_then(|at| {
+                let (num, unit) = t.split_at(at);
+                let n: i64 = num.parse().ok()?;
+                let secs = match unit {
+                    "d" => 86400,
+                    "h" => 3600,
+                    "m" => 60,
+                    "s" => 1,
+                    _ => return None,
+                };
+                Some(now - n * secs)
+            });
+            parsed.unwrap_or(now + 1)
         };
-        let timestamp = match body.get("timestamp") {
+        let window = |k: &str| match body.get(k) {
             Some(Value::Array(pair)) if pair.len() == 2 => {
-                let (a, b) = (time(&pair[0]).unwrap_or(0), time(&pair[1]).unwrap_or(0));
+                let (a, b) = (time(&pair[0]), time(&pair[1]));
                 Some((a.min(b), a.max(b)))
             }
-            Some(v) if !v.is_null() => time(v).map(|t| (t, i64::MAX)),
+            Some(v) if !v.is_null() && v != &Value::Bool(false) => Some((time(v), i64::MAX)),
             _ => None,
         };
         let flag = |k: &str| match body.get(k) {
@@ -485,13 +608,28 @@ impl Filters {
             }
         }
         Filters {
-            timestamp,
+            timestamp: window("timestamp"),
+            event_timestamp: window("event_timestamp"),
+            publish_timestamp: window("publish_timestamp"),
             to_ids: flag("to_ids"),
             published: flag("published"),
+            deleted: Deleted::of(body.get("deleted")),
             tags_any,
             tags_not,
             uuids: string_list(body.get("uuid")),
         }
+    }
+
+    /// Whether an event passes the event-level windows.
+    fn keeps_event(&self, event: &Value) -> bool {
+        let within = |w: Option<(i64, i64)>, field: &str| {
+            w.is_none_or(|(from, to)| {
+                let ts = s(event.get(field)).parse::<i64>().unwrap_or(0);
+                ts >= from && ts <= to
+            })
+        };
+        within(self.event_timestamp, "timestamp")
+            && within(self.publish_timestamp, "publish_timestamp")
     }
 
     fn keeps(&self, attr: &Value, event: &Value) -> bool {
@@ -500,6 +638,9 @@ impl Filters {
             if ts < from || ts > to {
                 return false;
             }
+        }
+        if !self.deleted.keeps(truthy(attr.get("deleted"))) || !self.keeps_event(event) {
+            return false;
         }
         if self
             .to_ids
@@ -523,15 +664,30 @@ impl Filters {
         {
             return false;
         }
-        if tag_names(attr.get("Tag")).any(|t| self.tags_not.contains(&t)) {
+        if tag_names(attr.get("Tag"))
+            .chain(tag_names(event.get("Tag")))
+            .any(|t| self.tags_not.contains(&t))
+        {
             return false;
         }
         true
     }
 }
 
+/// What restSearch's headers say of an answer (`AppController::restSearch`
+/// from `MispAttribute::__iteratedFetch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchCounts {
+    /// `X-Result-Count`: the database rows of the page, plus 1 when a
+    /// paged answer came back full or empty.
+    pub result_count: usize,
+    /// `X-Skipped-Elements-Count`: rows dropped after the `LIMIT`
+    /// (warninglists).
+    pub skipped: usize,
+}
+
 impl Inner {
-    fn search(&self, body: &Value) -> Value {
+    fn search(&self, body: &Value) -> (Value, SearchCounts) {
         let values = string_list(body.get("value"));
         let types = string_list(body.get("type"));
         let event_tags = truthy(body.get("includeEventTags"));
@@ -539,10 +695,12 @@ impl Inner {
         let sightings = truthy(body.get("includeSightings"));
         let correlations = truthy(body.get("includeCorrelations"));
         let decay = truthy(body.get("includeDecayScore"));
+        let all_tags = truthy(body.get("includeAllTags"));
         let warninglist = truthy(body.get("enforceWarninglist"));
         let limit = body
             .get("limit")
-            .and_then(|l| s(Some(l)).parse::<usize>().ok());
+            .and_then(|l| s(Some(l)).parse::<usize>().ok())
+            .filter(|&l| l > 0);
         // MISP's pages count from 1; `page` without `limit` is ignored.
         let page = body
             .get("page")
@@ -551,7 +709,6 @@ impl Inner {
             (Some(l), Some(p)) if p > 1 => l * (p - 1),
             _ => 0,
         };
-        let mut skipped = 0;
         let now = chrono::Utc::now().timestamp();
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
         let filters = Filters::of(body, now);
@@ -578,69 +735,91 @@ impl Inner {
             }
         }
         let mut ended_at = None;
-        // In attribute id order, as MISP pages them.
-        let mut hits: Vec<usize> =
-            if let (true, Some((from, to))) = (values.is_empty(), filters.timestamp) {
-                // MISP answers a timestamp filter from an index on it; so does
-                // the simulator, or an incremental sync of a million
-                // attributes would measure its scan.
-                d.by_timestamp
-                    .range(from..=to)
-                    .flat_map(|(_, ids)| ids.iter().copied())
-                    .filter(|&i| i >= start)
-                    .collect()
-            } else if values.is_empty() {
-                (start..d.attributes.len()).collect()
-            } else {
-                values
-                    .iter()
-                    .flat_map(|v| {
-                        d.by_value
-                            .get(&normalise(&v.to_lowercase()))
-                            .into_iter()
-                            .flatten()
-                            .copied()
-                    })
-                    .collect()
-            };
+        let event_window = filters.event_timestamp.is_some() || filters.publish_timestamp.is_some();
+        // Candidates in attribute id order, as MariaDB scans the primary
+        // key when no `order` is asked (`fetchAttributes` sets
+        // `order = []`); an `order` on the id gives the same.
+        let mut hits: Vec<usize> = if !values.is_empty() {
+            values
+                .iter()
+                .flat_map(|v| {
+                    d.by_value
+                        .get(&normalise(&v.to_lowercase()))
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                })
+                .collect()
+        } else if event_window {
+            d.events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| filters.keeps_event(e))
+                .flat_map(|(ei, _)| d.by_event[ei].iter().copied())
+                .filter(|&i| i >= start)
+                .collect()
+        } else if let Some((from, to)) = filters.timestamp {
+            // MISP answers a timestamp filter from an index on it; so does
+            // the simulator, or an incremental sync of a million
+            // attributes would measure its scan.
+            d.by_timestamp
+                .range(from..=to)
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .filter(|&i| i >= start)
+                .collect()
+        } else {
+            (start..d.attributes.len()).collect()
+        };
         hits.sort_unstable();
         hits.dedup();
+        if body.get("order").is_some() && !d.ids_ascending {
+            hits.sort_by_key(|&i| s(d.attributes[i].1.get("id")).parse::<u64>().unwrap_or(0));
+        }
         let mut out = Vec::new();
+        let (mut rows, mut skipped, mut passed) = (0usize, 0usize, 0usize);
         for i in hits {
+            if d.gone.contains(&i) {
+                continue;
+            }
             let (ei, attr) = &d.attributes[i];
             let kind = s(attr.get("type"));
             if !types.is_empty() && !types.contains(&kind) {
                 continue;
             }
-            if warninglist && d.warninglisted(&s(attr.get("value"))) {
-                continue;
-            }
-            if truthy(attr.get("deleted")) {
-                continue;
-            }
             if !filters.keeps(attr, &d.events[*ei]) {
                 continue;
             }
-            if skipped < skip {
+            // The SQL set ends here: the page is cut from it, and what
+            // follows drops rows from the page already cut.
+            if passed < skip {
+                passed += 1;
+                continue;
+            }
+            rows += 1;
+            if limit.is_some_and(|l| rows >= l) {
+                ended_at = Some(i + 1);
+            }
+            if warninglist && d.warninglisted(&s(attr.get("value"))) {
                 skipped += 1;
+                if ended_at.is_some() {
+                    break;
+                }
                 continue;
             }
             let event = &d.events[*ei];
             let mut a = attr.clone();
             let obj = a.as_object_mut().expect("rendered as object");
-            let mut tags: Vec<Value> = obj
-                .get("Tag")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if event_tags {
-                for t in event
-                    .get("Tag")
+            let own = if all_tags {
+                obj.get("Tag")
                     .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let mut t = t.clone();
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                exportable(obj.get("Tag"))
+            };
+            let mut tags = own;
+            if event_tags {
+                for mut t in exportable(event.get("Tag")) {
                     t["inherited"] = json!(1);
                     tags.push(t);
                 }
@@ -655,7 +834,7 @@ impl Inner {
                 let value = s(attr.get("value")).to_lowercase();
                 let related: Vec<Value> = d.by_value[&normalise(&value)]
                     .iter()
-                    .filter(|&&j| d.attributes[j].0 != *ei)
+                    .filter(|&&j| d.attributes[j].0 != *ei && !d.gone.contains(&j))
                     .map(|&j| {
                         let (ej, other) = &d.attributes[j];
                         let ev = &d.events[*ej];
@@ -680,8 +859,12 @@ impl Inner {
                 let ts = s(attr.get("timestamp")).parse::<i64>().unwrap_or(now);
                 obj.insert("decay_score".into(), decay_score(ts, now));
             }
+            // restSearch's `fields` add the event's distribution and
+            // publish_timestamp to `fetchAttributes`' id, info, org_id,
+            // orgc_id and uuid.
             let mut ev = json!({
                 "org_id": s(event.get("org_id")), "distribution": s(event.get("distribution")),
+                "publish_timestamp": s(event.get("publish_timestamp")),
                 "id": s(event.get("id")), "info": s(event.get("info")),
                 "orgc_id": s(event.get("orgc_id")), "uuid": s(event.get("uuid")),
             });
@@ -700,13 +883,13 @@ impl Inner {
                         ev[f] = v.clone();
                     }
                 }
-                ev["Tag"] = event.get("Tag").cloned().unwrap_or(json!([]));
+                ev["published"] = json!(truthy(event.get("published")));
+                ev["Tag"] = Value::Array(exportable(event.get("Tag")));
                 ev["Orgc"] = event.get("Orgc").cloned().unwrap_or(json!({}));
             }
             obj.insert("Event".into(), ev);
             out.push(a);
-            if limit.is_some_and(|l| out.len() >= l) {
-                ended_at = Some(i + 1);
+            if ended_at.is_some() {
                 break;
             }
         }
@@ -714,7 +897,13 @@ impl Inner {
             *self.resume.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((query_key, p, next, d.version));
         }
-        json!({"response": {"Attribute": out}})
+        let returned = out.len();
+        let full_or_empty = limit.is_some_and(|l| returned == 0 || returned >= l);
+        let counts = SearchCounts {
+            result_count: rows + usize::from(full_or_empty),
+            skipped,
+        };
+        (json!({"response": {"Attribute": out}}), counts)
     }
 }
 
@@ -823,11 +1012,20 @@ async fn rest_search(
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::Truncated) | None => {}
     }
-    let mut text = inner.search(&request).to_string();
+    let (answer, counts) = inner.search(&request);
+    let mut text = answer.to_string();
     if fault == Some(Fault::Truncated) {
         text.truncate(text.len() / 2);
     }
-    respond(200, "application/json", text)
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json; charset=UTF-8")
+        .header("x-result-count", counts.result_count.to_string())
+        .header("x-export-module-used", "json")
+        .header("x-response-format", "json")
+        .header("x-skipped-elements-count", counts.skipped.to_string())
+        .body(Body::from(text))
+        .expect("valid response")
 }
 
 /// `POST /sightings/add` as `SightingsController::add` and
@@ -893,18 +1091,19 @@ async fn add_sighting(
         .into_iter()
         .map(s)
         .find(|v| !v.is_empty());
-    let attribute = {
+    let found = {
         let d = inner.data.read().unwrap_or_else(|e| e.into_inner());
-        id.and_then(|id| {
-            let i = match d.by_uuid.get(&id) {
-                Some(&i) => Some(i),
-                None => d.attributes.iter().position(|(_, a)| s(a.get("id")) == id),
-            }?;
-            Some(d.attributes[i].1.clone())
+        id.and_then(|id| match d.by_uuid.get(&id) {
+            Some(&i) => Some(i),
+            None => d
+                .attributes
+                .iter()
+                .position(|(_, a)| s(a.get("id")) == id)
+                .filter(|i| !d.gone.contains(i)),
         })
     };
     record(200);
-    let Some(a) = attribute else {
+    let Some(i) = found else {
         return respond(
             200,
             "application/json",
@@ -915,7 +1114,9 @@ async fn add_sighting(
         None | Some(Value::Null) => chrono::Utc::now().timestamp().to_string(),
         Some(v) => s(Some(v)),
     };
-    respond(200, "application/json", json!({"Sighting": {
+    let mut d = inner.data.write().unwrap_or_else(|e| e.into_inner());
+    let a = &d.attributes[i].1;
+    let sighting = json!({
         "id": inner.control.lock().unwrap_or_else(|e| e.into_inner()).sightings.len().to_string(),
         "attribute_id": s(a.get("id")),
         "event_id": s(a.get("event_id")),
@@ -924,7 +1125,24 @@ async fn add_sighting(
         "uuid": format!("5a1e0000-5167-4000-8000-{:012x}", fastrand::u64(..1 << 48)),
         "source": s(request.get("source")),
         "type": kind,
-    }}).to_string())
+    });
+    // restSearch's includeSightings shows it (`Sighting::attachToEvent`).
+    let mut shown = sighting.clone();
+    shown["Organisation"] =
+        json!({"id": "1", "uuid": "3f42d880-4e24-4d28-bc9c-3542c9ff0a7b", "name": "ORGNAME"});
+    let a = &mut d.attributes[i].1;
+    if !a.get("Sighting").is_some_and(Value::is_array) {
+        a["Sighting"] = json!([]);
+    }
+    if let Some(list) = a["Sighting"].as_array_mut() {
+        list.push(shown);
+    }
+    d.version += 1;
+    respond(
+        200,
+        "application/json",
+        json!({ "Sighting": sighting }).to_string(),
+    )
 }
 
 /// Signals a server's graceful shutdown and awaits it for a moment: it
@@ -972,6 +1190,19 @@ impl MispSim {
         let app = Router::new()
             .route("/attributes/restSearch", post(rest_search))
             .route("/sightings/add", post(add_sighting))
+            .route("/events/add", post(api::add_event))
+            .route("/events/publish/{id}", post(api::publish_event))
+            .route("/events/delete/{id}", post(api::delete_event))
+            .route("/attributes/add/{event_id}", post(api::add_attribute))
+            .route("/attributes/edit/{id}", post(api::edit_attribute))
+            .route("/attributes/delete/{id}", post(api::delete_attribute))
+            .route(
+                "/attributes/delete/{id}/{hard}",
+                post(api::hard_delete_attribute),
+            )
+            .route("/tags/attachTagToObject", post(api::attach_tag))
+            .route("/tags/removeTagFromObject", post(api::remove_tag))
+            .route("/warninglists/toggleEnable", post(api::toggle_warninglist))
             .with_state(inner.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -1119,62 +1350,33 @@ impl MispSim {
 
     /// Adds `attribute` (MISP's attribute JSON: `type`, `value`, ...) to
     /// the `event_index`-th event, as a user adding it in MISP: it gets an
-    /// id, a uuid when it has none, and the current time as its timestamp.
-    /// Returns its uuid.
-    pub fn add_attribute(&self, event_index: usize, attribute: Value) -> String {
+    /// id, a uuid when it has none, and the current time as its timestamp;
+    /// the event is unpublished. Returns its uuid.
+    pub fn add_attribute(&self, event_index: usize, mut attribute: Value) -> String {
         let mut d = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
-        d.next_attr_id += 1;
-        let mut out = rendered(&attribute, &s(d.events[event_index].get("id")), "0");
-        out.insert("id".into(), json!(d.next_attr_id.to_string()));
-        if out.get("to_ids").is_none_or(Value::is_null) {
-            out.insert("to_ids".into(), json!(true));
+        if let Some(o) = attribute.as_object_mut() {
+            o.remove("timestamp");
         }
-        if out.get("category").is_none_or(Value::is_null) {
-            out.insert("category".into(), json!("Network activity"));
-        }
-        let uuid = match s(attribute.get("uuid")) {
-            u if u.is_empty() => format!("5a1e0000-0000-4000-8000-{:012x}", d.next_attr_id),
-            u => u,
-        };
-        out.insert("uuid".into(), json!(uuid));
-        out.insert("timestamp".into(), json!(next_timestamp(&d).to_string()));
-        d.attributes.push((event_index, Value::Object(out)));
-        let i = d.attributes.len() - 1;
-        d.index(i);
-        uuid
+        let i = d.push_attribute(event_index, &attribute);
+        let ts = s(d.attributes[i].1.get("timestamp")).parse().unwrap_or(0);
+        d.unpublish(event_index, ts);
+        s(d.attributes[i].1.get("uuid"))
     }
 
-    /// Edits an attribute as MISP does: `edit` changes its JSON, and its
-    /// timestamp moves to now. False if there is no such uuid.
+    /// Edits an attribute as MISP does: `edit` changes its JSON, its
+    /// timestamp moves to now, and its event is unpublished. False if
+    /// there is no such uuid.
     pub fn edit_attribute(&self, uuid: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> bool {
         let mut d = self.inner.data.write().unwrap_or_else(|e| e.into_inner());
         let Some(&i) = d.by_uuid.get(uuid) else {
             return false;
         };
         let ts = next_timestamp(&d);
-        let before = s(d.attributes[i].1.get("value"));
-        if let Ok(old) = s(d.attributes[i].1.get("timestamp")).parse::<i64>() {
-            if let Some(list) = d.by_timestamp.get_mut(&old) {
-                list.retain(|&j| j != i);
-            }
-        }
-        if let Some(obj) = d.attributes[i].1.as_object_mut() {
-            edit(obj);
-            obj.insert("timestamp".into(), json!(ts.to_string()));
-        }
-        d.newest = d.newest.max(ts);
-        d.version += 1;
-        if s(d.attributes[i].1.get("value")) != before {
-            d.unindex(i);
-            d.index(i);
-        } else {
-            d.by_timestamp.entry(ts).or_default().push(i);
-        }
-        true
+        d.edit(i, ts, edit)
     }
 
     /// Deletes an attribute as MISP's soft delete does: it is gone from
-    /// every search a normal API key can make.
+    /// every search that does not ask for `deleted`.
     pub fn delete_attribute(&self, uuid: &str) -> bool {
         self.edit_attribute(uuid, |a| {
             a.insert("deleted".into(), json!(true));
@@ -1197,7 +1399,8 @@ impl MispSim {
         let d = self.inner.data.read().unwrap_or_else(|e| e.into_inner());
         d.attributes
             .iter()
-            .filter(|(_, a)| !truthy(a.get("deleted")))
+            .enumerate()
+            .filter(|(i, (_, a))| !d.gone.contains(i) && !truthy(a.get("deleted")))
             .count()
     }
 
@@ -1212,5 +1415,6 @@ impl MispSim {
             resume: Mutex::new(None),
         }
         .search(body)
+        .0
     }
 }

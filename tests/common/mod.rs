@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod misp;
 pub mod process;
 
 use serde_json::{json, Value};

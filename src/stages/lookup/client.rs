@@ -108,8 +108,61 @@ pub struct SyncQuery<'a> {
     /// From 1.
     pub page: u32,
     pub limit: u32,
-    /// Only attributes whose timestamp is at or after this (Unix seconds).
-    pub since: Option<i64>,
+    /// Only attributes changed, by the window's clock, at or after this
+    /// (Unix seconds).
+    pub since: Option<(Window, i64)>,
+}
+
+/// Which of MISP's clocks a sync window reads (`Event::set_filter_timestamp`):
+/// each kind of change moves one of them, and none moves all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// `timestamp`, on `Attribute.timestamp`: an attribute added, edited,
+    /// soft-deleted or tagged (`MispAttribute::deleteAttribute`, `touch`).
+    Attribute,
+    /// `event_timestamp`, on `Event.timestamp`: anything that unpublishes
+    /// the event (`Event::unpublishEvent`): an event tag added or removed,
+    /// an attribute hard-deleted.
+    Event,
+    /// `publish_timestamp`: the event published (`Event::publish` saves
+    /// only `published` and `publish_timestamp`), which also brings
+    /// attributes whose timestamps came old from a pull, a feed or an API
+    /// client.
+    Published,
+}
+
+impl Window {
+    pub const ALL: [Window; 3] = [Window::Attribute, Window::Event, Window::Published];
+
+    fn filter(self) -> &'static str {
+        match self {
+            Window::Attribute => "timestamp",
+            Window::Event => "event_timestamp",
+            Window::Published => "publish_timestamp",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Attribute => "attribute",
+            Window::Event => "event",
+            Window::Published => "published",
+        }
+    }
+}
+
+/// One page of a sync as MISP answered it.
+#[derive(Debug, Clone, Default)]
+pub struct SyncPage {
+    pub attributes: Vec<Attribute>,
+    /// The size of the answer, in bytes.
+    pub bytes: usize,
+    /// `X-Skipped-Elements-Count`: rows of this page that MISP dropped
+    /// after its SQL `LIMIT` (warninglists, proposal blocking): a page
+    /// short by these is not the last (`AppController::restSearch`).
+    pub skipped: u64,
+    /// MISP's clock when it answered (the `Date` header), Unix seconds.
+    pub date: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -281,48 +334,64 @@ impl MispClient {
     /// The body of one page of a mirror sync: every attribute of the
     /// matched types that passes `q`'s filters, without context (light for
     /// MISP).
+    /// The restSearch body of a sync page.
+    ///
+    /// It asks for every attribute of the mirrored types, soft-deleted ones
+    /// too (`deleted: [0, 1]`), with no `to_ids`, `published` or tag
+    /// filter, in attribute id order: then a row never leaves the searched
+    /// set while a sync pages through it (offset paging would shift and
+    /// skip one), and an attribute that stops passing the filters comes
+    /// back flagged, so that the mirror drops it within the sync interval
+    /// instead of at the next full reconciliation. The filters are applied
+    /// locally ([`crate::lookup::mirror::sync::rows_of`]).
     pub fn sync_body(&self, q: &SyncQuery<'_>) -> serde_json::Value {
         let mut body = serde_json::json!({
             "returnFormat": "json",
             "type": crate::observable::all_misp_types(),
             "page": q.page,
             "limit": q.limit,
-            "deleted": false,
+            "deleted": [0, 1],
+            "order": "Attribute.id ASC",
             "enforceWarninglist": self.settings.enforce_warninglist,
         });
         let f = q.filters;
-        if f.to_ids_only {
-            body["to_ids"] = 1.into();
-        }
-        if f.published_only {
-            body["published"] = 1.into();
-        }
-        let tags: Vec<String> = f
-            .include_tags
-            .iter()
-            .cloned()
-            .chain(f.exclude_tags.iter().map(|t| format!("!{t}")))
-            .collect();
-        if !tags.is_empty() {
-            body["tags"] = tags.into();
-        }
-        if !f.exclude_tags.is_empty() {
-            // MISP's attribute search excludes by the attribute's own tags
-            // only; with its event's tags in hand the mirror excludes by
-            // those too.
+        if !f.include_tags.is_empty() || !f.exclude_tags.is_empty() {
+            // The event's tags as well as the attribute's own.
             body["includeEventTags"] = true.into();
         }
-        if let Some(since) = q.since {
-            body["timestamp"] = since.into();
+        if f.published_only {
+            // The event block carries `published` only with the context.
+            body["includeContext"] = true.into();
+        }
+        if let Some((window, since)) = q.since {
+            body[window.filter()] = since.into();
         }
         body
     }
 
-    /// One page of a mirror sync, and the size of MISP's answer in bytes.
-    pub async fn sync_page(&self, q: &SyncQuery<'_>) -> Result<(Vec<Attribute>, usize), MispError> {
-        self.post(&self.sync_body(q))
+    /// One page of a mirror sync, with what MISP's headers say of it.
+    pub async fn sync_page(&self, q: &SyncQuery<'_>) -> Result<SyncPage, MispError> {
+        let (body, headers) = self
+            .post_json_with_headers(self.endpoint.clone(), &self.sync_body(q))
             .await
-            .map_err(|e| e.scrubbed(&self.secrets))
+            .map_err(|e| e.scrubbed(&self.secrets))?;
+        let attributes = parse_body(&body)?;
+        let skipped = headers
+            .get("x-skipped-elements-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let date = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+            .map(|d| d.timestamp());
+        Ok(SyncPage {
+            attributes,
+            bytes: body.len(),
+            skipped,
+            date,
+        })
     }
 
     async fn post(
@@ -330,10 +399,7 @@ impl MispClient {
         request: &serde_json::Value,
     ) -> Result<(Vec<Attribute>, usize), MispError> {
         let body = self.post_json(self.endpoint.clone(), request).await?;
-        let attributes = parse_response(&body).map_err(|e| match e {
-            ParseError::NotJson(m) => MispError::BadBody(format!("not JSON or truncated: {m}")),
-            ParseError::WrongShape(m) => MispError::BadBody(format!("unexpected JSON shape: {m}")),
-        })?;
+        let attributes = parse_body(&body)?;
         Ok((attributes, body.len()))
     }
 
@@ -344,6 +410,15 @@ impl MispClient {
         url: reqwest::Url,
         request: &serde_json::Value,
     ) -> Result<Vec<u8>, MispError> {
+        Ok(self.post_json_with_headers(url, request).await?.0)
+    }
+
+    /// [`Self::post_json`], with the answer's headers.
+    async fn post_json_with_headers(
+        &self,
+        url: reqwest::Url,
+        request: &serde_json::Value,
+    ) -> Result<(Vec<u8>, HeaderMap), MispError> {
         let resp = self
             .http
             .post(url)
@@ -358,6 +433,7 @@ impl MispClient {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/html"));
+        let headers = resp.headers().clone();
         let body = self.read_capped(resp).await?;
         match status {
             200..=299 => {}
@@ -381,7 +457,7 @@ impl MispClient {
                 "HTML instead of JSON (a login page: check misp.url and that the key belongs to an API-enabled user)".into(),
             ));
         }
-        Ok(body)
+        Ok((body, headers))
     }
 
     /// `POST /sightings/add` for one attribute, by uuid. MISP answers a
@@ -470,6 +546,13 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `Retry-After` (seconds) or MISP's `X-Rate-Limit-Reset` (seconds until reset).
+fn parse_body(body: &[u8]) -> Result<Vec<Attribute>, MispError> {
+    parse_response(body).map_err(|e| match e {
+        ParseError::NotJson(m) => MispError::BadBody(format!("not JSON or truncated: {m}")),
+        ParseError::WrongShape(m) => MispError::BadBody(format!("unexpected JSON shape: {m}")),
+    })
+}
+
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
     ["retry-after", "x-rate-limit-reset"]
         .iter()

@@ -25,6 +25,8 @@ pub struct Attribute {
     pub related: Vec<Related>,
     pub decay_score: Option<f64>,
     pub event: Option<EventInfo>,
+    /// Soft-deleted in MISP: only a search with `deleted` shows it.
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -63,6 +65,9 @@ pub struct EventInfo {
     pub threat_level_id: String,
     pub org_name: String,
     pub tags: Vec<Tag>,
+    /// Only with `includeContext`: restSearch's default event block
+    /// (`fetchAttributes`' `Event.fields`) has no `published`.
+    pub published: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +163,8 @@ struct RawAttribute {
     decay_score: Vec<RawDecay>,
     #[serde(rename = "Event")]
     event: Option<RawEvent>,
+    #[serde(deserialize_with = "lenient_bool")]
+    deleted: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -221,6 +228,8 @@ struct RawEvent {
     orgc: Option<RawOrg>,
     #[serde(rename = "Tag", deserialize_with = "lenient_list")]
     tag: Vec<Tag>,
+    #[serde(deserialize_with = "lenient_opt_bool")]
+    published: Option<bool>,
 }
 
 impl From<RawAttribute> for Attribute {
@@ -241,6 +250,7 @@ impl From<RawAttribute> for Attribute {
                 threat_level_id: e.threat_level_id,
                 org_name,
                 tags: e.tag,
+                published: e.published,
             }
         });
         Attribute {
@@ -283,6 +293,7 @@ impl From<RawAttribute> for Attribute {
                 .filter_map(|d| d.score)
                 .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s)))),
             event,
+            deleted: r.deleted,
         }
     }
 }
@@ -301,11 +312,15 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
 }
 
 fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(lenient_opt_bool(d)?.unwrap_or(false))
+}
+
+fn lenient_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Bool(b) => b,
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        serde_json::Value::String(s) => matches!(s.trim(), "1" | "true" | "True"),
-        _ => false,
+        serde_json::Value::Bool(b) => Some(b),
+        serde_json::Value::Number(n) => Some(n.as_f64().is_some_and(|f| f != 0.0)),
+        serde_json::Value::String(s) => Some(matches!(s.trim(), "1" | "true" | "True")),
+        _ => None,
     })
 }
 

@@ -50,7 +50,8 @@ pub struct ServerState {
     /// A full sync has completed for this fingerprint.
     #[serde(skip)]
     pub complete: bool,
-    /// The newest attribute timestamp synced.
+    /// MISP's clock (its `Date` header) when the last sync started: the
+    /// next incremental sync asks from it, less `misp.sync_overlap_secs`.
     pub cursor: i64,
     pub last_sync: Option<i64>,
     pub last_full_sync: Option<i64>,
@@ -373,7 +374,7 @@ impl Store {
             )
             .map_err(&err)?;
         tx.execute(
-            "UPDATE servers SET cursor = MAX(cursor, ?2), last_sync = ?3, last_error = NULL
+            "UPDATE servers SET cursor = ?2, last_sync = ?3, last_error = NULL
              WHERE name = ?1",
             params![name, cursor, now],
         )

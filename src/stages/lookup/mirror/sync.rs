@@ -9,11 +9,20 @@
 //!   become live at the end, at once. This is how deletions and
 //!   attributes that stopped passing the filters leave: a normal API key
 //!   never sees them go.
-//! - **Incremental sync** (every `misp.sync_interval_secs`): attributes
-//!   whose timestamp is at or after the cursor minus
-//!   `misp.sync_overlap_secs` (MISP's own sync can import attributes with
-//!   older timestamps), merged by uuid into a copy of the index that then
-//!   replaces it.
+//! - **Incremental sync** (every `misp.sync_interval_secs`): what changed
+//!   since the cursor minus `misp.sync_overlap_secs`, by each of MISP's
+//!   three clocks in turn ([`Window`]: the attribute's timestamp, the
+//!   event's, and its publish timestamp), merged by uuid into a copy of
+//!   the index that then replaces it. Soft-deleted attributes and those
+//!   that stopped passing the filters come back flagged and leave.
+//! - **The cursor** is MISP's clock at the start of the sync (its `Date`
+//!   header), never an attribute's timestamp: an attribute dated in the
+//!   future cannot move it ahead, and when MISP's clock steps back the
+//!   sync asks again from the new clock.
+//! - **Paging** ends on the page where the attributes returned plus those
+//!   MISP dropped after its `LIMIT` (`X-Skipped-Elements-Count`: its
+//!   warninglists filter rows after paging, `MispAttribute::fetchAttributes`)
+//!   fall below the page size: a short or even empty page is no end.
 //!
 //! Pages are streamed: one page is held at a time, so memory is the
 //! mirror plus one page however large MISP's set is. A failing request is
@@ -25,7 +34,7 @@ use super::store::{Row, Store};
 use super::{Mirror, ServerMirror};
 use crate::config::SyncFilters;
 use crate::ledger::hunt::{Found, Indicator};
-use crate::lookup::client::{MispClient, MispError, SyncQuery};
+use crate::lookup::client::{MispClient, MispError, SyncPage, SyncQuery, Window};
 use crate::lookup::model::Attribute;
 use crate::stats::Stats;
 use std::sync::atomic::Ordering;
@@ -365,35 +374,28 @@ impl Syncer {
     }
 
     /// The next page at `pager`, retried with backoff `misp.retries` times.
-    /// A page over `misp.max_response_bytes` is asked for again in halves
-    /// (while the halves still line up with the pages already read).
+    /// A page over `misp.max_response_bytes` is asked for again in halves.
     async fn page(
         &self,
         pager: &mut Pager,
-        since: Option<i64>,
-    ) -> Result<Vec<Attribute>, SyncError> {
+        since: Option<(Window, i64)>,
+    ) -> Result<SyncPage, SyncError> {
         let mut attempt = 0;
         loop {
             let client = self.client();
             let q = SyncQuery {
                 filters: &self.settings.filters,
-                page: (pager.offset / u64::from(pager.limit)) as u32 + 1,
+                page: pager.page,
                 limit: pager.limit,
                 since,
             };
             self.stats.sync_requests.fetch_add(1, Ordering::Relaxed);
             match client.sync_page(&q).await {
-                Ok((attributes, _bytes)) => {
-                    pager.last = attributes.len();
-                    pager.offset += attributes.len() as u64;
-                    return Ok(attributes);
+                Ok(page) => {
+                    pager.advance(page.attributes.len(), page.skipped)?;
+                    return Ok(page);
                 }
-                Err(MispError::BadBody(m))
-                    if m.contains("max_response_bytes")
-                        && pager.limit >= 2
-                        && pager.offset % u64::from(pager.limit / 2) == 0 =>
-                {
-                    pager.limit /= 2;
+                Err(MispError::BadBody(m)) if m.contains("max_response_bytes") && pager.halve() => {
                     tracing::warn!(
                         server = %self.server.name,
                         limit = pager.limit,
@@ -407,7 +409,7 @@ impl Syncer {
                         } => (*d).min(Duration::from_secs(300)),
                         _ => Duration::from_millis(500) * 2u32.pow(attempt.min(5)),
                     };
-                    tracing::debug!(server = %self.server.name, error = %e, offset = pager.offset, "sync page failed; retrying");
+                    tracing::debug!(server = %self.server.name, error = %e, page = pager.page, "sync page failed; retrying");
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }
@@ -437,13 +439,14 @@ impl Syncer {
             None => Novelty::Off,
         });
         let mut index = Index::with_capacity(previous);
-        let mut cursor = 0i64;
+        let mut cursor = None;
         let mut count = 0u64;
-        let since = self.age_floor();
+        let since = self.age_floor().map(|floor| (Window::Attribute, floor));
         let mut pager = Pager::new(self.settings.page_size);
         loop {
-            let attributes = self.page(&mut pager, since).await?;
-            let (rows, _excluded) = rows_of(attributes, &self.settings.filters);
+            let page = self.page(&mut pager, since).await?;
+            cursor = cursor.or(Some(misp_clock(&page)));
+            let (rows, _left) = rows_of(page.attributes, &self.settings.filters);
             count += rows.len() as u64;
             if count > self.settings.max_indicators {
                 tracing::error!(
@@ -453,13 +456,13 @@ impl Syncer {
                 );
                 break;
             }
-            cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
             index = self.write(generation, rows, index, &mut collected).await?;
-            if pager.done() {
+            if pager.done {
                 break;
             }
         }
         let now = chrono::Utc::now().timestamp();
+        let cursor = cursor.unwrap_or(now);
         self.blocking(move |s, name| s.finish_full(name, &fp, generation, cursor, now))
             .await?;
         let attributes = self.count().await;
@@ -467,7 +470,7 @@ impl Syncer {
             server = %name,
             attributes,
             networks = index.networks(),
-            attributes_paged = pager.offset,
+            pages = pager.page - 1,
             secs = started.elapsed().as_secs_f64(),
             "mirror full sync done"
         );
@@ -557,37 +560,60 @@ impl Syncer {
             return self.full().await;
         };
         let overlap = self.settings.overlap.as_secs() as i64;
-        let from = (state.cursor - overlap).max(0);
-        let since = Some(self.age_floor().map_or(from, |floor| from.max(floor)));
+        let mut from = (state.cursor - overlap).max(0);
         let mut index: Option<Index> = None;
         let mut collected = self.collecting(Novelty::Incremental);
-        let mut cursor = state.cursor;
+        let mut cursor = None;
         let mut changes = 0usize;
-        let mut pager = Pager::new(self.settings.page_size);
-        loop {
-            let attributes = self.page(&mut pager, since).await?;
-            let (rows, excluded) = rows_of(attributes, &self.settings.filters);
-            if !rows.is_empty() || !excluded.is_empty() {
-                let mut ix = index.take().unwrap_or_else(|| (*current).clone());
-                cursor = rows.iter().map(|r| r.timestamp).fold(cursor, i64::max);
-                changes += rows.len();
-                ix = self
-                    .write(state.generation, rows, ix, &mut collected)
-                    .await?;
-                if !excluded.is_empty() {
-                    let gone = self
-                        .blocking(move |s, name| s.remove(name, state.generation, &excluded))
-                        .await?;
-                    for (uuid, kind, value) in gone {
-                        ix.unfile(&kind, &value, &uuid_bytes(&uuid));
+        let mut windows = Window::ALL.iter();
+        while let Some(&window) = windows.next() {
+            let since = match (window, self.age_floor()) {
+                (Window::Attribute, Some(floor)) => from.max(floor),
+                _ => from,
+            };
+            let mut pager = Pager::new(self.settings.page_size);
+            loop {
+                let page = self.page(&mut pager, Some((window, since))).await?;
+                if cursor.is_none() {
+                    let clock = misp_clock(&page);
+                    cursor = Some(clock);
+                    if clock < state.cursor {
+                        // MISP's clock stepped back: what changed since
+                        // carries timestamps under the cursor.
+                        tracing::warn!(
+                            server = %name,
+                            cursor = state.cursor,
+                            misp_clock = clock,
+                            "MISP's clock is behind the mirror's cursor; syncing from MISP's clock"
+                        );
+                        from = (clock - overlap).max(0);
+                        windows = Window::ALL.iter();
+                        break;
                     }
                 }
-                index = Some(ix);
-            }
-            if pager.done() {
-                break;
+                let (rows, left) = rows_of(page.attributes, &self.settings.filters);
+                if !rows.is_empty() || !left.is_empty() {
+                    let mut ix = index.take().unwrap_or_else(|| (*current).clone());
+                    changes += rows.len() + left.len();
+                    ix = self
+                        .write(state.generation, rows, ix, &mut collected)
+                        .await?;
+                    if !left.is_empty() {
+                        let gone = self
+                            .blocking(move |s, name| s.remove(name, state.generation, &left))
+                            .await?;
+                        for (uuid, kind, value) in gone {
+                            ix.unfile(&kind, &value, &uuid_bytes(&uuid));
+                        }
+                    }
+                    index = Some(ix);
+                }
+                if pager.done {
+                    break;
+                }
             }
         }
+        let cursor = cursor.unwrap_or(state.cursor);
         let now = chrono::Utc::now().timestamp();
         self.blocking(move |s, name| s.finish_incremental(name, cursor, now))
             .await?;
@@ -601,27 +627,59 @@ impl Syncer {
     }
 }
 
-/// Where a paged sync is: attributes read so far, the page size in force
-/// (halved when a page is too large), and the last page's length.
+/// Where a paged sync is. MISP pages by database row before it drops
+/// warninglisted ones (`MispAttribute::fetchAttributes`), so pages are
+/// counted by index, and the last one is the first whose rows (returned
+/// plus skipped) fall short of the page size.
 struct Pager {
-    offset: u64,
+    /// The next page, from 1.
+    page: u32,
+    /// The page size in force (halved when a page is too large).
     limit: u32,
-    last: usize,
+    /// The last page has been read.
+    done: bool,
 }
 
 impl Pager {
     fn new(limit: u32) -> Pager {
         Pager {
-            offset: 0,
+            page: 1,
             limit: limit.max(1),
-            last: 0,
+            done: false,
         }
     }
 
-    /// The last page was short: there is no next one.
-    fn done(&self) -> bool {
-        self.last < self.limit as usize
+    /// Takes the answer to the current page: `returned` attributes, and
+    /// `skipped` rows MISP dropped after paging.
+    fn advance(&mut self, returned: usize, skipped: u64) -> Result<(), MispError> {
+        let rows = returned as u64 + skipped;
+        if returned as u64 > u64::from(self.limit) {
+            return Err(MispError::BadBody(format!(
+                "MISP answered page {} with {returned} attributes for a limit of {}: it ignores paging, and the sync would never end",
+                self.page, self.limit
+            )));
+        }
+        self.done = rows < u64::from(self.limit);
+        self.page += 1;
+        Ok(())
     }
+
+    /// Halves the page size, keeping the rows already read behind the
+    /// next page. False when it cannot be halved.
+    fn halve(&mut self) -> bool {
+        if self.limit < 2 || self.limit % 2 != 0 {
+            return false;
+        }
+        let read = u64::from(self.page - 1) * u64::from(self.limit);
+        self.limit /= 2;
+        self.page = (read / u64::from(self.limit)) as u32 + 1;
+        true
+    }
+}
+
+/// MISP's clock when it answered `page`, or ours when it sent no `Date`.
+fn misp_clock(page: &SyncPage) -> i64 {
+    page.date.unwrap_or_else(|| chrono::Utc::now().timestamp())
 }
 
 /// The time an indicator's age counts from, as the index holds it.
@@ -629,28 +687,36 @@ fn seen(ts: i64) -> u32 {
     ts.clamp(0, i64::from(u32::MAX)) as u32
 }
 
-/// MISP's attributes as rows to mirror, and the uuids of those that fail
-/// the filters MISP cannot apply itself (event tags in `exclude_tags`).
+/// MISP's attributes as rows to mirror, and the uuids of those that are
+/// to leave it: soft-deleted, or failing the filters (the sync asks MISP
+/// for everything and filters here, see [`MispClient::sync_body`]), or
+/// holding nothing the mirror can match.
 pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, Vec<String>) {
-    let excluded_tag = |a: &Attribute| {
+    let tagged = |a: &Attribute, wanted: &[String]| {
         a.tags
             .iter()
             .chain(a.event.iter().flat_map(|e| &e.tags))
-            .any(|t| {
-                filters
-                    .exclude_tags
-                    .iter()
-                    .any(|x| x.eq_ignore_ascii_case(&t.name))
-            })
+            .any(|t| wanted.iter().any(|x| x.eq_ignore_ascii_case(&t.name)))
+    };
+    let passes = |a: &Attribute| {
+        !a.deleted
+            && (!filters.to_ids_only || a.to_ids)
+            // Without the event's context `published` is unknown: MISP
+            // sends it whenever the sync asks for it (published_only).
+            && (!filters.published_only
+                || a.event.as_ref().and_then(|e| e.published).unwrap_or(true))
+            && (filters.include_tags.is_empty() || tagged(a, &filters.include_tags))
+            && !tagged(a, &filters.exclude_tags)
+            && !Key::of_attribute(&a.kind, &a.value).is_empty()
     };
     let mut rows = Vec::with_capacity(attributes.len());
-    let mut excluded = Vec::new();
+    let mut leaving = Vec::new();
     for a in attributes {
-        if a.uuid.is_empty() || Key::of_attribute(&a.kind, &a.value).is_empty() {
+        if a.uuid.is_empty() {
             continue;
         }
-        if excluded_tag(&a) {
-            excluded.push(a.uuid);
+        if !passes(&a) {
+            leaving.push(a.uuid);
             continue;
         }
         let timestamp = a.timestamp.trim().parse().unwrap_or(0);
@@ -678,5 +744,103 @@ pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, 
             event_info,
         });
     }
-    (rows, excluded)
+    (rows, leaving)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_short_by_its_warninglisted_rows_is_not_the_last() {
+        // MISP 2.5 with two warninglists on, limit 2 (README of
+        // ../shared/real-misp): 0 returned and 2 skipped, then 1 and 1.
+        let mut p = Pager::new(2);
+        p.advance(0, 2).unwrap();
+        assert!(!p.done, "an empty page whose rows were all skipped");
+        p.advance(1, 1).unwrap();
+        assert!(!p.done);
+        p.advance(1, 0).unwrap();
+        assert!(p.done, "1 row of 2: the last page");
+        assert_eq!(p.page, 4);
+        let mut p = Pager::new(2);
+        p.advance(0, 0).unwrap();
+        assert!(p.done, "an empty page with nothing skipped ends it");
+    }
+
+    #[test]
+    fn a_server_that_ignores_the_limit_is_an_error_not_an_endless_sync() {
+        let mut p = Pager::new(2);
+        let e = p.advance(3, 0).unwrap_err();
+        assert!(e.to_string().contains("limit of 2"), "{e}");
+    }
+
+    #[test]
+    fn halving_keeps_the_pages_already_read_behind() {
+        let mut p = Pager::new(8);
+        p.advance(8, 0).unwrap();
+        p.advance(6, 2).unwrap();
+        assert!(p.halve());
+        assert_eq!((p.page, p.limit), (5, 4), "16 rows read: page 5 of 4");
+        let mut odd = Pager::new(3);
+        assert!(!odd.halve());
+    }
+
+    fn attribute(uuid: &str, f: impl FnOnce(&mut Attribute)) -> Attribute {
+        let mut a = Attribute {
+            uuid: uuid.into(),
+            kind: "ip-dst".into(),
+            value: "185.1.1.1".into(),
+            to_ids: true,
+            timestamp: "1".into(),
+            ..Attribute::default()
+        };
+        f(&mut a);
+        a
+    }
+
+    #[test]
+    fn what_stopped_passing_the_filters_leaves_the_mirror() {
+        use crate::lookup::model::{EventInfo, Tag};
+        let filters = SyncFilters {
+            to_ids_only: true,
+            published_only: true,
+            include_tags: vec![],
+            exclude_tags: vec!["tlp:red".into()],
+            max_age_days: 0,
+        };
+        let event = |published| EventInfo {
+            published: Some(published),
+            ..EventInfo::default()
+        };
+        let (rows, leaving) = rows_of(
+            vec![
+                attribute("kept", |a| a.event = Some(event(true))),
+                attribute("deleted", |a| a.deleted = true),
+                attribute("not-ids", |a| a.to_ids = false),
+                attribute("unpublished", |a| a.event = Some(event(false))),
+                attribute("red", |a| {
+                    let mut e = event(true);
+                    e.tags.push(Tag {
+                        name: "TLP:RED".into(),
+                        ..Tag::default()
+                    });
+                    a.event = Some(e);
+                }),
+                attribute("no-key", |a| {
+                    a.kind = "email-src".into();
+                    a.value = "a@b.com".into();
+                }),
+            ],
+            &filters,
+        );
+        assert_eq!(
+            rows.iter().map(|r| r.uuid.as_str()).collect::<Vec<_>>(),
+            ["kept"]
+        );
+        assert_eq!(
+            leaving,
+            ["deleted", "not-ids", "unpublished", "red", "no-key"]
+        );
+    }
 }

@@ -1,0 +1,373 @@
+//! The mirror's, query mode's and the feedback loop's scenarios, each run
+//! twice from one definition: against the in-repo simulator and against
+//! a real MISP 2.5 (`../shared/real-misp`; SKIPPED without it). Both are
+//! populated through MISP's own API, and each scenario asserts the same
+//! outcome on both: a difference is a bug in the simulator.
+
+mod common;
+
+use common::misp::{Misp, PUBLIC_DNS_V4};
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use wazuh_misp::config::{Config, MispMode};
+use wazuh_misp::observable::Observable;
+use wazuh_misp::runtime::Daemon;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Defines `<name>_on_simulator` and `<name>_on_real_misp` from one
+/// `async fn <name>(misp: Misp)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_simulator {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let misp = crate::common::misp::Misp::of(crate::common::misp::Backend::Sim, stringify!($name)).await.unwrap();
+                    super::$name(misp).await;
+                }
+            )*
+        }
+        mod on_real_misp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(misp) = crate::common::misp::Misp::of(crate::common::misp::Backend::Real, stringify!($name)).await else {
+                        return;
+                    };
+                    super::$name(misp).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    the_first_sync_holds_what_misp_counts_though_warninglisted_rows_sit_on_many_pages,
+    soft_deletes_and_ids_flags_switched_off_leave_within_the_sync_interval,
+    a_later_publish_and_event_tag_changes_reach_the_mirror,
+    attributes_that_arrive_with_old_timestamps_are_mirrored_once_published,
+    a_hard_delete_leaves_at_the_full_reconciliation,
+    query_mode_enriches_a_known_ip_and_misp_drops_a_warninglisted_one,
+    a_mirror_hit_is_sighted_on_its_attribute_by_uuid,
+);
+
+/// A daemon's files and configuration against `misp`.
+struct Setup {
+    _dir: tempfile::TempDir,
+    alerts: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    cfg: Config,
+}
+
+impl Setup {
+    fn new(misp: &Misp, mode: MispMode) -> Setup {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::in_dir(dir.path(), &misp.url, &misp.key);
+        cfg.misp.mode = mode.into();
+        cfg.misp.sync_interval_secs = 1.into();
+        cfg.misp.sync_page_size = 4.into();
+        cfg.misp.batch_window_ms = 2;
+        cfg.pipeline.workers = 2.into();
+        cfg.pipeline.channel_capacity = 64.into();
+        let (alerts, socket) = (
+            cfg.input.alerts_file.to_path_buf(),
+            cfg.output.queue_socket.to_path_buf(),
+        );
+        std::fs::write(&alerts, b"").unwrap();
+        Setup {
+            _dir: dir,
+            alerts,
+            socket,
+            cfg,
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        let client = wazuh_misp::lookup::MispClient::new(
+            &self.cfg.misp,
+            &self.cfg.resolve_api_key().unwrap(),
+        )
+        .unwrap();
+        Daemon::start(self.cfg.clone(), client).unwrap()
+    }
+
+    fn append(&self, text: &str) {
+        append(&self.alerts, text);
+    }
+}
+
+fn ip(value: &str) -> Value {
+    json!({"type": "ip-dst", "category": "Network activity", "value": value, "to_ids": true})
+}
+
+fn typed(kind: &str, value: &str) -> Value {
+    json!({"type": kind, "category": "Payload delivery", "value": value, "to_ids": true})
+}
+
+async fn first_sync(d: &Daemon) {
+    let mirror = d.engine.lookup.mirror().expect("mirror mode").clone();
+    eventually("the first sync", WAIT, || {
+        mirror.servers().iter().all(|s| s.index().is_some())
+    })
+    .await;
+}
+
+fn hit(d: &Daemon, value: &str) -> bool {
+    let m = d.engine.lookup.mirror().unwrap();
+    let o: Observable = value.parse().unwrap();
+    m.servers()
+        .iter()
+        .filter_map(|s| s.index().map(|ix| m.matches_on(s, &ix, &o)))
+        .any(|x| x.is_hit())
+}
+
+fn mirrored(d: &Daemon) -> u64 {
+    let m = d.engine.lookup.mirror().unwrap();
+    m.servers()[0]
+        .attributes
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What MISP says it holds under the default sync filters, unpaged.
+async fn misp_count(misp: &Misp) -> usize {
+    misp.search(json!({"to_ids": 1, "enforceWarninglist": 1, "type": wazuh_misp::observable::all_misp_types()}))
+        .await
+        .len()
+}
+
+/// MISP's own defaults (`enforce_warninglist` on, pages of a few rows):
+/// public resolvers spread over many pages make MISP answer short and
+/// empty pages long before the last one.
+async fn the_first_sync_holds_what_misp_counts_though_warninglisted_rows_sit_on_many_pages(
+    misp: Misp,
+) {
+    misp.enable_warninglist(PUBLIC_DNS_V4).await;
+    let resolvers = ["8.8.8.8", "1.1.1.1", "9.9.9.9", "8.8.4.4", "1.0.0.1"];
+    let known: Vec<String> = (0..24).map(pool_ip).collect();
+    let mut attributes = Vec::new();
+    for (i, k) in known.iter().enumerate() {
+        attributes.push(ip(k));
+        // Resolvers in runs, so that whole pages of 4 hold nothing else.
+        if i % 5 == 0 {
+            for r in resolvers {
+                attributes.push(ip(r));
+            }
+        }
+    }
+    attributes.push(ip("185.220.101.0/24"));
+    attributes.push(typed("domain", "evil-mirror.top"));
+    attributes.push(typed("url", "http://dl.evil-mirror.top/x.exe"));
+    attributes.push(typed("md5", "5d41402abc4b2a76b9719d911017c592"));
+    misp.add_event("warninglisted rows on many pages", true, &[], attributes)
+        .await;
+    let expected = misp_count(&misp).await;
+    assert_eq!(expected, known.len() + 4, "MISP drops the resolvers itself");
+    let setup = Setup::new(&misp, MispMode::Mirror);
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    assert_eq!(mirrored(&daemon) as usize, expected, "{:?}", misp.backend);
+    for k in &known {
+        assert!(hit(&daemon, k), "{k} is not mirrored");
+    }
+    for value in [
+        "185.220.101.77",
+        "evil-mirror.top",
+        "http://dl.evil-mirror.top/x.exe",
+        "5d41402abc4b2a76b9719d911017c592",
+    ] {
+        assert!(hit(&daemon, value), "{value} is not mirrored");
+    }
+    for r in resolvers {
+        assert!(!hit(&daemon, r), "{r} is warninglisted");
+    }
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// MISP moves an attribute's timestamp when it is soft-deleted
+/// (`MispAttribute::deleteAttribute`) or edited: with `deleted: [0, 1]`
+/// and no `to_ids` filter, the incremental sync sees both. The full
+/// reconciliation is a day away here, so only the incremental can do it.
+async fn soft_deletes_and_ids_flags_switched_off_leave_within_the_sync_interval(misp: Misp) {
+    let values: Vec<String> = (100..104).map(pool_ip).collect();
+    let event = misp
+        .add_event(
+            "soft deletes",
+            true,
+            &[],
+            values.iter().map(|v| ip(v)).collect(),
+        )
+        .await;
+    let setup = Setup::new(&misp, MispMode::Mirror);
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    assert!(values.iter().all(|v| hit(&daemon, v)));
+    misp.soft_delete(event.attribute(&values[0])).await;
+    misp.edit(event.attribute(&values[1]), json!({"to_ids": false}))
+        .await;
+    eventually(
+        "the soft delete and the IDS flag reach the mirror",
+        WAIT,
+        || !hit(&daemon, &values[0]) && !hit(&daemon, &values[1]),
+    )
+    .await;
+    assert!(hit(&daemon, &values[2]) && hit(&daemon, &values[3]));
+    // And back: the flag on again is an edit like any other.
+    misp.edit(event.attribute(&values[1]), json!({"to_ids": true}))
+        .await;
+    eventually("the IDS flag on again", WAIT, || hit(&daemon, &values[1])).await;
+    assert_eq!(mirrored(&daemon), 3);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `Event::publish` moves only `publish_timestamp`; a tag on the event
+/// moves only the event's timestamp and unpublishes it
+/// (`TagsController`, `Event::unpublishEvent`).
+async fn a_later_publish_and_event_tag_changes_reach_the_mirror(misp: Misp) {
+    let value = pool_ip(200);
+    let other = pool_ip(201);
+    let event = misp
+        .add_event("published later", false, &[], vec![ip(&value)])
+        .await;
+    let kept = misp
+        .add_event("published at once", true, &[], vec![ip(&other)])
+        .await;
+    let mut setup = Setup::new(&misp, MispMode::Mirror);
+    setup.cfg.misp.sync.0.published_only = true;
+    setup.cfg.misp.sync.0.exclude_tags = vec!["tlp:red".into()];
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    assert!(!hit(&daemon, &value), "not published yet");
+    assert!(hit(&daemon, &other));
+    misp.publish(&event).await;
+    eventually("the publish reaches the mirror", WAIT, || {
+        hit(&daemon, &value)
+    })
+    .await;
+    misp.attach_tag(&kept.uuid, "tlp:red").await;
+    eventually("an excluded tag on the event", WAIT, || {
+        !hit(&daemon, &other)
+    })
+    .await;
+    misp.remove_tag(&kept.uuid, "tlp:red").await;
+    // Removing it unpublished the event: published_only keeps it out
+    // until it is published again.
+    misp.publish(&kept).await;
+    eventually("the tag removed and the event published", WAIT, || {
+        hit(&daemon, &other)
+    })
+    .await;
+    assert!(hit(&daemon, &value));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A pull, a feed or an API client keeps the origin's timestamps
+/// (`MispAttribute` sets one only when it is empty): the attribute window
+/// never sees them, the publish does.
+async fn attributes_that_arrive_with_old_timestamps_are_mirrored_once_published(misp: Misp) {
+    let old = pool_ip(300);
+    let setup = Setup::new(&misp, MispMode::Mirror);
+    let anchor = misp
+        .add_event("anchor", true, &[], vec![ip(&pool_ip(301))])
+        .await;
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    let mut a = ip(&old);
+    a["timestamp"] = "1600000000".into();
+    let event = misp.add_event("from a pull", false, &[], vec![a]).await;
+    misp.publish(&event).await;
+    eventually("the old-dated attribute mirrored", WAIT, || {
+        hit(&daemon, &old)
+    })
+    .await;
+    assert!(hit(&daemon, &anchor.attributes[0].value));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A hard delete leaves no row to see: MISP gives the mirror no signal
+/// for that attribute, and the full reconciliation removes it.
+async fn a_hard_delete_leaves_at_the_full_reconciliation(misp: Misp) {
+    let values: Vec<String> = (400..403).map(pool_ip).collect();
+    let event = misp
+        .add_event(
+            "hard deletes",
+            true,
+            &[],
+            values.iter().map(|v| ip(v)).collect(),
+        )
+        .await;
+    let mut setup = Setup::new(&misp, MispMode::Mirror);
+    setup.cfg.misp.full_sync_interval_secs = 2.into();
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    misp.hard_delete(event.attribute(&values[0])).await;
+    eventually("the hard delete reconciled", WAIT, || {
+        !hit(&daemon, &values[0])
+    })
+    .await;
+    assert!(hit(&daemon, &values[1]) && hit(&daemon, &values[2]));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Query mode asks per value; MISP's warninglists drop a resolver the
+/// event lists, so an alert about it gets no event.
+async fn query_mode_enriches_a_known_ip_and_misp_drops_a_warninglisted_one(misp: Misp) {
+    misp.enable_warninglist(PUBLIC_DNS_V4).await;
+    let known = pool_ip(500);
+    misp.add_event(
+        "query mode",
+        true,
+        &["tlp:green"],
+        vec![ip(&known), ip("8.8.8.8")],
+    )
+    .await;
+    let setup = Setup::new(&misp, MispMode::Query);
+    let q = QueueSocket::bind(&setup.socket, Received::default());
+    let daemon = setup.start();
+    setup.append(&format!(
+        "{}\n{}\n",
+        sshd_alert(1, "8.8.8.8", "001"),
+        sshd_alert(2, &known, "001")
+    ));
+    q.received.wait_for(1, WAIT).await;
+    all_handled(&daemon, 2, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0].1;
+    assert_eq!(e["detected_ip"]["value"], known);
+    assert_eq!(e["misp_data"]["events"][0]["info"], "query mode");
+    assert_eq!(e["misp_data"]["attributes"][0]["value"], known);
+}
+
+/// A hit goes back to MISP as a sighting on the attribute, by its uuid.
+async fn a_mirror_hit_is_sighted_on_its_attribute_by_uuid(misp: Misp) {
+    let known = pool_ip(600);
+    let event = misp.add_event("sighted", true, &[], vec![ip(&known)]).await;
+    let uuid = event.attribute(&known).uuid.clone();
+    let mut setup = Setup::new(&misp, MispMode::Mirror);
+    setup.cfg.misp.sightings = true.into();
+    setup.cfg.misp.sightings_per_minute = 6000.into();
+    let q = QueueSocket::bind(&setup.socket, Received::default());
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    setup.append(&format!("{}\n", sshd_alert(1, &known, "001")));
+    q.received.wait_for(1, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let sightings = loop {
+        let s = misp.sightings_of(&uuid).await;
+        if !s.is_empty() || tokio::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    daemon.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(sightings.len(), 1, "{sightings:?}");
+    assert_eq!(sightings[0]["type"], "0");
+}
