@@ -132,7 +132,20 @@ pub enum Window {
 }
 
 impl Window {
-    pub const ALL: [Window; 3] = [Window::Attribute, Window::Event, Window::Published];
+    /// The windows an incremental sync reads under `filters`. The event's
+    /// own timestamp moves with every attribute added to it, so reading
+    /// that window re-reads the whole event: only filters on the event's
+    /// state (published, tags) need it.
+    pub fn needed(filters: &crate::config::SyncFilters) -> &'static [Window] {
+        let on_event = filters.published_only
+            || !filters.include_tags.is_empty()
+            || !filters.exclude_tags.is_empty();
+        if on_event {
+            &[Window::Attribute, Window::Event, Window::Published]
+        } else {
+            &[Window::Attribute, Window::Published]
+        }
+    }
 
     fn filter(self) -> &'static str {
         match self {

@@ -11,8 +11,9 @@
 //!   never sees them go.
 //! - **Incremental sync** (every `misp.sync_interval_secs`): what changed
 //!   since the cursor minus `misp.sync_overlap_secs`, by each of MISP's
-//!   three clocks in turn ([`Window`]: the attribute's timestamp, the
-//!   event's, and its publish timestamp), merged by uuid into a copy of
+//!   clocks in turn ([`Window`]: the attribute's timestamp, the publish
+//!   timestamp, and the event's when the filters read the event's state),
+//!   merged by uuid into a copy of
 //!   the index that then replaces it. Soft-deleted attributes and those
 //!   that stopped passing the filters come back flagged and leave.
 //! - **The cursor** is MISP's clock at the start of the sync (its `Date`
@@ -565,7 +566,8 @@ impl Syncer {
         let mut collected = self.collecting(Novelty::Incremental);
         let mut cursor = None;
         let mut changes = 0usize;
-        let mut windows = Window::ALL.iter();
+        let needed = Window::needed(&self.settings.filters);
+        let mut windows = needed.iter();
         while let Some(&window) = windows.next() {
             let since = match (window, self.age_floor()) {
                 (Window::Attribute, Some(floor)) => from.max(floor),
@@ -587,7 +589,7 @@ impl Syncer {
                             "MISP's clock is behind the mirror's cursor; syncing from MISP's clock"
                         );
                         from = (clock - overlap).max(0);
-                        windows = Window::ALL.iter();
+                        windows = needed.iter();
                         break;
                     }
                 }
