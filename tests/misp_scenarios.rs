@@ -51,6 +51,7 @@ on_both_backends!(
     a_hard_delete_leaves_at_the_full_reconciliation,
     query_mode_enriches_a_known_ip_and_misp_drops_a_warninglisted_one,
     a_mirror_hit_is_sighted_on_its_attribute_by_uuid,
+    a_hit_whose_attribute_stopped_passing_the_filters_gives_no_event_before_the_next_sync,
 );
 
 /// A daemon's files and configuration against `misp`.
@@ -370,4 +371,35 @@ async fn a_mirror_hit_is_sighted_on_its_attribute_by_uuid(misp: Misp) {
     daemon.shutdown(Duration::from_secs(5)).await;
     assert_eq!(sightings.len(), 1, "{sightings:?}");
     assert_eq!(sightings[0]["type"], "0");
+}
+
+/// The mirror still holds the attribute (the next sync is an hour away),
+/// but MISP's details, asked with the sync's filters, no longer pass.
+async fn a_hit_whose_attribute_stopped_passing_the_filters_gives_no_event_before_the_next_sync(
+    misp: Misp,
+) {
+    let (stale, fresh) = (pool_ip(700), pool_ip(701));
+    let event = misp
+        .add_event("details filtered", true, &[], vec![ip(&stale), ip(&fresh)])
+        .await;
+    let mut setup = Setup::new(&misp, MispMode::Mirror);
+    setup.cfg.misp.sync_interval_secs = 3600.into();
+    let q = QueueSocket::bind(&setup.socket, Received::default());
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    misp.edit(event.attribute(&stale), json!({"to_ids": false}))
+        .await;
+    assert!(hit(&daemon, &stale), "the mirror has not synced since");
+    setup.append(&format!(
+        "{}\n{}\n",
+        sshd_alert(1, &stale, "001"),
+        sshd_alert(2, &fresh, "001")
+    ));
+    q.received.wait_for(1, WAIT).await;
+    all_handled(&daemon, 2, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    let events = q.received.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["detected_ip"]["value"], fresh);
 }

@@ -108,6 +108,8 @@ pub struct ServerMirror {
     pub query: Lookup,
     pub store: Arc<Mutex<store::Store>>,
     policy: Policy,
+    /// The sync's filters, which a hit's details pass too.
+    filters: crate::config::SyncFilters,
     /// [`Policy::cutoff`] at the last tick, so that the hot path reads no
     /// clock.
     cutoff: AtomicU32,
@@ -255,6 +257,7 @@ impl Mirror {
                     query,
                     store,
                     policy: Policy::from_config(&m),
+                    filters: (*m.sync).clone(),
                     cutoff: AtomicU32::new(0),
                     attributes: AtomicU64::new(0),
                     last_sync: std::sync::atomic::AtomicI64::new(0),
@@ -446,7 +449,10 @@ impl Mirror {
                         .min_score
                         .zip(a.decay_score)
                         .is_some_and(|(min, score)| score < min);
-                    if !decayed && !part.attributes.contains(a) {
+                    // MISP's answer is newer than the mirror: an attribute
+                    // that stopped passing the filters since the last sync
+                    // makes no event.
+                    if !decayed && sync::passes(a, &s.filters) && !part.attributes.contains(a) {
                         part.attributes.push(a.clone());
                     }
                 }

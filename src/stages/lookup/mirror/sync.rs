@@ -694,23 +694,8 @@ fn seen(ts: i64) -> u32 {
 /// for everything and filters here, see [`MispClient::sync_body`]), or
 /// holding nothing the mirror can match.
 pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, Vec<String>) {
-    let tagged = |a: &Attribute, wanted: &[String]| {
-        a.tags
-            .iter()
-            .chain(a.event.iter().flat_map(|e| &e.tags))
-            .any(|t| wanted.iter().any(|x| x.eq_ignore_ascii_case(&t.name)))
-    };
-    let passes = |a: &Attribute| {
-        !a.deleted
-            && (!filters.to_ids_only || a.to_ids)
-            // Without the event's context `published` is unknown: MISP
-            // sends it whenever the sync asks for it (published_only).
-            && (!filters.published_only
-                || a.event.as_ref().and_then(|e| e.published).unwrap_or(true))
-            && (filters.include_tags.is_empty() || tagged(a, &filters.include_tags))
-            && !tagged(a, &filters.exclude_tags)
-            && !Key::of_attribute(&a.kind, &a.value).is_empty()
-    };
+    let passes =
+        |a: &Attribute| passes(a, filters) && !Key::of_attribute(&a.kind, &a.value).is_empty();
     let mut rows = Vec::with_capacity(attributes.len());
     let mut leaving = Vec::new();
     for a in attributes {
@@ -747,6 +732,25 @@ pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, 
         });
     }
     (rows, leaving)
+}
+
+/// Whether MISP's attribute `a` passes the sync's filters: not
+/// soft-deleted, flagged for IDS, its event published, and tagged as
+/// asked (its own tags and, with `includeEventTags`, its event's).
+pub fn passes(a: &Attribute, filters: &SyncFilters) -> bool {
+    let tagged = |wanted: &[String]| {
+        a.tags
+            .iter()
+            .chain(a.event.iter().flat_map(|e| &e.tags))
+            .any(|t| wanted.iter().any(|x| x.eq_ignore_ascii_case(&t.name)))
+    };
+    !a.deleted
+        && (!filters.to_ids_only || a.to_ids)
+        // Without the event's context `published` is unknown: MISP sends
+        // it whenever it is asked for (`includeContext`).
+        && (!filters.published_only || a.event.as_ref().and_then(|e| e.published).unwrap_or(true))
+        && (filters.include_tags.is_empty() || tagged(&filters.include_tags))
+        && !tagged(&filters.exclude_tags)
 }
 
 #[cfg(test)]
