@@ -161,7 +161,7 @@ impl Observable {
             "domain" | "hostname" => {
                 crate::extract::domain::normalise(half).map(Observable::Domain)
             }
-            "url" => crate::extract::normalise_url(half).map(Observable::Url),
+            "url" => crate::extract::normalise_url_attribute(half).map(Observable::Url),
             "md5" | "filename|md5" => crate::extract::hash::of(Kind::Md5, half),
             "sha1" | "filename|sha1" => crate::extract::hash::of(Kind::Sha1, half),
             "sha256" | "filename|sha256" => crate::extract::hash::of(Kind::Sha256, half),

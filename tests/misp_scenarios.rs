@@ -52,6 +52,8 @@ on_both_backends!(
     query_mode_enriches_a_known_ip_and_misp_drops_a_warninglisted_one,
     a_mirror_hit_is_sighted_on_its_attribute_by_uuid,
     a_hit_whose_attribute_stopped_passing_the_filters_gives_no_event_before_the_next_sync,
+    what_a_real_misp_can_hold_is_guarded_and_every_skip_counted,
+    max_indicators_holds_for_incremental_syncs_too,
 );
 
 /// A daemon's files and configuration against `misp`.
@@ -402,4 +404,88 @@ async fn a_hit_whose_attribute_stopped_passing_the_filters_gives_no_event_before
     let events = q.received.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].1["detected_ip"]["value"], fresh);
+}
+
+fn skipped(setup: &Setup) -> std::collections::BTreeMap<String, i64> {
+    let store =
+        wazuh_misp::lookup::mirror::store::Store::open_read_only(&setup.cfg.input.state_dir)
+            .unwrap()
+            .unwrap();
+    store.servers().unwrap().remove(0).skipped
+}
+
+/// A `0.0.0.0/0` or `::/0` would make every IP a hit; an IPv4-mapped
+/// network is the IPv4 network it is; a `url` without a scheme is an
+/// http URL, and one that names no host is no URL.
+async fn what_a_real_misp_can_hold_is_guarded_and_every_skip_counted(misp: Misp) {
+    misp.add_event(
+        "guards",
+        true,
+        &[],
+        vec![
+            ip("0.0.0.0/0"),
+            ip("::/0"),
+            ip("4.0.0.0/7"),
+            ip("::ffff:10.1.2.0/120"),
+            typed("url", "evil-guard.top/dl/x.exe"),
+            typed("url", "www.evil-guard.top"),
+            typed("url", "igfxtray.exe"),
+            typed("url", "Data/dtl.dat"),
+        ],
+    )
+    .await;
+    let setup = Setup::new(&misp, MispMode::Mirror);
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    assert!(!hit(&daemon, "93.184.216.34"), "no network covers every IP");
+    assert!(!hit(&daemon, "2a00:1450::1"));
+    assert!(
+        !hit(&daemon, "4.1.2.3"),
+        "a /7 is broader than the default /8"
+    );
+    assert!(
+        hit(&daemon, "10.1.2.3"),
+        "::ffff:10.1.2.0/120 is 10.1.2.0/24"
+    );
+    assert!(hit(&daemon, "http://evil-guard.top/dl/x.exe"));
+    assert!(hit(&daemon, "http://www.evil-guard.top"));
+    assert_eq!(mirrored(&daemon), 3, "{:?}", misp.backend);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let skipped = skipped(&setup);
+    assert_eq!(skipped.get("broad_network"), Some(&3), "{skipped:?}");
+    assert_eq!(skipped.get("not_a_url"), Some(&2), "{skipped:?}");
+}
+
+/// The full sync keeps the first `misp.max_indicators`; what an
+/// incremental sync brings past it is skipped and counted, not added.
+async fn max_indicators_holds_for_incremental_syncs_too(misp: Misp) {
+    let first: Vec<String> = (800..803).map(pool_ip).collect();
+    let event = misp
+        .add_event(
+            "at the bound",
+            true,
+            &[],
+            first.iter().map(|v| ip(v)).collect(),
+        )
+        .await;
+    let mut setup = Setup::new(&misp, MispMode::Mirror);
+    setup.cfg.misp.max_indicators = 4.into();
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    assert_eq!(mirrored(&daemon), 3);
+    for v in [pool_ip(803), pool_ip(804), pool_ip(805)] {
+        misp.add_attribute(&event, ip(&v)).await;
+    }
+    let skipped_of = |setup: &Setup| skipped(setup).get("over_max_indicators").copied();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while skipped_of(&setup) != Some(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            skipped(&setup)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mirrored(&daemon), 4);
+    daemon.shutdown(Duration::from_secs(5)).await;
 }

@@ -50,6 +50,7 @@ pub fn status(cfg: &Config) -> anyhow::Result<Value> {
                 "last_full_sync": time(st.and_then(|s| s.last_full_sync)),
                 "stale_secs": st.and_then(|s| s.last_sync).map(|t| (now - t).max(0)),
                 "cursor": st.map_or(0, |s| s.cursor),
+                "skipped": st.map(|s| s.skipped.clone()).unwrap_or_default(),
                 "last_error": st.and_then(|s| s.last_error.clone()),
             })
         })

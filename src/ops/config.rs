@@ -497,6 +497,11 @@ pub struct MispConfig {
     pub sync_page_size: Restart<u32>,
     pub detail_timeout_secs: Restart<u64>,
     pub max_indicators: Restart<u64>,
+    /// A network broader than this (IPv4 prefix length) is not mirrored:
+    /// `0.0.0.0/0` in MISP would make every IP a hit.
+    pub min_network_prefix_v4: Restart<u8>,
+    /// The same for IPv6.
+    pub min_network_prefix_v6: Restart<u8>,
     pub sync: Restart<SyncFilters>,
     pub servers: Restart<Vec<ServerConfig>>,
     /// Send MISP a sighting for each matched attribute (off: it writes).
@@ -590,6 +595,8 @@ impl Default for MispConfig {
             sync_page_size: Restart(5000),
             detail_timeout_secs: Restart(10),
             max_indicators: Restart(5_000_000),
+            min_network_prefix_v4: Restart(8),
+            min_network_prefix_v6: Restart(32),
             sync: Restart(SyncFilters::default()),
             servers: Restart(Vec::new()),
             sightings: Restart(false),
@@ -1003,6 +1010,17 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));
+            }
+        }
+        for (key, v, max) in [
+            ("misp.min_network_prefix_v4", *m.min_network_prefix_v4, 32),
+            ("misp.min_network_prefix_v6", *m.min_network_prefix_v6, 128),
+        ] {
+            if v > max {
+                return Err(ConfigError::key(
+                    key,
+                    format!("{v} is not a prefix length (0 to {max})"),
+                ));
             }
         }
         if !m.servers.is_empty() && *m.mode != MispMode::Mirror {

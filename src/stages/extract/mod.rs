@@ -38,6 +38,26 @@ pub fn normalise_url(text: &str) -> Option<Box<str>> {
     url::normalise(text).map(|u| u.text)
 }
 
+/// A MISP `url` attribute's value in canonical form. Real feeds often
+/// leave the scheme out (`www.evil.top`, `evil.top/dl/x.exe`): such a
+/// value is an `http://` URL when its host is a public domain or an IP.
+/// A value that names no host (`igfxtray.exe`, `Data/dtl.dat`) is `None`.
+pub fn normalise_url_attribute(text: &str) -> Option<Box<str>> {
+    let text = text.trim();
+    if let Some(u) = url::normalise(text) {
+        return Some(u.text);
+    }
+    if text.contains("://") || text.starts_with('/') {
+        return None;
+    }
+    let u = url::normalise(&format!("http://{text}"))?;
+    match &u.host {
+        url::Host::Name(name) if domain::is_real(name) => Some(u.text),
+        url::Host::Ip(_) => Some(u.text),
+        url::Host::Name(_) => None,
+    }
+}
+
 /// Keys whose value is a host name, compared lowercased with `_` and `-`
 /// removed.
 pub const DOMAIN_KEYS: &[&str] = &[

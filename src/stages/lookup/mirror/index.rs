@@ -76,7 +76,7 @@ fn canonical_name(kind: NameKind, text: &str) -> Option<Box<str>> {
     use crate::observable::Observable;
     match kind {
         NameKind::Domain | NameKind::Hostname => crate::extract::domain::normalise(text),
-        NameKind::Url => crate::extract::normalise_url(text),
+        NameKind::Url => crate::extract::normalise_url_attribute(text),
         NameKind::Hash(k) => match crate::extract::hash::of(k, text)? {
             Observable::Md5(t) | Observable::Sha1(t) | Observable::Sha256(t) => Some(t),
             _ => None,
@@ -144,6 +144,15 @@ impl Key {
             return Some(Key::of_ip(ip));
         }
         let net: IpNet = text.parse().ok()?;
+        // `::ffff:a.b.c.0/120` is the IPv4 network a.b.c.0/24: alerts carry
+        // the IPv4 address, canonical.
+        let net = match net {
+            IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+                Some(v4) => IpNet::V4(Ipv4Net::new(v4, n.prefix_len() - 96).ok()?),
+                None => net,
+            },
+            other => other,
+        };
         Some(match net {
             IpNet::V4(n) if n.prefix_len() == 32 => Key::of_ip(IpAddr::V4(n.addr())),
             IpNet::V6(n) if n.prefix_len() == 128 => Key::of_ip(IpAddr::V6(n.addr())),
@@ -604,6 +613,11 @@ mod tests {
             vec![Key::Net4("10.0.0.0/24".parse().unwrap())]
         );
         assert_eq!(keys("::ffff:1.2.3.4"), vec![Key::V4(0x01020304)]);
+        assert_eq!(
+            keys("::ffff:10.1.2.0/120"),
+            vec![Key::Net4("10.1.2.0/24".parse().unwrap())],
+            "an IPv4-mapped network is the IPv4 network"
+        );
         assert!(keys("evil.example").is_empty());
         assert_eq!(keys("1.2.3.4|1.2.3.4").len(), 1);
     }
@@ -641,6 +655,18 @@ mod tests {
             vec![Key::V4(0x01020304)]
         );
         assert_eq!(Key::of_attribute("email-src", "a@b.com"), vec![]);
+        assert_eq!(
+            Key::of_attribute("url", "evil.top/dl/x.exe"),
+            vec![name(NameKind::Url, "http://evil.top/dl/x.exe")],
+            "a url without a scheme is an http URL"
+        );
+        assert_eq!(
+            Key::of_attribute("url", "www.Evil.top"),
+            vec![name(NameKind::Url, "http://www.evil.top")]
+        );
+        for not_a_url in ["igfxtray.exe", "Data/dtl.dat", "/tmp/x"] {
+            assert_eq!(Key::of_attribute("url", not_a_url), vec![], "{not_a_url}");
+        }
         assert_ne!(
             name(NameKind::Domain, "evil.com"),
             name(NameKind::Hostname, "evil.com")

@@ -35,6 +35,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS servers(
         value TEXT NOT NULL, to_ids INTEGER NOT NULL, timestamp INTEGER NOT NULL,
         tags TEXT NOT NULL, event_uuid TEXT NOT NULL, event_info TEXT NOT NULL,
         network INTEGER NOT NULL,
+        PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS skipped(
+        server TEXT NOT NULL, generation INTEGER NOT NULL, uuid TEXT NOT NULL, reason TEXT NOT NULL,
         PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;";
 
 /// What the store knows of one server's sync.
@@ -58,6 +61,9 @@ pub struct ServerState {
     pub last_error: Option<String>,
     pub attributes: i64,
     pub networks: i64,
+    /// Attributes that pass the filters but are not mirrored, by reason
+    /// (see [`super::sync::Skip`]).
+    pub skipped: std::collections::BTreeMap<String, i64>,
 }
 
 /// One mirrored attribute as stored.
@@ -156,16 +162,70 @@ impl Store {
                         last_error, attributes, networks FROM servers ORDER BY name",
             )
             .map_err(|e| self.err(e))?;
-        let rows = st
+        let mut rows = st
             .query_map([], server_state)
             .map_err(|e| self.err(e))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err(e))?;
+        for r in &mut rows {
+            r.skipped = self.skipped_counts(&r.name, r.generation)?;
+        }
         Ok(rows)
     }
 
+    /// Skipped attributes of `name`'s `generation`, by reason. A file an
+    /// older version wrote, opened read-only, has no such table: none.
+    fn skipped_counts(
+        &self,
+        name: &str,
+        generation: i64,
+    ) -> Result<std::collections::BTreeMap<String, i64>> {
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'skipped'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Ok(Default::default());
+        }
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT reason, COUNT(*) FROM skipped WHERE server = ?1 AND generation = ?2 GROUP BY reason",
+            )
+            .map_err(|e| self.err(e))?;
+        let counts = st
+            .query_map(params![name, generation], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))?;
+        Ok(counts)
+    }
+
+    /// Records attributes of `generation` skipped for what they hold.
+    pub fn skip(&mut self, name: &str, generation: i64, skipped: &[(String, &str)]) -> Result<()> {
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO skipped(server, generation, uuid, reason) VALUES(?1, ?2, ?3, ?4)",
+                )
+                .map_err(&err)?;
+            for (uuid, reason) in skipped {
+                put.execute(params![name, generation, uuid, reason])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
     pub fn server(&self, name: &str) -> Result<Option<ServerState>> {
-        self.conn
+        let state = self
+            .conn
             .query_row(
                 "SELECT name, fingerprint, generation, complete, cursor, last_sync, last_full_sync,
                         last_error, attributes, networks FROM servers WHERE name = ?1",
@@ -173,7 +233,14 @@ impl Store {
                 server_state,
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        match state {
+            Some(mut s) => {
+                s.skipped = self.skipped_counts(name, s.generation)?;
+                Ok(Some(s))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Starts a full sync of `name`: a new generation, empty, beside the
@@ -198,11 +265,13 @@ impl Store {
             )
             .map_err(&err)?;
         }
-        tx.execute(
-            "DELETE FROM attributes WHERE server = ?1 AND generation = ?2",
-            params![name, next],
-        )
-        .map_err(&err)?;
+        for table in ["attributes", "skipped"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE server = ?1 AND generation = ?2"),
+                params![name, next],
+            )
+            .map_err(&err)?;
+        }
         tx.commit().map_err(&err)?;
         Ok(next)
     }
@@ -223,6 +292,11 @@ impl Store {
             let mut old = tx
                 .prepare_cached(
                     "SELECT type, value FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
+                )
+                .map_err(&err)?;
+            let mut unskip = tx
+                .prepare_cached(
+                    "DELETE FROM skipped WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
                 )
                 .map_err(&err)?;
             let mut put = tx
@@ -249,6 +323,9 @@ impl Store {
                     Some((_, old)) => networks += net(&r.value) - net(old),
                 }
                 replaced.push(was);
+                unskip
+                    .execute(params![name, generation, r.uuid])
+                    .map_err(&err)?;
                 put.execute(params![
                     name,
                     generation,
@@ -297,7 +374,13 @@ impl Store {
                     "DELETE FROM attributes WHERE server = ?1 AND generation = ?2 AND uuid = ?3 RETURNING type, value",
                 )
                 .map_err(&err)?;
+            let mut unskip = tx
+                .prepare_cached(
+                    "DELETE FROM skipped WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
+                )
+                .map_err(&err)?;
             for u in uuids {
+                unskip.execute(params![name, generation, u]).map_err(&err)?;
                 if let Some((t, v)) = del
                     .query_row(params![name, generation, u], |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -338,11 +421,13 @@ impl Store {
             params![name, fingerprint, generation, cursor, now],
         )
         .map_err(&err)?;
-        tx.execute(
-            "DELETE FROM attributes WHERE server = ?1 AND generation != ?2",
-            params![name, generation],
-        )
-        .map_err(&err)?;
+        for table in ["attributes", "skipped"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE server = ?1 AND generation != ?2"),
+                params![name, generation],
+            )
+            .map_err(&err)?;
+        }
         Self::count_in(&tx, name, generation).map_err(&err)?;
         tx.commit().map_err(&err)
     }
@@ -396,14 +481,18 @@ impl Store {
     /// Deletes what a full sync interrupted by a crash left: every
     /// generation of `name` but the live one.
     pub fn drop_stale(&mut self, name: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM attributes WHERE server = ?1
-                   AND generation != (SELECT generation FROM servers WHERE name = ?1)",
-                [name],
-            )
-            .map(drop)
-            .map_err(|e| self.err(e))
+        for table in ["attributes", "skipped"] {
+            self.conn
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE server = ?1
+                           AND generation != (SELECT generation FROM servers WHERE name = ?1)"
+                    ),
+                    [name],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// Calls `visit(type, value, uuid, timestamp)` for every row of the
@@ -491,6 +580,7 @@ fn server_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServerState> {
         last_error: r.get(7)?,
         attributes: r.get(8)?,
         networks: r.get(9)?,
+        skipped: Default::default(),
     })
 }
 

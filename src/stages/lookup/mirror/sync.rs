@@ -52,6 +52,61 @@ pub struct SyncSettings {
     pub max_indicators: u64,
     pub retries: u32,
     pub filters: SyncFilters,
+    pub guards: Guards,
+}
+
+/// What a real MISP can hold that the mirror refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guards {
+    /// `misp.min_network_prefix_v4` / `_v6`: broader networks are skipped.
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            min_prefix_v4: 8,
+            min_prefix_v6: 32,
+        }
+    }
+}
+
+/// Why an attribute that passes the filters is not mirrored: `mirror
+/// status` counts each under `skipped`, so none silently disappears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Skip {
+    /// A `url` whose value names no host (`igfxtray.exe`).
+    NotAUrl,
+    /// A value the mirror cannot read for its type.
+    Unreadable,
+    /// A network broader than the guards allow.
+    BroadNetwork,
+    /// New in an incremental sync while the mirror already held
+    /// `misp.max_indicators`.
+    OverMaxIndicators,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::NotAUrl => "not_a_url",
+            Skip::Unreadable => "unreadable_value",
+            Skip::BroadNetwork => "broad_network",
+            Skip::OverMaxIndicators => "over_max_indicators",
+        }
+    }
+}
+
+/// A page of MISP's attributes sorted for the mirror.
+#[derive(Debug, Default)]
+pub struct Sorted {
+    pub rows: Vec<Row>,
+    /// The uuids to drop from the mirror: soft-deleted, failing the
+    /// filters, or skipped.
+    pub leaving: Vec<String>,
+    /// Attributes that pass the filters but are not mirrored, and why.
+    pub skipped: Vec<(String, Skip)>,
 }
 
 impl SyncSettings {
@@ -64,6 +119,10 @@ impl SyncSettings {
             max_indicators: *m.max_indicators,
             retries: m.retries,
             filters: (*m.sync).clone(),
+            guards: Guards {
+                min_prefix_v4: *m.min_network_prefix_v4,
+                min_prefix_v6: *m.min_network_prefix_v6,
+            },
         }
     }
 }
@@ -442,12 +501,19 @@ impl Syncer {
         let mut index = Index::with_capacity(previous);
         let mut cursor = None;
         let mut count = 0u64;
+        let mut tally = std::collections::BTreeMap::new();
         let since = self.age_floor().map(|floor| (Window::Attribute, floor));
         let mut pager = Pager::new(self.settings.page_size);
         loop {
             let page = self.page(&mut pager, since).await?;
             cursor = cursor.or(Some(misp_clock(&page)));
-            let (rows, _left) = rows_of(page.attributes, &self.settings.filters);
+            let sorted = rows_of(
+                page.attributes,
+                &self.settings.filters,
+                self.settings.guards,
+            );
+            let rows = sorted.rows;
+            self.skip(generation, sorted.skipped, &mut tally).await?;
             count += rows.len() as u64;
             if count > self.settings.max_indicators {
                 tracing::error!(
@@ -457,11 +523,12 @@ impl Syncer {
                 );
                 break;
             }
-            index = self.write(generation, rows, index, &mut collected).await?;
+            index = self.write(generation, rows, index, &mut collected).await?.0;
             if pager.done {
                 break;
             }
         }
+        self.log_skipped(&tally);
         let now = chrono::Utc::now().timestamp();
         let cursor = cursor.unwrap_or(now);
         self.blocking(move |s, name| s.finish_full(name, &fp, generation, cursor, now))
@@ -523,25 +590,28 @@ impl Syncer {
     }
 
     /// Writes `rows` into the store's `generation` and files them in
-    /// `index`, moving any whose value changed.
+    /// `index`, moving any whose value changed. Also returns the uuids new
+    /// to the generation.
     async fn write(
         &self,
         generation: i64,
         rows: Vec<Row>,
         mut index: Index,
         collected: &mut Collected,
-    ) -> Result<Index, SyncError> {
+    ) -> Result<(Index, Vec<String>), SyncError> {
         let (rows, replaced) = self
             .blocking(move |s, name| {
                 let replaced = s.write(name, generation, &rows)?;
                 Ok((rows, replaced))
             })
             .await?;
+        let mut new = Vec::new();
         for (row, old) in rows.iter().zip(replaced) {
             collected.note(&self.server.name, row, old.as_ref());
             let uuid = uuid_bytes(&row.uuid);
-            if let Some((kind, value)) = old {
-                index.unfile(&kind, &value, &uuid);
+            match old {
+                Some((kind, value)) => index.unfile(&kind, &value, &uuid),
+                None => new.push(row.uuid.clone()),
             }
             index.file(
                 &row.kind,
@@ -549,7 +619,46 @@ impl Syncer {
                 Record::new(uuid, seen(row.timestamp)),
             );
         }
-        Ok(index)
+        Ok((index, new))
+    }
+
+    /// Records what a page skipped, and counts it for the sync's log line.
+    async fn skip(
+        &self,
+        generation: i64,
+        skipped: Vec<(String, Skip)>,
+        tally: &mut std::collections::BTreeMap<Skip, u64>,
+    ) -> Result<(), SyncError> {
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        for (_, why) in &skipped {
+            *tally.entry(*why).or_default() += 1;
+        }
+        self.blocking(move |s, name| {
+            let named: Vec<(String, &str)> = skipped
+                .into_iter()
+                .map(|(uuid, why)| (uuid, why.as_str()))
+                .collect();
+            s.skip(name, generation, &named)
+        })
+        .await
+    }
+
+    /// Says once per sync what it skipped, and why.
+    fn log_skipped(&self, tally: &std::collections::BTreeMap<Skip, u64>) {
+        if tally.is_empty() {
+            return;
+        }
+        let counts: Vec<String> = tally
+            .iter()
+            .map(|(why, n)| format!("{}: {n}", why.as_str()))
+            .collect();
+        tracing::warn!(
+            server = %self.server.name,
+            skipped = %counts.join(", "),
+            "MISP attributes that pass the filters but are not mirrored (broad_network: broader than misp.min_network_prefix_v4/_v6; not_a_url: a url attribute naming no host; over_max_indicators: beyond misp.max_indicators); mirror status counts them"
+        );
     }
 
     async fn incremental(&self) -> Result<(), SyncError> {
@@ -566,6 +675,8 @@ impl Syncer {
         let mut collected = self.collecting(Novelty::Incremental);
         let mut cursor = None;
         let mut changes = 0usize;
+        let mut held = state.attributes.max(0) as u64;
+        let mut tally = std::collections::BTreeMap::new();
         let needed = Window::needed(&self.settings.filters);
         let mut windows = needed.iter();
         while let Some(&window) = windows.next() {
@@ -593,22 +704,42 @@ impl Syncer {
                         break;
                     }
                 }
-                let (rows, left) = rows_of(page.attributes, &self.settings.filters);
+                let sorted = rows_of(
+                    page.attributes,
+                    &self.settings.filters,
+                    self.settings.guards,
+                );
+                let (rows, left) = (sorted.rows, sorted.leaving);
                 if !rows.is_empty() || !left.is_empty() {
                     let mut ix = index.take().unwrap_or_else(|| (*current).clone());
                     changes += rows.len() + left.len();
-                    ix = self
+                    let (written, new) = self
                         .write(state.generation, rows, ix, &mut collected)
                         .await?;
-                    if !left.is_empty() {
+                    ix = written;
+                    held += new.len() as u64;
+                    let mut gone_uuids = left;
+                    let mut skipped = sorted.skipped;
+                    if held > self.settings.max_indicators {
+                        let excess = (held - self.settings.max_indicators) as usize;
+                        let over = new[new.len().saturating_sub(excess)..].to_vec();
+                        held -= over.len() as u64;
+                        skipped.extend(over.iter().map(|u| (u.clone(), Skip::OverMaxIndicators)));
+                        gone_uuids.extend(over);
+                    }
+                    if !gone_uuids.is_empty() {
                         let gone = self
-                            .blocking(move |s, name| s.remove(name, state.generation, &left))
+                            .blocking(move |s, name| s.remove(name, state.generation, &gone_uuids))
                             .await?;
                         for (uuid, kind, value) in gone {
                             ix.unfile(&kind, &value, &uuid_bytes(&uuid));
                         }
                     }
+                    self.skip(state.generation, skipped, &mut tally).await?;
                     index = Some(ix);
+                } else {
+                    self.skip(state.generation, sorted.skipped, &mut tally)
+                        .await?;
                 }
                 if pager.done {
                     break;
@@ -616,6 +747,7 @@ impl Syncer {
             }
         }
         let cursor = cursor.unwrap_or(state.cursor);
+        self.log_skipped(&tally);
         let now = chrono::Utc::now().timestamp();
         self.blocking(move |s, name| s.finish_incremental(name, cursor, now))
             .await?;
@@ -689,21 +821,38 @@ fn seen(ts: i64) -> u32 {
     ts.clamp(0, i64::from(u32::MAX)) as u32
 }
 
-/// MISP's attributes as rows to mirror, and the uuids of those that are
-/// to leave it: soft-deleted, or failing the filters (the sync asks MISP
-/// for everything and filters here, see [`MispClient::sync_body`]), or
-/// holding nothing the mirror can match.
-pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, Vec<String>) {
-    let passes =
-        |a: &Attribute| passes(a, filters) && !Key::of_attribute(&a.kind, &a.value).is_empty();
-    let mut rows = Vec::with_capacity(attributes.len());
-    let mut leaving = Vec::new();
+/// MISP's attributes sorted into rows to mirror, uuids to drop (soft-
+/// deleted, failing the filters: the sync asks MISP for everything and
+/// filters here, see [`MispClient::sync_body`]) and attributes skipped
+/// for what they hold.
+pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters, guards: Guards) -> Sorted {
+    let mut out = Sorted {
+        rows: Vec::with_capacity(attributes.len()),
+        ..Sorted::default()
+    };
     for a in attributes {
         if a.uuid.is_empty() {
             continue;
         }
-        if !passes(&a) {
-            leaving.push(a.uuid);
+        if !passes(&a, filters) {
+            out.leaving.push(a.uuid);
+            continue;
+        }
+        let keys = Key::of_attribute(&a.kind, &a.value);
+        let skip = if keys.is_empty() {
+            Some(if a.kind == "url" {
+                Skip::NotAUrl
+            } else {
+                Skip::Unreadable
+            })
+        } else if keys.iter().any(|k| too_broad(k, guards)) {
+            Some(Skip::BroadNetwork)
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            out.leaving.push(a.uuid.clone());
+            out.skipped.push((a.uuid, why));
             continue;
         }
         let timestamp = a.timestamp.trim().parse().unwrap_or(0);
@@ -712,7 +861,7 @@ pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, 
             .as_ref()
             .map(|e| (e.uuid.clone(), e.info.clone()))
             .unwrap_or_default();
-        rows.push(Row {
+        out.rows.push(Row {
             tags: a
                 .tags
                 .iter()
@@ -731,7 +880,15 @@ pub fn rows_of(attributes: Vec<Attribute>, filters: &SyncFilters) -> (Vec<Row>, 
             event_info,
         });
     }
-    (rows, leaving)
+    out
+}
+
+fn too_broad(key: &Key, guards: Guards) -> bool {
+    match key {
+        Key::Net4(n) => n.prefix_len() < guards.min_prefix_v4,
+        Key::Net6(n) => n.prefix_len() < guards.min_prefix_v6,
+        _ => false,
+    }
 }
 
 /// Whether MISP's attribute `a` passes the sync's filters: not
@@ -819,7 +976,7 @@ mod tests {
             published: Some(published),
             ..EventInfo::default()
         };
-        let (rows, leaving) = rows_of(
+        let sorted = rows_of(
             vec![
                 attribute("kept", |a| a.event = Some(event(true))),
                 attribute("deleted", |a| a.deleted = true),
@@ -839,14 +996,58 @@ mod tests {
                 }),
             ],
             &filters,
+            Guards::default(),
         );
+        let uuids = |rows: &[Row]| rows.iter().map(|r| r.uuid.clone()).collect::<Vec<_>>();
+        assert_eq!(uuids(&sorted.rows), ["kept"]);
         assert_eq!(
-            rows.iter().map(|r| r.uuid.as_str()).collect::<Vec<_>>(),
-            ["kept"]
-        );
-        assert_eq!(
-            leaving,
+            sorted.leaving,
             ["deleted", "not-ids", "unpublished", "red", "no-key"]
+        );
+        assert_eq!(sorted.skipped, [("no-key".to_owned(), Skip::Unreadable)]);
+    }
+
+    #[test]
+    fn broad_networks_and_values_that_are_no_url_are_skipped_and_counted() {
+        let filters = SyncFilters::default();
+        let sorted = rows_of(
+            vec![
+                attribute("any-v4", |a| a.value = "0.0.0.0/0".into()),
+                attribute("any-v6", |a| a.value = "::/0".into()),
+                attribute("slash-7", |a| a.value = "4.0.0.0/7".into()),
+                attribute("slash-8", |a| a.value = "4.0.0.0/8".into()),
+                attribute("v6-48", |a| a.value = "2a0b:f4c0::/48".into()),
+                attribute("v6-31", |a| a.value = "2a0b::/31".into()),
+                attribute("mapped", |a| a.value = "::ffff:0.0.0.0/96".into()),
+                attribute("exe", |a| {
+                    a.kind = "url".into();
+                    a.value = "igfxtray.exe".into();
+                }),
+                attribute("schemeless", |a| {
+                    a.kind = "url".into();
+                    a.value = "evil.top/dl/x.exe".into();
+                }),
+            ],
+            &filters,
+            Guards::default(),
+        );
+        let uuids = |rows: &[Row]| rows.iter().map(|r| r.uuid.clone()).collect::<Vec<_>>();
+        assert_eq!(uuids(&sorted.rows), ["slash-8", "v6-48", "schemeless"]);
+        let skipped: Vec<(&str, Skip)> = sorted
+            .skipped
+            .iter()
+            .map(|(u, s)| (u.as_str(), *s))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("any-v4", Skip::BroadNetwork),
+                ("any-v6", Skip::BroadNetwork),
+                ("slash-7", Skip::BroadNetwork),
+                ("v6-31", Skip::BroadNetwork),
+                ("mapped", Skip::BroadNetwork),
+                ("exe", Skip::NotAUrl),
+            ]
         );
     }
 }
