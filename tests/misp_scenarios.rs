@@ -54,6 +54,7 @@ on_both_backends!(
     a_hit_whose_attribute_stopped_passing_the_filters_gives_no_event_before_the_next_sync,
     what_a_real_misp_can_hold_is_guarded_and_every_skip_counted,
     max_indicators_holds_for_incremental_syncs_too,
+    an_attribute_dated_in_the_future_does_not_stall_the_incremental_sync,
 );
 
 /// A daemon's files and configuration against `misp`.
@@ -487,5 +488,68 @@ async fn max_indicators_holds_for_incremental_syncs_too(misp: Misp) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(mirrored(&daemon), 4);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An API client may date an attribute in the future (MISP keeps a
+/// `timestamp` it is given): the cursor is MISP's clock, never an
+/// attribute's timestamp, so what comes after it is still synced.
+async fn an_attribute_dated_in_the_future_does_not_stall_the_incremental_sync(misp: Misp) {
+    let event = misp
+        .add_event("future", true, &[], vec![ip(&pool_ip(900))])
+        .await;
+    let setup = Setup::new(&misp, MispMode::Mirror);
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    let mut future = ip(&pool_ip(901));
+    future["timestamp"] = (chrono::Utc::now().timestamp() + 30 * 86400)
+        .to_string()
+        .into();
+    misp.add_attribute(&event, future).await;
+    eventually("the future-dated attribute", WAIT, || {
+        hit(&daemon, &pool_ip(901))
+    })
+    .await;
+    // Past the sync overlap: the cursor would be 30 days ahead if it were
+    // the newest timestamp seen.
+    misp.add_attribute(&event, ip(&pool_ip(902))).await;
+    eventually("an attribute added after it", WAIT, || {
+        hit(&daemon, &pool_ip(902))
+    })
+    .await;
+    let state =
+        wazuh_misp::lookup::mirror::store::Store::open_read_only(&setup.cfg.input.state_dir)
+            .unwrap()
+            .unwrap()
+            .servers()
+            .unwrap()
+            .remove(0);
+    assert!(
+        state.cursor <= chrono::Utc::now().timestamp() + 5,
+        "the cursor ran ahead of MISP's clock: {}",
+        state.cursor
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// MISP's clock steps back an hour (an NTP correction, a restored VM):
+/// what changes afterwards carries timestamps under the cursor, and the
+/// sync asks again from MISP's clock. Simulator only: a real MISP's
+/// clock is the machine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misp_clock_that_steps_back_loses_no_attribute() {
+    let misp = Misp::sim().await;
+    let event = misp
+        .add_event("clock", true, &[], vec![ip(&pool_ip(910))])
+        .await;
+    let setup = Setup::new(&misp, MispMode::Mirror);
+    let daemon = setup.start();
+    first_sync(&daemon).await;
+    misp.sim.as_ref().unwrap().set_clock_offset(-3600);
+    misp.add_attribute(&event, ip(&pool_ip(911))).await;
+    eventually("the attribute added after the step", WAIT, || {
+        hit(&daemon, &pool_ip(911))
+    })
+    .await;
     daemon.shutdown(Duration::from_secs(5)).await;
 }

@@ -91,6 +91,9 @@ struct Dataset {
     by_event: Vec<Vec<usize>>,
     /// Attribute ids rise with their index: id order is index order.
     ids_ascending: bool,
+    /// Seconds the simulated MISP's clock is off ours (its `time()` and
+    /// `Date` header both).
+    clock_offset: i64,
     /// Hard-deleted attributes (indexes stay stable; these are skipped).
     gone: std::collections::HashSet<usize>,
     warninglists: Vec<Warninglist>,
@@ -345,6 +348,7 @@ impl Dataset {
             by_uuid: HashMap::new(),
             gone: Default::default(),
             ids_ascending: true,
+            clock_offset: 0,
             warninglists: data.warninglists.clone(),
             next_attr_id,
             next_event_id,
@@ -416,12 +420,11 @@ impl Dataset {
     }
 }
 
-/// Now, or one second after the newest attribute if that is later: an
-/// edit always moves the timestamp forward, as it does in MISP, even when
-/// a test edits twice within one second.
+/// MISP's `time()`: the simulator's clock, which a test may step
+/// ([`MispSim::set_clock_offset`]). Two edits in one second share it, as
+/// they do in MISP.
 fn next_timestamp(d: &Dataset) -> i64 {
-    let now = chrono::Utc::now().timestamp();
-    now.max(d.newest + 1)
+    chrono::Utc::now().timestamp() + d.clock_offset
 }
 
 /// IPs compare in canonical form, as MISP does for ip types.
@@ -709,8 +712,8 @@ impl Inner {
             (Some(l), Some(p)) if p > 1 => l * (p - 1),
             _ => 0,
         };
-        let now = chrono::Utc::now().timestamp();
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let now = next_timestamp(&d);
         let filters = Filters::of(body, now);
         // A search over everything (a sync) asking for the page after the
         // one it just got resumes where that one ended, as a database's
@@ -1013,6 +1016,14 @@ async fn rest_search(
         Some(Fault::Truncated) | None => {}
     }
     let (answer, counts) = inner.search(&request);
+    let clock = {
+        let d = inner.data.read().unwrap_or_else(|e| e.into_inner());
+        next_timestamp(&d)
+    };
+    let date = chrono::DateTime::from_timestamp(clock, 0)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
     let mut text = answer.to_string();
     if fault == Some(Fault::Truncated) {
         text.truncate(text.len() / 2);
@@ -1020,6 +1031,7 @@ async fn rest_search(
     Response::builder()
         .status(200)
         .header("content-type", "application/json; charset=UTF-8")
+        .header("date", date)
         .header("x-result-count", counts.result_count.to_string())
         .header("x-export-module-used", "json")
         .header("x-response-format", "json")
@@ -1240,6 +1252,16 @@ impl MispSim {
         let again = Self::serve(self.inner.clone(), self.addr).await?;
         *self = again;
         Ok(())
+    }
+
+    /// Steps the simulated MISP's clock `secs` away from ours: the
+    /// timestamps it gives and the `Date` it answers with.
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.inner
+            .data
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clock_offset = secs;
     }
 
     pub fn set_latency(&self, d: Duration) {
