@@ -594,3 +594,55 @@ fn the_dashboards_cdb_list_is_applied_by_the_shipped_script() {
         "each value once, in canonical form"
     );
 }
+
+/// The new indicators a sync finds are written with the page that brought
+/// them: a `kill -9` while the hunt waits on the writer loses none, and
+/// the next start hunts them. Two attributes of one value make one retro
+/// event per alert, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_indicators_survive_a_kill_during_the_hunt_and_count_once_per_alert() {
+    let data = SimData::from_events([event_with_ips(1, &[KNOWN.to_owned()])]);
+    let h = Harness::new(&data).await;
+    let config = write_config(&h, "", "");
+    // No queue socket yet: the hunt's events cannot leave.
+    let daemon = Daemon::spawn(&config);
+    daemon.wait_log("mirror full sync done", 1).await;
+    h.append(&format!(
+        "{}\n{}\n",
+        alert(1, PAST_IP, 5710),
+        alert(2, PAST_IP, 5711)
+    ));
+    let state_dir = h.cfg.input.state_dir.to_path_buf();
+    eventually("the ledger holds the past IP", WAIT, || {
+        in_ledger(&state_dir, PAST_IP)
+    })
+    .await;
+    for _ in 0..2 {
+        h.sim
+            .add_attribute(0, json!({"type": "ip-dst", "value": PAST_IP}));
+    }
+    daemon
+        .wait_log(
+            "the mirror learnt new indicators; hunting them in the ledger",
+            1,
+        )
+        .await;
+    daemon.kill9();
+    let q = QueueSocket::bind(&h.socket, Received::default());
+    let mut daemon = Daemon::spawn(&config);
+    eventually("the retro events after the restart", WAIT, || {
+        events_for(&q, PAST_IP)
+            .filter(|e| e.get("retro_hunt").is_some())
+            .count()
+            >= 2
+    })
+    .await;
+    daemon.wait_log("retro-hunt done", 1).await;
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.exit_status(WAIT).await.success());
+    q.drain().await;
+    let retro: Vec<Value> = events_for(&q, PAST_IP)
+        .filter(|e| e.get("retro_hunt").is_some())
+        .collect();
+    assert_eq!(retro.len(), 2, "one per alert: {retro:#?}");
+}

@@ -208,15 +208,11 @@ pub async fn hunt(
                 return Ok(out);
             }
             let alert = alert_id_of(r);
-            let fresh: Vec<_> = uuids
-                .iter()
-                .filter(|(u, _, _)| {
-                    !store
-                        .hunted(&hunt_key(&entry.value, u, &alert))
-                        .unwrap_or(false)
-                })
-                .collect();
-            let Some((uuid, kind, ts)) = fresh.first() else {
+            let key = hunt_key(&entry.value, &alert);
+            if store.hunted(&key).unwrap_or(false) {
+                continue;
+            }
+            let Some((uuid, kind, ts)) = uuids.first() else {
                 continue;
             };
             let candidate = crate::runtime::feedback::Candidate {
@@ -229,7 +225,7 @@ pub async fn hunt(
                 },
                 entry: entry.clone(),
                 reference: r.clone(),
-                key: hunt_key(&entry.value, uuid, &alert),
+                key,
             };
             let added = chrono::DateTime::from_timestamp(*ts, 0).unwrap_or_else(chrono::Utc::now);
             let events = crate::runtime::feedback::render_candidate(
@@ -249,11 +245,10 @@ pub async fn hunt(
                 out.push(serde_json::from_slice(payload).unwrap_or_default());
             }
             if send {
-                let keys: Vec<[u8; 16]> = fresh
-                    .iter()
-                    .map(|(u, _, _)| hunt_key(&entry.value, u, &alert))
-                    .collect();
-                store.mark_hunted(&keys, chrono::Utc::now().timestamp())?;
+                store.mark_hunted(
+                    &[(crate::ledger::key_of(&o), key)],
+                    chrono::Utc::now().timestamp(),
+                )?;
             }
         }
     }

@@ -54,10 +54,23 @@ pub fn open_checked(path: &Path, schema: &str, version: &str) -> rusqlite::Resul
     Ok(c)
 }
 
-/// [`open_checked`]; a file it refuses is renamed
-/// `<name>.unreadable-<unix time>` (its WAL and shared-memory files
-/// removed), logged as `"{what} is unreadable; set aside, {then}"`, and a
-/// new one created.
+/// Whether `e` says the file itself is unusable: corrupt, not a database,
+/// or of another schema version. Every other error (busy, I/O, a full
+/// disk, permissions) is the moment's, and the file must stay as it is.
+pub fn is_unusable_file(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::ErrorCode;
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase | ErrorCode::TypeMismatch)
+    )
+}
+
+/// [`open_checked`]; a file it refuses as unusable ([`is_unusable_file`])
+/// is renamed `<name>.unreadable-<unix time>` (its WAL and shared-memory
+/// files removed), logged as `"{what} is unreadable; set aside, {then}"`,
+/// and a new one created. Any other error is returned with the file left
+/// alone: a busy file, a full disk or a refused permission is no reason to
+/// lose it (the caller logs it, and the supervisor's restart retries).
 pub fn open_or_set_aside(
     path: &Path,
     schema: &str,
@@ -67,6 +80,7 @@ pub fn open_or_set_aside(
 ) -> rusqlite::Result<Connection> {
     match open_checked(path, schema, version) {
         Ok(c) => Ok(c),
+        Err(e) if !is_unusable_file(&e) => Err(e),
         Err(e) => {
             if path.exists() {
                 let name = path
@@ -98,4 +112,43 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Option<Connection>> {
     )?;
     c.busy_timeout(Duration::from_secs(10))?;
     Ok(Some(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS t(x INTEGER);";
+
+    #[test]
+    fn only_a_file_that_is_no_database_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.sqlite");
+        std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+        open_or_set_aside(&garbage, SCHEMA, "1", "the test store", "rebuilt").unwrap();
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("garbage.sqlite.unreadable-")
+            })
+            .count();
+        assert_eq!(aside, 1, "a file that is no database is set aside");
+    }
+
+    #[test]
+    fn an_ordinary_error_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // Cannot be opened as a file at all (SQLITE_CANTOPEN): an error of
+        // the moment, like EACCES or ENOSPC, not a corrupt store.
+        let path = dir.path().join("store.sqlite");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), b"x").unwrap();
+        let e = open_or_set_aside(&path, SCHEMA, "1", "the test store", "rebuilt").unwrap_err();
+        assert!(!is_unusable_file(&e), "{e}");
+        assert!(path.join("keep").exists(), "nothing renamed or removed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

@@ -196,9 +196,9 @@ impl Daemon {
         } else {
             None
         };
-        let (found_tx, found_rx) = mpsc::channel(16);
+        let wake_hunter = Arc::new(tokio::sync::Notify::new());
         let hunts = ledger_store.as_ref().map(|_| HuntTrigger {
-            tx: found_tx,
+            wake: wake_hunter.clone(),
             window_secs: (*cfg.retro.window_days * 86400) as i64,
             on_first_sync: *cfg.retro.on_first_sync,
         });
@@ -304,13 +304,14 @@ impl Daemon {
             supervisor.spawn(
                 "retro hunter",
                 feedback::hunt(
-                    found_rx,
+                    wake_hunter,
                     engine.clone(),
                     out_tx.clone(),
                     feedback::HuntSettings {
                         state_dir: state_dir.clone(),
                         max_events: *cfg.retro.max_events_per_sync,
                         subdomains: *cfg.misp.match_subdomains,
+                        window_secs: (*cfg.retro.window_days * 86400) as i64,
                     },
                     stop.clone(),
                 )

@@ -261,7 +261,17 @@ pub struct HuntSettings {
     pub state_dir: PathBuf,
     pub max_events: usize,
     pub subdomains: bool,
+    /// `retro.window_days` in seconds: a pending hunt older than this is
+    /// given up (its alerts have left the ledger).
+    pub window_secs: i64,
 }
+
+/// Pending hunts taken from the store at a time.
+const HUNT_BATCH: usize = 1000;
+
+/// How often pending hunts that could not finish (MISP gave no answer)
+/// are tried again when no sync wakes the hunter.
+const RETRY_EVERY: Duration = Duration::from_secs(60);
 
 /// A retro event to send: its datagrams and the hunt key it settles.
 pub struct Candidate {
@@ -288,6 +298,8 @@ pub fn candidates(
 ) -> Result<(Vec<Candidate>, usize), crate::ledger::store::LedgerError> {
     let mut out = Vec::new();
     let mut more = 0;
+    // One retro event per (value, alert), however many indicators name it.
+    let mut taken = std::collections::HashSet::new();
     for ind in indicators {
         let mut scanned = 0;
         for probe in hunt::probes(&ind.kind, &ind.value, subdomains) {
@@ -300,10 +312,11 @@ pub fn candidates(
                     return Ok(true);
                 }
                 for r in &entry.refs {
-                    let key = hunt::hunt_key(&entry.value, &ind.uuid, &hunt::alert_id_of(r));
-                    if store.hunted(&key)? {
+                    let key = hunt::hunt_key(&entry.value, &hunt::alert_id_of(r));
+                    if taken.contains(&key) || store.hunted(&key)? {
                         continue;
                     }
+                    taken.insert(key);
                     if out.len() >= limit {
                         more += 1;
                         continue;
@@ -388,16 +401,24 @@ fn offer_retro_sightings(
     );
 }
 
-/// Hunts each sync's new indicators in the ledger and sends one retro
-/// event per matching reference, each recorded as hunted once the writer
-/// has sent it.
+/// Hunts the mirror's pending new indicators (`pending_hunts`, written by
+/// the sync with the page that brought them) in the ledger and sends one
+/// retro event per matching (value, alert), each recorded as hunted once
+/// the writer has sent it. A hunt leaves the store only when it is done:
+/// one cut short (a crash, a shutdown, MISP giving no answer) is taken up
+/// again at the next round, which a sync's wake-up, the start, or
+/// [`RETRY_EVERY`] begins.
 pub async fn hunt(
-    mut found: mpsc::Receiver<Found>,
+    wake: Arc<tokio::sync::Notify>,
     engine: Arc<Engine<Source>>,
     out: mpsc::Sender<Outgoing>,
     settings: HuntSettings,
     stop: CancellationToken,
 ) {
+    let Some(mirror) = engine.lookup.mirror().cloned() else {
+        stop.cancelled().await;
+        return;
+    };
     let store = {
         let dir = settings.state_dir.clone();
         match tokio::task::spawn_blocking(move || LedgerStore::open(&dir)).await {
@@ -411,27 +432,114 @@ pub async fn hunt(
         }
     };
     loop {
-        let f = tokio::select! {
-            _ = stop.cancelled() => return,
-            f = found.recv() => match f { Some(f) => f, None => return },
-        };
-        if f.indicators.is_empty() {
-            continue;
+        for server in mirror.servers() {
+            let round = hunt_pending(server, &engine, &out, &store, &settings);
+            let done = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = round => r,
+            };
+            if let Err(e) = done {
+                tracing::error!(server = %server.name, error = %e, "retro-hunt failed; its indicators wait for the next round");
+            }
         }
-        let hunted = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            n = hunt_once(&f, &engine, &out, &store, &settings) => n,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(RETRY_EVERY) => {}
+        }
+    }
+}
+
+/// Hunts `server`'s pending indicators, a batch at a time, until none is
+/// left or only ones to try again later.
+async fn hunt_pending(
+    server: &Arc<crate::lookup::mirror::ServerMirror>,
+    engine: &Arc<Engine<Source>>,
+    out: &mpsc::Sender<Outgoing>,
+    store: &Arc<std::sync::Mutex<LedgerStore>>,
+    settings: &HuntSettings,
+) -> anyhow::Result<()> {
+    let name = server.name.clone();
+    let mut offset_retry = std::collections::HashSet::new();
+    loop {
+        let pending = {
+            let (mirror_store, name) = (server.store.clone(), name.to_string());
+            let want = HUNT_BATCH + offset_retry.len();
+            tokio::task::spawn_blocking(move || {
+                mirror_store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pending_hunts(&name, want)
+            })
+            .await??
         };
-        match hunted {
-            Ok((sent, left_out)) => tracing::info!(
-                server = %f.server,
-                indicators = f.indicators.len(),
+        let fresh: Vec<_> = pending
+            .into_iter()
+            .filter(|p| !offset_retry.contains(&(p.uuid.clone(), p.value.clone())))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp();
+        let (stale, live): (Vec<_>, Vec<_>) = fresh
+            .into_iter()
+            .partition(|p| p.found_at < now - settings.window_secs);
+        let found = Found {
+            server: name.clone(),
+            indicators: live
+                .iter()
+                .map(|p| Indicator {
+                    server: name.clone(),
+                    uuid: p.uuid.clone(),
+                    kind: p.kind.clone(),
+                    value: p.value.clone(),
+                    timestamp: p.timestamp,
+                })
+                .collect(),
+            at: live
+                .first()
+                .and_then(|p| chrono::DateTime::from_timestamp(p.found_at, 0))
+                .unwrap_or_else(chrono::Utc::now),
+        };
+        let retry = if found.indicators.is_empty() {
+            Default::default()
+        } else {
+            tracing::info!(
+                server = %name,
+                new_indicators = found.indicators.len(),
+                "the mirror learnt new indicators; hunting them in the ledger"
+            );
+            let (sent, left_out, retry) = hunt_once(&found, engine, out, store, settings).await?;
+            tracing::info!(
+                server = %name,
+                indicators = found.indicators.len(),
                 retro_events = sent,
                 left_out,
+                to_retry = retry.len(),
                 "retro-hunt done"
-            ),
-            Err(e) => tracing::error!(server = %f.server, error = %e, "retro-hunt failed"),
+            );
+            retry
+        };
+        let mut done: Vec<(String, String)> = stale
+            .iter()
+            .map(|p| (p.uuid.clone(), p.value.clone()))
+            .collect();
+        for p in &live {
+            let k = (p.uuid.clone(), p.value.clone());
+            if retry.contains(&p.uuid) {
+                offset_retry.insert(k);
+            } else {
+                done.push(k);
+            }
         }
+        let (mirror_store, name_s) = (server.store.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            mirror_store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hunted(&name_s, &done)
+        })
+        .await??;
     }
 }
 
@@ -441,7 +549,7 @@ async fn hunt_once(
     out: &mpsc::Sender<Outgoing>,
     store: &Arc<std::sync::Mutex<LedgerStore>>,
     settings: &HuntSettings,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<(usize, usize, std::collections::HashSet<String>)> {
     // The alerts of the last moments are in the ledger's pending map: a
     // sync can find an indicator within the second its alert came.
     if let Some(ledger) = engine.feedback.ledger.clone() {
@@ -467,6 +575,10 @@ async fn hunt_once(
     let match_types = engine.rules.load().match_types;
     let mut sent = 0usize;
     let mut left_out = more;
+    // Indicators to hunt again: MISP gave no answer for one of their
+    // matches, or the mirror does not hold them yet (the sync that found
+    // them has not made its index live).
+    let mut retry = std::collections::HashSet::new();
     for c in &candidates {
         if sent >= settings.max_events {
             left_out += 1;
@@ -479,10 +591,15 @@ async fn hunt_once(
         let answer = match crate::lookup::Intelligence::lookup(&engine.lookup, &value).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(value = %value, error = %e, "no answer for a retro-hunt match; tried again at the next hunt that finds it");
+                tracing::warn!(value = %value, error = %e, "no answer for a retro-hunt match; tried again at the next round");
+                retry.insert(c.indicator.uuid.clone());
                 continue;
             }
         };
+        if answer.is_empty() {
+            retry.insert(c.indicator.uuid.clone());
+            continue;
+        }
         let events = match render_candidate(c, &value, &answer, match_types, f.at) {
             Ok(ev) => ev,
             Err(e) => {
@@ -511,13 +628,13 @@ async fn hunt_once(
             .retro_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         sent += events.len();
-        let key = c.key;
+        let mark = (crate::ledger::key_of(&value), c.key);
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
             store
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .mark_hunted(&[key], chrono::Utc::now().timestamp())
+                .mark_hunted(&[mark], chrono::Utc::now().timestamp())
         })
         .await??;
     }
@@ -544,5 +661,5 @@ async fn hunt_once(
             "retro-hunt stopped at retro.max_events_per_sync; the rest is not sent (wazuh-misp hunt --send sends it)"
         );
     }
-    Ok((sent, left_out))
+    Ok((sent, left_out, retry))
 }

@@ -88,10 +88,11 @@ pub fn probes(misp_type: &str, value: &str, subdomains: bool) -> Vec<Probe> {
     out
 }
 
-/// The key a (value, indicator, alert) is hunted once under.
-pub fn hunt_key(value: &str, indicator_uuid: &str, alert_id: &str) -> [u8; 16] {
+/// The key a (value, alert) is hunted once under, whichever indicators
+/// and however many MISP events name the value.
+pub fn hunt_key(value: &str, alert_id: &str) -> [u8; 16] {
     let mut h = Md5::new();
-    for part in [value, indicator_uuid, alert_id] {
+    for part in [value, alert_id] {
         h.update(part.as_bytes());
         h.update(b"|");
     }
@@ -155,11 +156,12 @@ mod tests {
     }
 
     #[test]
-    fn a_hunt_key_differs_by_value_indicator_and_alert() {
-        let k = hunt_key("1.2.3.4", "u1", "a1");
-        assert_eq!(k, hunt_key("1.2.3.4", "u1", "a1"));
-        assert_ne!(k, hunt_key("1.2.3.4", "u2", "a1"));
-        assert_ne!(k, hunt_key("1.2.3.4", "u1", "a2"));
-        assert_ne!(k, hunt_key("1.2.3.5", "u1", "a1"));
+    fn a_hunt_key_differs_by_value_and_alert_only() {
+        // Several MISP events holding one value make one retro event per
+        // alert, not one per indicator.
+        let k = hunt_key("1.2.3.4", "a1");
+        assert_eq!(k, hunt_key("1.2.3.4", "a1"));
+        assert_ne!(k, hunt_key("1.2.3.4", "a2"));
+        assert_ne!(k, hunt_key("1.2.3.5", "a1"));
     }
 }

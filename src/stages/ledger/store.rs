@@ -22,7 +22,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS seen(
         last_seen INTEGER NOT NULL, count INTEGER NOT NULL, refs TEXT NOT NULL) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS seen_by_last ON seen(last_seen);
     CREATE TABLE IF NOT EXISTS hunted(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS hunted_by_at ON hunted(at);";
+    CREATE INDEX IF NOT EXISTS hunted_by_at ON hunted(at);
+    CREATE TABLE IF NOT EXISTS hunted_by_value(
+        value_key BLOB NOT NULL, key BLOB NOT NULL, PRIMARY KEY(value_key, key)) WITHOUT ROWID;";
 
 /// A value as the ledger holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,8 +146,17 @@ impl LedgerStore {
                     "INSERT INTO seen(key, value, first_seen, last_seen, count, refs) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(err)?;
-            for (observable, seen) in pending {
+            for (observable, mut seen) in pending {
                 let key = key_of(&observable);
+                // An alert read again (after a kill -9, the bookmark is
+                // behind what was noted) adds no reference and no count.
+                let known: Vec<String> = match get.query_row([&key], |r| r.get::<_, String>(0)) {
+                    Ok(old) => split(&old),
+                    Err(rusqlite::Error::QueryReturnedNoRows) => Vec::new(),
+                    Err(e) => return Err(err(e)),
+                };
+                let again = drop_known_alerts(&mut seen.refs, &known);
+                seen.count = seen.count.saturating_sub(again);
                 let changed = bump
                     .execute(params![key, seen.last, seen.count as i64])
                     .map_err(err)?;
@@ -168,8 +179,7 @@ impl LedgerStore {
                 if seen.refs.is_empty() {
                     continue;
                 }
-                let old: String = get.query_row([&key], |r| r.get(0)).map_err(err)?;
-                let mut refs = split(&old);
+                let mut refs = known;
                 refs.extend(seen.refs);
                 keep_first_and_latest(&mut refs, refs_per_value);
                 set_refs.execute(params![key, join(&refs)]).map_err(err)?;
@@ -178,8 +188,13 @@ impl LedgerStore {
         applied.expired = tx
             .execute("DELETE FROM seen WHERE last_seen < ?1", [now - window_secs])
             .map_err(err)? as u64;
-        tx.execute("DELETE FROM hunted WHERE at < ?1", [now - window_secs])
-            .map_err(err)?;
+        // Markers without a value (written before they were tied to one)
+        // expire with the window, as they did.
+        tx.execute(
+            "DELETE FROM hunted WHERE at < ?1 AND key NOT IN (SELECT key FROM hunted_by_value)",
+            [now - window_secs],
+        )
+        .map_err(err)?;
         let count: i64 = tx
             .query_row("SELECT count(*) FROM seen", [], |r| r.get(0))
             .map_err(err)?;
@@ -191,6 +206,20 @@ impl LedgerStore {
                     [over as i64],
                 )
                 .map_err(err)? as u64;
+        }
+        if applied.expired + applied.evicted > 0 {
+            // The markers of values that left go with them.
+            tx.execute(
+                "DELETE FROM hunted WHERE key IN (SELECT key FROM hunted_by_value
+                   WHERE value_key NOT IN (SELECT key FROM seen))",
+                [],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "DELETE FROM hunted_by_value WHERE value_key NOT IN (SELECT key FROM seen)",
+                [],
+            )
+            .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(applied)
@@ -255,7 +284,7 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// Whether the hunt key (value, indicator, alert) was sent already.
+    /// Whether the hunt key (value, alert) was sent already.
     pub fn hunted(&self, key: &[u8; 16]) -> Result<bool> {
         self.conn
             .prepare_cached("SELECT 1 FROM hunted WHERE key = ?1")
@@ -263,7 +292,10 @@ impl LedgerStore {
             .map_err(self.err())
     }
 
-    pub fn mark_hunted(&mut self, keys: &[[u8; 16]], now: i64) -> Result<()> {
+    /// Records hunt keys as sent, each with the ledger key of the value
+    /// it covers: a marker lives as long as its value's entry (and so its
+    /// references), never less, so nothing is sent twice.
+    pub fn mark_hunted(&mut self, marks: &[(Vec<u8>, [u8; 16])], now: i64) -> Result<()> {
         let err = |source| LedgerError {
             path: self.path.display().to_string(),
             source,
@@ -273,8 +305,14 @@ impl LedgerStore {
             let mut put = tx
                 .prepare_cached("INSERT OR REPLACE INTO hunted(key, at) VALUES(?1, ?2)")
                 .map_err(err)?;
-            for k in keys {
+            let mut by_value = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO hunted_by_value(value_key, key) VALUES(?1, ?2)",
+                )
+                .map_err(err)?;
+            for (value_key, k) in marks {
                 put.execute(params![&k[..], now]).map_err(err)?;
+                by_value.execute(params![value_key, &k[..]]).map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -289,6 +327,22 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         count: r.get::<_, i64>(3)?.max(0) as u64,
         refs: split(&r.get::<_, String>(4)?),
     })
+}
+
+/// Drops from `refs` the references of alerts `known` already holds, or
+/// that `refs` holds twice. Returns how many it dropped.
+fn drop_known_alerts(refs: &mut Vec<String>, known: &[String]) -> u64 {
+    let mut seen: std::collections::HashSet<String> = known
+        .iter()
+        .map(|r| super::hunt::alert_id_of(r))
+        .filter(|id| !id.is_empty())
+        .collect();
+    let before = refs.len();
+    refs.retain(|r| {
+        let id = super::hunt::alert_id_of(r);
+        id.is_empty() || seen.insert(id)
+    });
+    (before - refs.len()) as u64
 }
 
 /// References kept: the first, then the latest, `n` in all.
@@ -441,8 +495,111 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = LedgerStore::open(dir.path()).unwrap();
         assert!(!s.hunted(&[1; 16]).unwrap());
-        s.mark_hunted(&[[1; 16]], 5).unwrap();
+        s.mark_hunted(&[(key_of(&obs("1.2.3.4")), [1; 16])], 5)
+            .unwrap();
         assert!(s.hunted(&[1; 16]).unwrap());
         assert!(!s.hunted(&[2; 16]).unwrap());
+    }
+
+    fn seen_by_alerts(t: i64, alerts: &[&str]) -> Seen {
+        Seen {
+            first: t,
+            last: t,
+            count: alerts.len() as u64,
+            refs: alerts
+                .iter()
+                .map(|a| format!("{{\"alert\":{{\"id\":\"{a}\"}}}}"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_alert_read_again_adds_no_reference_and_no_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LedgerStore::open(dir.path()).unwrap();
+        let v = obs("45.133.1.23");
+        s.apply(
+            Pending::from_iter([(v.clone(), seen_by_alerts(100, &["a1", "a2"]))]),
+            8,
+            100,
+            86400,
+            100,
+        )
+        .unwrap();
+        // After a kill -9 the bookmark was behind: a2 comes again, with a3,
+        // and a3 twice in one flush.
+        s.apply(
+            Pending::from_iter([(v.clone(), seen_by_alerts(101, &["a2", "a3", "a3"]))]),
+            8,
+            101,
+            86400,
+            100,
+        )
+        .unwrap();
+        let key = key_of(&v);
+        let e = s.range(&key, &key, 1).unwrap().remove(0);
+        assert_eq!(e.count, 3, "a1, a2 and a3 once each");
+        let ids: Vec<String> = e
+            .refs
+            .iter()
+            .map(|r| super::super::hunt::alert_id_of(r))
+            .collect();
+        assert_eq!(ids, ["a1", "a2", "a3"]);
+        // A new value whose first flush holds one alert twice.
+        let w = obs("45.133.1.24");
+        s.apply(
+            Pending::from_iter([(w.clone(), seen_by_alerts(102, &["b1", "b1"]))]),
+            8,
+            102,
+            86400,
+            100,
+        )
+        .unwrap();
+        let key = key_of(&w);
+        let e = s.range(&key, &key, 1).unwrap().remove(0);
+        assert_eq!((e.count, e.refs.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_hunted_marker_lives_as_long_as_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LedgerStore::open(dir.path()).unwrap();
+        let (v, window) = (obs("45.133.1.23"), 100);
+        s.apply(
+            Pending::from_iter([(v.clone(), seen_by_alerts(1000, &["a1"]))]),
+            8,
+            1000,
+            window,
+            100,
+        )
+        .unwrap();
+        s.mark_hunted(&[(key_of(&v), [7; 16])], 1000).unwrap();
+        // Seen again and again: the value (and its first reference, the
+        // hunted alert) stays past the window after the marker was set.
+        for t in [1050, 1100, 1150, 1200] {
+            s.apply(
+                Pending::from_iter([(v.clone(), seen_by_alerts(t, &[]))]),
+                8,
+                t,
+                window,
+                100,
+            )
+            .unwrap();
+        }
+        assert!(
+            s.hunted(&[7; 16]).unwrap(),
+            "the marker outlives the window while its value stays"
+        );
+        // The value leaves: its marker with it.
+        s.apply(
+            Pending::from_iter([(obs("1.1.1.2"), seen_by_alerts(1400, &[]))]),
+            8,
+            1400,
+            window,
+            100,
+        )
+        .unwrap();
+        assert!(s.range(&key_of(&v), &key_of(&v), 1).unwrap().is_empty());
+        assert!(!s.hunted(&[7; 16]).unwrap());
     }
 }

@@ -36,6 +36,10 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS servers(
         tags TEXT NOT NULL, event_uuid TEXT NOT NULL, event_info TEXT NOT NULL,
         network INTEGER NOT NULL,
         PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS pending_hunts(
+        server TEXT NOT NULL, uuid TEXT NOT NULL, value TEXT NOT NULL, type TEXT NOT NULL,
+        timestamp INTEGER NOT NULL, found_at INTEGER NOT NULL,
+        PRIMARY KEY(server, uuid, value)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS skipped(
         server TEXT NOT NULL, generation INTEGER NOT NULL, uuid TEXT NOT NULL, reason TEXT NOT NULL,
         PRIMARY KEY(server, generation, uuid)) WITHOUT ROWID;";
@@ -64,6 +68,22 @@ pub struct ServerState {
     /// Attributes that pass the filters but are not mirrored, by reason
     /// (see [`super::sync::Skip`]).
     pub skipped: std::collections::BTreeMap<String, i64>,
+}
+
+/// The most new indicators waiting to be hunted, per server (a first sync
+/// with `retro.on_first_sync` can bring millions).
+pub const MAX_PENDING_HUNTS: i64 = 1_000_000;
+
+/// A new indicator waiting for the retro hunter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingHunt {
+    pub uuid: String,
+    pub value: String,
+    pub kind: String,
+    /// MISP's attribute timestamp.
+    pub timestamp: i64,
+    /// When the sync found it (Unix seconds).
+    pub found_at: i64,
 }
 
 /// One mirrored attribute as stored.
@@ -284,10 +304,34 @@ impl Store {
         generation: i64,
         rows: &[Row],
     ) -> Result<Vec<Option<(String, String)>>> {
+        self.write_noting(name, generation, rows, |_, _| false, 0)
+    }
+
+    /// [`Self::write`], and in the same transaction a pending hunt for
+    /// every row `is_new` says (given the value it replaced) is new
+    /// intelligence: a crash, a later page failing or a shutdown cannot
+    /// lose it (see [`Self::pending_hunts`]). At most [`MAX_PENDING_HUNTS`]
+    /// wait; beyond, they are counted in the result and not kept.
+    pub fn write_noting(
+        &mut self,
+        name: &str,
+        generation: i64,
+        rows: &[Row],
+        is_new: impl Fn(&Row, Option<&(String, String)>) -> bool,
+        found_at: i64,
+    ) -> Result<Vec<Option<(String, String)>>> {
         let err = self.errors();
         let tx = self.conn.transaction().map_err(&err)?;
+        let mut pending: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM pending_hunts WHERE server = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
         let mut replaced = Vec::with_capacity(rows.len());
         let (mut attributes, mut networks) = (0i64, 0i64);
+        let mut self_dropped = 0u64;
         {
             let mut old = tx
                 .prepare_cached(
@@ -297,6 +341,12 @@ impl Store {
             let mut unskip = tx
                 .prepare_cached(
                     "DELETE FROM skipped WHERE server = ?1 AND generation = ?2 AND uuid = ?3",
+                )
+                .map_err(&err)?;
+            let mut hunt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO pending_hunts(server, uuid, value, type, timestamp, found_at)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(&err)?;
             let mut put = tx
@@ -321,6 +371,22 @@ impl Store {
                         networks += net(&r.value);
                     }
                     Some((_, old)) => networks += net(&r.value) - net(old),
+                }
+                if is_new(r, was.as_ref()) {
+                    if pending < MAX_PENDING_HUNTS {
+                        pending += hunt
+                            .execute(params![
+                                name,
+                                r.uuid,
+                                r.value,
+                                r.kind,
+                                r.timestamp,
+                                found_at
+                            ])
+                            .map_err(&err)? as i64;
+                    } else {
+                        self_dropped += 1;
+                    }
                 }
                 replaced.push(was);
                 unskip
@@ -354,7 +420,58 @@ impl Store {
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
+        if self_dropped > 0 {
+            metrics::counter!("wazuh_misp_retro_pending_dropped_total").increment(self_dropped);
+            tracing::warn!(
+                server = name,
+                dropped = self_dropped,
+                max = MAX_PENDING_HUNTS,
+                "new indicators not kept for retro-hunting: the pending hunts are full (the hunter is far behind)"
+            );
+        }
         Ok(replaced)
+    }
+
+    /// Up to `limit` pending hunts of `name`, oldest first.
+    pub fn pending_hunts(&self, name: &str, limit: usize) -> Result<Vec<PendingHunt>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT uuid, value, type, timestamp, found_at FROM pending_hunts WHERE server = ?1
+                 ORDER BY found_at LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![name, limit as i64], |r| {
+                Ok(PendingHunt {
+                    uuid: r.get(0)?,
+                    value: r.get(1)?,
+                    kind: r.get(2)?,
+                    timestamp: r.get(3)?,
+                    found_at: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The hunts done: they leave the table.
+    pub fn hunted(&mut self, name: &str, done: &[(String, String)]) -> Result<()> {
+        let err = self.errors();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM pending_hunts WHERE server = ?1 AND uuid = ?2 AND value = ?3",
+                )
+                .map_err(&err)?;
+            for (uuid, value) in done {
+                del.execute(params![name, uuid, value]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
     }
 
     /// Removes rows (an attribute that no longer passes the filters, seen

@@ -34,7 +34,6 @@ use super::index::{uuid_bytes, Index, Key, Record};
 use super::store::{Row, Store};
 use super::{Mirror, ServerMirror};
 use crate::config::SyncFilters;
-use crate::ledger::hunt::{Found, Indicator};
 use crate::lookup::client::{MispClient, MispError, SyncPage, SyncQuery, Window};
 use crate::lookup::model::Attribute;
 use crate::stats::Stats;
@@ -172,10 +171,14 @@ pub struct Syncer {
     pub hunts: Option<HuntTrigger>,
 }
 
-/// Retro-hunting's side of a sync: which new attributes to report.
+/// Retro-hunting's side of a sync: which new attributes to keep for the
+/// hunter, and how to wake it.
 #[derive(Debug, Clone)]
 pub struct HuntTrigger {
-    pub tx: tokio::sync::mpsc::Sender<Found>,
+    /// Woken after a sync that kept new indicators; never waited on, so a
+    /// slow hunt cannot stall a sync (the indicators wait in the store's
+    /// `pending_hunts`).
+    pub wake: Arc<tokio::sync::Notify>,
     /// An attribute whose timestamp is older than this (seconds) is not
     /// new intelligence.
     pub window_secs: i64,
@@ -183,11 +186,8 @@ pub struct HuntTrigger {
     pub on_first_sync: bool,
 }
 
-/// The most new indicators one sync reports (a first sync with
-/// `retro.on_first_sync` can bring millions).
-const MAX_FOUND: usize = 100_000;
-
 /// How a sync tells an attribute new to the mirror.
+#[derive(Clone)]
 enum Novelty {
     /// Not collecting.
     Off,
@@ -199,34 +199,26 @@ enum Novelty {
     Full(Option<Arc<Index>>),
 }
 
-/// What a sync collects of new attributes.
-struct Collected {
+/// Which rows a sync keeps as pending hunts.
+#[derive(Clone)]
+struct Collecting {
     novelty: Novelty,
+    /// Older attributes (by MISP's timestamp) are no new intelligence.
     floor: i64,
-    indicators: Vec<Indicator>,
 }
 
-impl Collected {
-    fn note(&mut self, server: &Arc<str>, row: &Row, old: Option<&(String, String)>) {
-        if row.timestamp < self.floor || self.indicators.len() >= MAX_FOUND {
-            return;
+impl Collecting {
+    fn is_new(&self, row: &Row, old: Option<&(String, String)>) -> bool {
+        if row.timestamp < self.floor {
+            return false;
         }
-        let new = match &self.novelty {
+        match &self.novelty {
             Novelty::Off => false,
             Novelty::Incremental => old.is_none_or(|(_, value)| *value != row.value),
             Novelty::Full(None) => true,
             Novelty::Full(Some(previous)) => {
                 !previous.holds(&row.kind, &row.value, &uuid_bytes(&row.uuid))
             }
-        };
-        if new {
-            self.indicators.push(Indicator {
-                server: server.clone(),
-                uuid: row.uuid.clone(),
-                kind: row.kind.clone(),
-                value: row.value.clone(),
-                timestamp: row.timestamp,
-            });
         }
     }
 }
@@ -493,7 +485,7 @@ impl Syncer {
         let generation = self.blocking(move |s, name| s.begin_full(name, &f)).await?;
         let live = self.server.index();
         let previous = live.as_ref().map_or(0, |i| i.len());
-        let mut collected = self.collecting(match live {
+        let collected = self.collecting(match live {
             Some(ix) => Novelty::Full(Some(ix)),
             None if self.hunts.as_ref().is_some_and(|h| h.on_first_sync) => Novelty::Full(None),
             None => Novelty::Off,
@@ -523,7 +515,7 @@ impl Syncer {
                 );
                 break;
             }
-            index = self.write(generation, rows, index, &mut collected).await?.0;
+            index = self.write(generation, rows, index, &collected).await?.0;
             if pager.done {
                 break;
             }
@@ -543,40 +535,23 @@ impl Syncer {
             "mirror full sync done"
         );
         self.swap_in(index).await;
-        self.report(collected).await;
+        self.wake_hunter();
         Ok(())
     }
 
-    fn collecting(&self, novelty: Novelty) -> Collected {
+    fn collecting(&self, novelty: Novelty) -> Collecting {
         let (novelty, floor) = match &self.hunts {
             Some(h) => (novelty, chrono::Utc::now().timestamp() - h.window_secs),
             None => (Novelty::Off, i64::MAX),
         };
-        Collected {
-            novelty,
-            floor,
-            indicators: Vec::new(),
-        }
+        Collecting { novelty, floor }
     }
 
-    /// Hands what the sync found new to the hunter.
-    async fn report(&self, collected: Collected) {
-        let Some(h) = &self.hunts else { return };
-        if collected.indicators.is_empty() {
-            return;
+    /// Wakes the hunter, which reads what is pending from the store.
+    fn wake_hunter(&self) {
+        if let Some(h) = &self.hunts {
+            h.wake.notify_one();
         }
-        tracing::info!(
-            server = %self.server.name,
-            new_indicators = collected.indicators.len(),
-            "the mirror learnt new indicators; hunting them in the ledger"
-        );
-        let found = Found {
-            server: self.server.name.clone(),
-            indicators: collected.indicators,
-            at: chrono::Utc::now(),
-        };
-        // The hunter gone means shutdown.
-        let _ = h.tx.send(found).await;
     }
 
     async fn count(&self) -> u64 {
@@ -597,17 +572,24 @@ impl Syncer {
         generation: i64,
         rows: Vec<Row>,
         mut index: Index,
-        collected: &mut Collected,
+        collecting: &Collecting,
     ) -> Result<(Index, Vec<String>), SyncError> {
+        let rule = collecting.clone();
+        let found_at = chrono::Utc::now().timestamp();
         let (rows, replaced) = self
             .blocking(move |s, name| {
-                let replaced = s.write(name, generation, &rows)?;
+                let replaced = s.write_noting(
+                    name,
+                    generation,
+                    &rows,
+                    |r, old| rule.is_new(r, old),
+                    found_at,
+                )?;
                 Ok((rows, replaced))
             })
             .await?;
         let mut new = Vec::new();
         for (row, old) in rows.iter().zip(replaced) {
-            collected.note(&self.server.name, row, old.as_ref());
             let uuid = uuid_bytes(&row.uuid);
             match old {
                 Some((kind, value)) => index.unfile(&kind, &value, &uuid),
@@ -672,7 +654,7 @@ impl Syncer {
         let overlap = self.settings.overlap.as_secs() as i64;
         let mut from = (state.cursor - overlap).max(0);
         let mut index: Option<Index> = None;
-        let mut collected = self.collecting(Novelty::Incremental);
+        let collected = self.collecting(Novelty::Incremental);
         let mut cursor = None;
         let mut changes = 0usize;
         let mut held = state.attributes.max(0) as u64;
@@ -713,9 +695,7 @@ impl Syncer {
                 if !rows.is_empty() || !left.is_empty() {
                     let mut ix = index.take().unwrap_or_else(|| (*current).clone());
                     changes += rows.len() + left.len();
-                    let (written, new) = self
-                        .write(state.generation, rows, ix, &mut collected)
-                        .await?;
+                    let (written, new) = self.write(state.generation, rows, ix, &collected).await?;
                     ix = written;
                     held += new.len() as u64;
                     let mut gone_uuids = left;
@@ -756,7 +736,7 @@ impl Syncer {
         if let Some(ix) = index {
             self.swap_in(ix).await;
         }
-        self.report(collected).await;
+        self.wake_hunter();
         Ok(())
     }
 }
