@@ -7,7 +7,7 @@
 //! an advisory lock on `false_positives.lock`, so neither is lost.
 
 use crate::observable::Observable;
-use crate::state::{read_versioned, write_atomic, Read};
+use crate::state::{read_versioned, write_atomic_as, Read};
 use crate::suppress::Suppressed;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -106,7 +106,7 @@ pub fn remove(state_dir: &Path, value: &Observable) -> io::Result<Changed> {
 
 fn change(state_dir: &Path, f: impl FnOnce(&mut Vec<Entry>) -> Changed) -> io::Result<Changed> {
     std::fs::create_dir_all(state_dir)?;
-    let lock = File::create(state_dir.join(LOCK))?;
+    let lock = open_lock(&state_dir.join(LOCK))?;
     // SAFETY: flock on a descriptor we own; released when `lock` closes.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(io::Error::last_os_error());
@@ -116,28 +116,33 @@ fn change(state_dir: &Path, f: impl FnOnce(&mut Vec<Entry>) -> Changed) -> io::R
     if matches!(changed, Changed::Added(_) | Changed::Removed(_)) {
         let bytes = serde_json::to_vec_pretty(&ListFile::V1(List { entries }))
             .expect("the list serialises");
-        write_atomic(&path(state_dir), &bytes)?;
-        readable_by_the_daemon(state_dir)?;
+        // Readable by the daemon's user, who owns state_dir: the command
+        // may run as root.
+        write_atomic_as(&path(state_dir), &bytes, Some(0o640))?;
     }
     drop(lock);
     Ok(changed)
 }
 
-/// The list as the daemon's user can read it: a temp file is created
-/// 0600, and the command may run as root while the daemon runs as
-/// `wazuh`, who owns `state_dir`.
-fn readable_by_the_daemon(state_dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let file = path(state_dir);
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640))?;
-    let owner = std::fs::metadata(state_dir)?;
-    let me = std::fs::metadata(&file)?;
-    if (me.uid(), me.gid()) != (owner.uid(), owner.gid()) {
-        // Only root may give a file away; anyone else already wrote it as
-        // a user the directory lets write.
-        let _ = std::os::unix::fs::chown(&file, Some(owner.uid()), Some(owner.gid()));
-    }
-    Ok(())
+/// The lock file, opened without following a symlink and without
+/// truncating: a command run as root in a directory the daemon's user
+/// owns must not be steered into another file.
+fn open_lock(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {e} (a symlink is refused)", path.display()),
+            )
+        })
 }
 
 /// A cheap token that changes when the file does (length and mtime), for
@@ -182,5 +187,38 @@ mod tests {
         let text = std::fs::read_to_string(path(dir.path())).unwrap();
         assert!(text.contains("\"version\": \"1\""), "{text}");
         assert!(!suppressed(&load(dir.path())).covers(&ip));
+    }
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_lock_or_list_in_the_state_dir_steers_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(LOCK)).unwrap();
+        let ip: Observable = "185.220.101.7".parse().unwrap();
+        let e = add(&state, &ip, Some("fp")).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            b"precious",
+            "not truncated"
+        );
+        // The list itself replaced by a symlink: the new list takes the
+        // name, the target is untouched.
+        std::fs::remove_file(state.join(LOCK)).unwrap();
+        std::os::unix::fs::symlink(&victim, path(&state)).unwrap();
+        add(&state, &ip, Some("fp")).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(path(&state))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

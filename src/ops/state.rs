@@ -23,6 +23,15 @@ use std::path::Path;
 /// shutdown) must never write through the same temp file, or the one that
 /// renames first can publish the other's half-written bytes.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_as(path, bytes, None)
+}
+
+/// [`write_atomic`], the file given `mode` and the owner of its directory
+/// through its own descriptor before it takes its name: a command run as
+/// root in a directory another user owns never changes a file by path,
+/// so a symlink planted there cannot steer it.
+pub fn write_atomic_as(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let prefix = format!(
@@ -35,6 +44,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .suffix(".tmp")
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    if let Some(mode) = mode {
+        let f = tmp.as_file();
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        let owner = fs::metadata(dir)?;
+        let me = f.metadata()?;
+        if (me.uid(), me.gid()) != (owner.uid(), owner.gid()) {
+            // Only root may give a file away; anyone else already wrote it
+            // as a user the directory lets write.
+            let _ = std::os::unix::fs::fchown(f, Some(owner.uid()), Some(owner.gid()));
+        }
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     if let Ok(d) = File::open(dir) {

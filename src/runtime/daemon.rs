@@ -72,11 +72,11 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), crate::config::ConfigError> {
     let err = |reason: String| crate::config::ConfigError::key("input.state_dir", reason);
     std::fs::create_dir_all(dir)
         .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"")
-        .map_err(|e| err(format!("{} is not writable: {e}", dir.display())))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    // An unnamed temp file (O_EXCL, removed at once): no path in the
+    // directory is opened, so a planted symlink cannot be followed.
+    tempfile::tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| err(format!("{} is not writable: {e}", dir.display())))
 }
 
 /// The intelligence `misp.mode` asks for, with its tasks (each server's
