@@ -7,6 +7,8 @@
 //! - `lookup`: ns per lookup for exact hits, network hits and misses
 //! - `incremental_sync`: `{changes, secs}`
 //! - `restart`: `{attributes, ready_secs, rss_bytes_per_indicator}`
+//! - `partial_rows`: `{attributes, us_per_value}`, the store's rows for a
+//!   value, as an event built during a MISP outage reads them
 //!
 //! `BENCH_MIRROR_N` indicators (default 1 000 000, a tenth of them
 //! networks); `BENCH_MIRROR_PAGE` attributes per page (default 10 000).
@@ -251,6 +253,28 @@ fn main() {
             json!({"measure": "incremental_sync", "indicators": n, "changes": changes,
                    "secs": round(started.elapsed().as_secs_f64())})
         );
+        // Rows for a value, as partial events read them during an outage.
+        let store = mirror.servers()[0].store.clone();
+        let probes: Vec<String> = (0..1000)
+            .map(|i| pool_ip(n / 10 + i * 97 % (n - n / 10)))
+            .collect();
+        let started = Instant::now();
+        let mut found = 0;
+        for p in &probes {
+            found += store
+                .lock()
+                .unwrap()
+                .rows_for("misp", std::slice::from_ref(p))
+                .unwrap()
+                .len();
+        }
+        let per = started.elapsed().as_secs_f64() * 1e6 / probes.len() as f64;
+        assert_eq!(found, probes.len(), "every probe is a mirrored value");
+        println!(
+            "{}",
+            json!({"measure": "partial_rows", "attributes": n, "us_per_value": round(per)})
+        );
+        drop(store);
         drop(mirror);
         drop(syncer);
         // Restart from the store, in a process of its own.
