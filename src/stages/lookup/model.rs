@@ -24,6 +24,10 @@ pub struct Attribute {
     pub sightings: Vec<Sighting>,
     pub related: Vec<Related>,
     pub decay_score: Option<f64>,
+    /// MISP's own verdict with `includeDecayScore`: every model that
+    /// scored the attribute says it decayed (as `excludeDecayed` reads it,
+    /// `MispAttribute::fetchAttributes`). `None`: no model scored it.
+    pub decayed: Option<bool>,
     pub event: Option<EventInfo>,
     /// Soft-deleted in MISP: only a search with `deleted` shows it.
     pub deleted: bool,
@@ -205,6 +209,8 @@ struct RawRelated {
 struct RawDecay {
     #[serde(deserialize_with = "lenient_f64")]
     score: Option<f64>,
+    #[serde(deserialize_with = "lenient_opt_bool")]
+    decayed: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,6 +293,10 @@ impl From<RawAttribute> for Attribute {
                     relation: x.relation.or(x.object_relation),
                 })
                 .collect(),
+            decayed: {
+                let verdicts: Vec<bool> = r.decay_score.iter().filter_map(|d| d.decayed).collect();
+                (!verdicts.is_empty()).then(|| verdicts.iter().all(|d| *d))
+            },
             decay_score: r
                 .decay_score
                 .iter()
@@ -386,5 +396,25 @@ mod tests {
             parse_response(br#"[1,2]"#),
             Err(ParseError::WrongShape(_))
         ));
+    }
+
+    #[test]
+    fn misps_decayed_flag_is_read_and_every_model_must_agree() {
+        let body = |flags: &str| {
+            format!(
+                r#"{{"response":{{"Attribute":[{{"id":"1","type":"ip-dst","value":"1.2.3.4","decay_score":[{flags}]}}]}}}}"#
+            )
+        };
+        let one =
+            |d: bool, score: f64| format!(r#"{{"score":{score},"base_score":80,"decayed":{d}}}"#);
+        let parsed = |flags: String| parse_response(body(&flags).as_bytes()).unwrap().remove(0);
+        let a = parsed(format!("{},{}", one(true, 10.0), one(false, 50.0)));
+        assert_eq!(a.decayed, Some(false), "one model still scores it");
+        assert_eq!(a.decay_score, Some(50.0));
+        // MISP's verdict can differ from the score against our threshold
+        // (its model's own threshold): the flag is what it says.
+        let a = parsed(format!("{},{}", one(true, 45.0), one(true, 31.0)));
+        assert_eq!(a.decayed, Some(true));
+        assert_eq!(parsed(String::new()).decayed, None);
     }
 }

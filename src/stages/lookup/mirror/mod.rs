@@ -444,11 +444,15 @@ impl Mirror {
             for hits in answers.into_iter().flatten() {
                 part.truncated |= hits.truncated;
                 for a in &hits.attributes {
-                    let decayed = s
-                        .policy
-                        .min_score
-                        .zip(a.decay_score)
-                        .is_some_and(|(min, score)| score < min);
+                    // MISP's verdict decides where it gives one; its
+                    // score against the threshold otherwise.
+                    let decayed = s.policy.min_score.is_some()
+                        && a.decayed.unwrap_or_else(|| {
+                            s.policy
+                                .min_score
+                                .zip(a.decay_score)
+                                .is_some_and(|(min, score)| score < min)
+                        });
                     // MISP's answer is newer than the mirror: an attribute
                     // that stopped passing the filters since the last sync
                     // makes no event.
