@@ -8,8 +8,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use wazuh_misp::config::MispMode;
-use wazuh_misp::observable::Observable;
-use wazuh_misp::runtime::Daemon;
 use wazuh_misp::sim::SimData;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -30,24 +28,6 @@ async fn mirror_harness(data: &SimData) -> Harness {
     h.cfg.misp.sync_interval_secs = 1.into();
     h.cfg.misp.sync_page_size = 2.into();
     h
-}
-
-/// Waits for the first sync of every server.
-async fn ready(d: &Daemon) {
-    let mirror = d.engine.lookup.mirror().expect("mirror mode").clone();
-    eventually("the first sync", WAIT, || {
-        mirror.servers().iter().all(|s| s.index().is_some())
-    })
-    .await;
-}
-
-fn hit(d: &Daemon, ip: &str) -> bool {
-    let m = d.engine.lookup.mirror().unwrap();
-    let o: Observable = ip.parse().unwrap();
-    m.servers()
-        .iter()
-        .filter_map(|s| s.index().map(|ix| m.matches_on(s, &ix, &o)))
-        .any(|x| x.is_hit())
 }
 
 fn values_asked(h: &Harness) -> Vec<String> {

@@ -11,7 +11,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use wazuh_misp::config::{Config, MispMode};
-use wazuh_misp::observable::Observable;
 use wazuh_misp::runtime::Daemon;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -114,21 +113,33 @@ fn typed(kind: &str, value: &str) -> Value {
     json!({"type": kind, "category": "Payload delivery", "value": value, "to_ids": true})
 }
 
-async fn first_sync(d: &Daemon) {
-    let mirror = d.engine.lookup.mirror().expect("mirror mode").clone();
-    eventually("the first sync", WAIT, || {
-        mirror.servers().iter().all(|s| s.index().is_some())
-    })
-    .await;
+/// An event of `values` as ip-dst attributes, and a mirror-mode setup.
+async fn ips_event(misp: &Misp, info: &str, values: &[String]) -> (common::misp::Event, Setup) {
+    let event = misp
+        .add_event(info, true, &[], values.iter().map(|v| ip(v)).collect())
+        .await;
+    (event, Setup::new(misp, MispMode::Mirror))
 }
 
-fn hit(d: &Daemon, value: &str) -> bool {
-    let m = d.engine.lookup.mirror().unwrap();
-    let o: Observable = value.parse().unwrap();
-    m.servers()
+/// One sshd alert per IP; the events that came of them once every line
+/// is handled and the daemon has stopped.
+async fn events_for_alerts(
+    setup: &Setup,
+    daemon: Daemon,
+    q: &QueueSocket,
+    ips: &[&str],
+) -> Vec<(String, Value)> {
+    let lines: String = ips
         .iter()
-        .filter_map(|s| s.index().map(|ix| m.matches_on(s, &ix, &o)))
-        .any(|x| x.is_hit())
+        .enumerate()
+        .map(|(n, ip)| sshd_alert(n + 1, ip, "001") + "\n")
+        .collect();
+    setup.append(&lines);
+    q.received.wait_for(1, WAIT).await;
+    all_handled(&daemon, ips.len() as u64, WAIT).await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    q.drain().await;
+    q.received.events()
 }
 
 fn mirrored(d: &Daemon) -> u64 {
@@ -174,7 +185,7 @@ async fn the_first_sync_holds_what_misp_counts_though_warninglisted_rows_sit_on_
     assert_eq!(expected, known.len() + 4, "MISP drops the resolvers itself");
     let setup = Setup::new(&misp, MispMode::Mirror);
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     assert_eq!(mirrored(&daemon) as usize, expected, "{:?}", misp.backend);
     for k in &known {
         assert!(hit(&daemon, k), "{k} is not mirrored");
@@ -199,17 +210,9 @@ async fn the_first_sync_holds_what_misp_counts_though_warninglisted_rows_sit_on_
 /// reconciliation is a day away here, so only the incremental can do it.
 async fn soft_deletes_and_ids_flags_switched_off_leave_within_the_sync_interval(misp: Misp) {
     let values: Vec<String> = (100..104).map(pool_ip).collect();
-    let event = misp
-        .add_event(
-            "soft deletes",
-            true,
-            &[],
-            values.iter().map(|v| ip(v)).collect(),
-        )
-        .await;
-    let setup = Setup::new(&misp, MispMode::Mirror);
+    let (event, setup) = ips_event(&misp, "soft deletes", &values).await;
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     assert!(values.iter().all(|v| hit(&daemon, v)));
     misp.soft_delete(event.attribute(&values[0])).await;
     misp.edit(event.attribute(&values[1]), json!({"to_ids": false}))
@@ -245,7 +248,7 @@ async fn a_later_publish_and_event_tag_changes_reach_the_mirror(misp: Misp) {
     setup.cfg.misp.sync.0.published_only = true;
     setup.cfg.misp.sync.0.exclude_tags = vec!["tlp:red".into()];
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     assert!(!hit(&daemon, &value), "not published yet");
     assert!(hit(&daemon, &other));
     misp.publish(&event).await;
@@ -280,7 +283,7 @@ async fn attributes_that_arrive_with_old_timestamps_are_mirrored_once_published(
         .add_event("anchor", true, &[], vec![ip(&pool_ip(301))])
         .await;
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     let mut a = ip(&old);
     a["timestamp"] = "1600000000".into();
     let event = misp.add_event("from a pull", false, &[], vec![a]).await;
@@ -297,18 +300,10 @@ async fn attributes_that_arrive_with_old_timestamps_are_mirrored_once_published(
 /// for that attribute, and the full reconciliation removes it.
 async fn a_hard_delete_leaves_at_the_full_reconciliation(misp: Misp) {
     let values: Vec<String> = (400..403).map(pool_ip).collect();
-    let event = misp
-        .add_event(
-            "hard deletes",
-            true,
-            &[],
-            values.iter().map(|v| ip(v)).collect(),
-        )
-        .await;
-    let mut setup = Setup::new(&misp, MispMode::Mirror);
+    let (event, mut setup) = ips_event(&misp, "hard deletes", &values).await;
     setup.cfg.misp.full_sync_interval_secs = 2.into();
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     misp.hard_delete(event.attribute(&values[0])).await;
     eventually("the hard delete reconciled", WAIT, || {
         !hit(&daemon, &values[0])
@@ -333,16 +328,7 @@ async fn query_mode_enriches_a_known_ip_and_misp_drops_a_warninglisted_one(misp:
     let setup = Setup::new(&misp, MispMode::Query);
     let q = QueueSocket::bind(&setup.socket, Received::default());
     let daemon = setup.start();
-    setup.append(&format!(
-        "{}\n{}\n",
-        sshd_alert(1, "8.8.8.8", "001"),
-        sshd_alert(2, &known, "001")
-    ));
-    q.received.wait_for(1, WAIT).await;
-    all_handled(&daemon, 2, WAIT).await;
-    daemon.shutdown(Duration::from_secs(5)).await;
-    q.drain().await;
-    let events = q.received.events();
+    let events = events_for_alerts(&setup, daemon, &q, &["8.8.8.8", &known]).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0].1;
     assert_eq!(e["detected_ip"]["value"], known);
@@ -360,7 +346,7 @@ async fn a_mirror_hit_is_sighted_on_its_attribute_by_uuid(misp: Misp) {
     setup.cfg.misp.sightings_per_minute = 6000.into();
     let q = QueueSocket::bind(&setup.socket, Received::default());
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     setup.append(&format!("{}\n", sshd_alert(1, &known, "001")));
     q.received.wait_for(1, WAIT).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -389,20 +375,11 @@ async fn a_hit_whose_attribute_stopped_passing_the_filters_gives_no_event_before
     setup.cfg.misp.sync_interval_secs = 3600.into();
     let q = QueueSocket::bind(&setup.socket, Received::default());
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     misp.edit(event.attribute(&stale), json!({"to_ids": false}))
         .await;
     assert!(hit(&daemon, &stale), "the mirror has not synced since");
-    setup.append(&format!(
-        "{}\n{}\n",
-        sshd_alert(1, &stale, "001"),
-        sshd_alert(2, &fresh, "001")
-    ));
-    q.received.wait_for(1, WAIT).await;
-    all_handled(&daemon, 2, WAIT).await;
-    daemon.shutdown(Duration::from_secs(5)).await;
-    q.drain().await;
-    let events = q.received.events();
+    let events = events_for_alerts(&setup, daemon, &q, &[&stale, &fresh]).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].1["detected_ip"]["value"], fresh);
 }
@@ -437,7 +414,7 @@ async fn what_a_real_misp_can_hold_is_guarded_and_every_skip_counted(misp: Misp)
     .await;
     let setup = Setup::new(&misp, MispMode::Mirror);
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     assert!(!hit(&daemon, "93.184.216.34"), "no network covers every IP");
     assert!(!hit(&daemon, "2a00:1450::1"));
     assert!(
@@ -472,7 +449,7 @@ async fn max_indicators_holds_for_incremental_syncs_too(misp: Misp) {
     let mut setup = Setup::new(&misp, MispMode::Mirror);
     setup.cfg.misp.max_indicators = 4.into();
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     assert_eq!(mirrored(&daemon), 3);
     for v in [pool_ip(803), pool_ip(804), pool_ip(805)] {
         misp.add_attribute(&event, ip(&v)).await;
@@ -500,7 +477,7 @@ async fn an_attribute_dated_in_the_future_does_not_stall_the_incremental_sync(mi
         .await;
     let setup = Setup::new(&misp, MispMode::Mirror);
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     let mut future = ip(&pool_ip(901));
     future["timestamp"] = (chrono::Utc::now().timestamp() + 30 * 86400)
         .to_string()
@@ -544,7 +521,7 @@ async fn a_misp_clock_that_steps_back_loses_no_attribute() {
         .await;
     let setup = Setup::new(&misp, MispMode::Mirror);
     let daemon = setup.start();
-    first_sync(&daemon).await;
+    ready(&daemon).await;
     misp.sim.as_ref().unwrap().set_clock_offset(-3600);
     misp.add_attribute(&event, ip(&pool_ip(911))).await;
     eventually("the attribute added after the step", WAIT, || {

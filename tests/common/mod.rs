@@ -290,3 +290,22 @@ pub fn corpus() -> Option<PathBuf> {
         None
     }
 }
+
+/// Waits for the first sync of every mirror server.
+pub async fn ready(d: &wazuh_misp::runtime::Daemon) {
+    let mirror = d.engine.lookup.mirror().expect("mirror mode").clone();
+    eventually("the first sync", Duration::from_secs(60), || {
+        mirror.servers().iter().all(|s| s.index().is_some())
+    })
+    .await;
+}
+
+/// Whether `value` hits on any server's mirror now.
+pub fn hit(d: &wazuh_misp::runtime::Daemon, value: &str) -> bool {
+    let m = d.engine.lookup.mirror().unwrap();
+    let o: wazuh_misp::observable::Observable = value.parse().unwrap();
+    m.servers()
+        .iter()
+        .filter_map(|s| s.index().map(|ix| m.matches_on(s, &ix, &o)))
+        .any(|x| x.is_hit())
+}
