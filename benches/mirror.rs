@@ -9,6 +9,10 @@
 //! - `restart`: `{attributes, ready_secs, rss_bytes_per_indicator}`
 //! - `partial_rows`: `{attributes, us_per_value}`, the store's rows for a
 //!   value, as an event built during a MISP outage reads them
+//! - `one_value`: `{attributes, first_sync_secs, full_sync_secs,
+//!   incremental_secs}`, `BENCH_MIRROR_SAME` attributes (default 100 000)
+//!   sharing one value, as feeds repeat a popular IP: a first sync, a full
+//!   sync telling new from known, and an incremental of 1 000 edits
 //!
 //! `BENCH_MIRROR_N` indicators (default 1 000 000, a tenth of them
 //! networks); `BENCH_MIRROR_PAGE` attributes per page (default 10 000).
@@ -196,6 +200,55 @@ fn lookups(mirror: &Mirror, index: &wazuh_misp::lookup::mirror::index::Index, n:
     println!("{}", Value::Object(out));
 }
 
+/// Many attributes of one value: each costs O(1) to file and O(log n) to
+/// tell new from known, never a walk of the value's chain.
+async fn one_value(n: usize) {
+    if n == 0 {
+        return;
+    }
+    let attrs: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"id": (i + 1).to_string(), "type": "ip-dst", "category": "Network activity", "to_ids": true,
+                   "uuid": format!("00000000-0000-4000-8000-{i:012}"), "timestamp": (T0 - (n - i) as i64).to_string(),
+                   "value": "185.220.101.7"})
+        })
+        .collect();
+    let data = SimData::from_events([
+        json!({"Event": {"id": "1", "info": "one value", "published": true,
+        "uuid": "10000000-0000-4000-8000-000000000001", "Orgc": {"name": "BENCH"}, "Attribute": attrs}}),
+    ]);
+    let sim = MispSim::start(&data, KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sim.url());
+    let (_mirror, mut syncer) = mirror_for(&cfg);
+    syncer.hunts = Some(wazuh_misp::lookup::mirror::sync::HuntTrigger {
+        wake: Arc::new(tokio::sync::Notify::new()),
+        window_secs: i64::MAX / 4,
+        on_first_sync: false,
+    });
+    let time = |started: Instant| (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    let started = Instant::now();
+    syncer.sync(Kind::Full).await.unwrap();
+    let first = time(started);
+    let started = Instant::now();
+    syncer.sync(Kind::Full).await.unwrap();
+    let full = time(started);
+    for i in 0..1000 {
+        let uuid = format!("00000000-0000-4000-8000-{:012}", i * 97 % n);
+        sim.edit_attribute(&uuid, |a| {
+            a.insert("comment".into(), "edited".into());
+        });
+    }
+    let started = Instant::now();
+    syncer.sync(Kind::Incremental).await.unwrap();
+    let incremental = time(started);
+    println!(
+        "{}",
+        json!({"measure": "one_value", "attributes": n, "first_sync_secs": first,
+               "full_sync_secs": full, "incremental_secs": incremental})
+    );
+}
+
 fn main() {
     let n = env("BENCH_MIRROR_N", 1_000_000);
     let args: Vec<String> = std::env::args().collect();
@@ -208,6 +261,10 @@ fn main() {
         for _ in 0..env("BENCH_MIRROR_REPEAT", 1) {
             rt.block_on(restart(&args[i + 1], &args[i + 2], n));
         }
+        return;
+    }
+    rt.block_on(one_value(env("BENCH_MIRROR_SAME", 100_000)));
+    if std::env::var_os("BENCH_ONLY_ONE_VALUE").is_some() {
         return;
     }
     rt.block_on(async {

@@ -328,12 +328,13 @@ impl Store {
         generation: i64,
         rows: &[Row],
     ) -> Result<Vec<Option<(String, String)>>> {
-        self.write_noting(name, generation, rows, |_, _| false, 0)
+        self.write_noting(name, generation, rows, None, |_, _| false, 0)
     }
 
     /// [`Self::write`], and in the same transaction a pending hunt for
-    /// every row `is_new` says (given the value it replaced) is new
-    /// intelligence: a crash, a later page failing or a shutdown cannot
+    /// every row `is_new` says is new intelligence, given the (type,
+    /// value) it had before: in `generation`, or in `compared_with` (a
+    /// full sync's live generation): a crash, a later page failing or a shutdown cannot
     /// lose it (see [`Self::pending_hunts`]). At most [`MAX_PENDING_HUNTS`]
     /// wait; beyond, they are counted in the result and not kept.
     pub fn write_noting(
@@ -341,6 +342,7 @@ impl Store {
         name: &str,
         generation: i64,
         rows: &[Row],
+        compared_with: Option<i64>,
         is_new: impl Fn(&Row, Option<&(String, String)>) -> bool,
         found_at: i64,
     ) -> Result<Vec<Option<(String, String)>>> {
@@ -396,7 +398,14 @@ impl Store {
                     }
                     Some((_, old)) => networks += net(&r.value) - net(old),
                 }
-                if is_new(r, was.as_ref()) {
+                let before = match compared_with {
+                    Some(g) => old
+                        .query_row(params![name, g, r.uuid], |x| Ok((x.get(0)?, x.get(1)?)))
+                        .optional()
+                        .map_err(&err)?,
+                    None => was.clone(),
+                };
+                if is_new(r, before.as_ref()) {
                     if pending < MAX_PENDING_HUNTS {
                         pending += hunt
                             .execute(params![

@@ -194,9 +194,11 @@ enum Novelty {
     /// An incremental sync: a uuid the live generation did not hold, or
     /// one whose value changed.
     Incremental,
-    /// A full sync: not in the index it replaces (`None`: a first sync,
-    /// everything is new).
-    Full(Option<Arc<Index>>),
+    /// A full sync: not in the generation it replaces, with this value
+    /// (`None`: a first sync, everything is new). The store answers by
+    /// its primary key: O(log n) a row, however many attributes share a
+    /// value (a walk of the index's chain would cost their square).
+    Full(Option<i64>),
 }
 
 /// Which rows a sync keeps as pending hunts.
@@ -208,17 +210,27 @@ struct Collecting {
 }
 
 impl Collecting {
-    fn is_new(&self, row: &Row, old: Option<&(String, String)>) -> bool {
+    /// The generation whose rows tell what is new, when not the one
+    /// written.
+    fn compared_with(&self) -> Option<i64> {
+        match self.novelty {
+            Novelty::Full(previous) => previous,
+            _ => None,
+        }
+    }
+
+    /// Whether `row` is new, given the (type, value) it had `before`: in
+    /// the generation written, or in [`Self::compared_with`].
+    fn is_new(&self, row: &Row, before: Option<&(String, String)>) -> bool {
         if row.timestamp < self.floor {
             return false;
         }
+        let changed =
+            || before.is_none_or(|(kind, value)| *value != row.value || *kind != row.kind);
         match &self.novelty {
             Novelty::Off => false,
-            Novelty::Incremental => old.is_none_or(|(_, value)| *value != row.value),
+            Novelty::Incremental | Novelty::Full(Some(_)) => changed(),
             Novelty::Full(None) => true,
-            Novelty::Full(Some(previous)) => {
-                !previous.holds(&row.kind, &row.value, &uuid_bytes(&row.uuid))
-            }
         }
     }
 }
@@ -482,13 +494,24 @@ impl Syncer {
         let fp = fingerprint(&self.client(), &self.settings);
         let name = self.server.name.to_string();
         let f = fp.clone();
-        let generation = self.blocking(move |s, name| s.begin_full(name, &f)).await?;
+        let (generation, live_generation) = self
+            .blocking(move |s, name| {
+                let live = s
+                    .server(name)?
+                    .filter(|st| st.complete)
+                    .map(|st| st.generation);
+                Ok((s.begin_full(name, &f)?, live))
+            })
+            .await?;
         let live = self.server.index();
         let previous = live.as_ref().map_or(0, |i| i.len());
-        let collected = self.collecting(match live {
-            Some(ix) => Novelty::Full(Some(ix)),
-            None if self.hunts.as_ref().is_some_and(|h| h.on_first_sync) => Novelty::Full(None),
-            None => Novelty::Off,
+        let collected = self.collecting(match (live, live_generation) {
+            (Some(_), Some(g)) => Novelty::Full(Some(g)),
+            (Some(_), None) => Novelty::Off,
+            (None, _) if self.hunts.as_ref().is_some_and(|h| h.on_first_sync) => {
+                Novelty::Full(None)
+            }
+            (None, _) => Novelty::Off,
         });
         let mut index = Index::with_capacity(previous);
         let mut cursor = None;
@@ -582,7 +605,8 @@ impl Syncer {
                     name,
                     generation,
                     &rows,
-                    |r, old| rule.is_new(r, old),
+                    rule.compared_with(),
+                    |r, before| rule.is_new(r, before),
                     found_at,
                 )?;
                 Ok((rows, replaced))
@@ -591,15 +615,17 @@ impl Syncer {
         let mut new = Vec::new();
         for (row, old) in rows.iter().zip(replaced) {
             let uuid = uuid_bytes(&row.uuid);
+            let record = Record::new(uuid, seen(row.timestamp));
             match old {
-                Some((kind, value)) => index.unfile(&kind, &value, &uuid),
-                None => new.push(row.uuid.clone()),
+                Some((kind, value)) => {
+                    index.unfile(&kind, &value, &uuid);
+                    index.file(&row.kind, &row.value, record);
+                }
+                None => {
+                    new.push(row.uuid.clone());
+                    index.file_new(&row.kind, &row.value, record);
+                }
             }
-            index.file(
-                &row.kind,
-                &row.value,
-                Record::new(uuid, seen(row.timestamp)),
-            );
         }
         Ok((index, new))
     }
