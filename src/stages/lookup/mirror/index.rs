@@ -84,6 +84,73 @@ fn canonical_name(kind: NameKind, text: &str) -> Option<Box<str>> {
     }
 }
 
+/// The texts, other than the canonical one, that MISP stores one key's
+/// value under, each with the number of attributes using it: at most
+/// [`MAX_STORED_TEXTS`] per key (the details of a hit are asked by the
+/// canonical text and these), removed with the last attribute using them.
+#[derive(Debug, Clone, Default)]
+struct StoredTexts(Vec<(Box<str>, u32)>);
+
+/// Distinct stored forms kept per key: beyond, a hit's details are asked
+/// by the canonical text and the first ones.
+pub const MAX_STORED_TEXTS: usize = 16;
+
+impl StoredTexts {
+    fn add(&mut self, text: &str) {
+        if let Some((_, n)) = self.0.iter_mut().find(|(t, _)| &**t == text) {
+            *n += 1;
+        } else if self.0.len() < MAX_STORED_TEXTS {
+            self.0.push((text.into(), 1));
+        }
+    }
+
+    /// One attribute less uses `text`; true when none is left at all.
+    fn take(&mut self, text: &str) -> bool {
+        if let Some(i) = self.0.iter().position(|(t, _)| &**t == text) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.swap_remove(i);
+            }
+        }
+        self.0.is_empty()
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.0.iter().map(|(t, _)| t.to_string()).collect()
+    }
+}
+
+/// A text an attribute's value is stored under that is not its key's
+/// canonical one.
+enum StoredText<'v> {
+    Name(u128, &'v str),
+    Network(IpNet, &'v str),
+}
+
+/// The stored texts of an attribute of `misp_type` with `value`: a named
+/// half not written canonically (`HTTP://Evil.com:80/x`, an upper-case
+/// hash), a network not written as its canonical text (`10.0.0.5/24`).
+fn stored_texts<'v>(misp_type: &str, value: &'v str) -> Vec<StoredText<'v>> {
+    let mut out = Vec::new();
+    if let Some((kind, half)) = named_half(misp_type, value) {
+        if let Some(canonical) = canonical_name(kind, half).filter(|c| &**c != half) {
+            if let Key::Name(h) = Key::name(kind, &canonical) {
+                out.push(StoredText::Name(h, half));
+            }
+        }
+    }
+    for half in value.split('|') {
+        let half = half.trim();
+        if let (Ok(net), Err(_)) = (half.parse::<IpNet>(), half.parse::<IpAddr>()) {
+            let canonical = net.trunc();
+            if net.prefix_len() < net.max_prefix_len() && canonical.to_string() != half {
+                out.push(StoredText::Network(canonical, half));
+            }
+        }
+    }
+    out
+}
+
 impl NameKind {
     fn tag(self) -> &'static str {
         match self {
@@ -245,10 +312,10 @@ pub struct Index {
     /// network's canonical text (`10.0.0.5/24`, a long-form IPv6): the
     /// details of a hit are asked for by the stored text. Rare, so kept
     /// apart from the records.
-    texts: HashMap<IpNet, Vec<Box<str>>, Fast>,
+    texts: HashMap<IpNet, StoredTexts, Fast>,
     /// The same for a domain, URL or hash whose stored text is not its
     /// canonical one (`HTTP://Evil.com:80/x`, an upper-case hash).
-    name_texts: HashMap<u128, Vec<Box<str>>, Fast>,
+    name_texts: HashMap<u128, StoredTexts, Fast>,
     /// `v4`'s keys packed for the hot path, when current ([`Index::seal`]).
     sealed: Option<ExactSet>,
 }
@@ -366,26 +433,10 @@ impl Index {
                 self.insert_new(key, record);
             }
         }
-        if let Some((kind, half)) = named_half(misp_type, value) {
-            if let Some(canonical) = canonical_name(kind, half).filter(|c| &**c != half) {
-                if let Key::Name(h) = Key::name(kind, &canonical) {
-                    let texts = self.name_texts.entry(h).or_default();
-                    if !texts.iter().any(|t| &**t == half) {
-                        texts.push(half.into());
-                    }
-                }
-            }
-        }
-        for half in value.split('|') {
-            let half = half.trim();
-            if let (Ok(net), Err(_)) = (half.parse::<IpNet>(), half.parse::<IpAddr>()) {
-                let canonical = net.trunc();
-                if net.prefix_len() < net.max_prefix_len() && canonical.to_string() != half {
-                    let texts = self.texts.entry(canonical).or_default();
-                    if !texts.iter().any(|t| &**t == half) {
-                        texts.push(half.into());
-                    }
-                }
+        for text in stored_texts(misp_type, value) {
+            match text {
+                StoredText::Name(h, t) => self.name_texts.entry(h).or_default().add(t),
+                StoredText::Network(n, t) => self.texts.entry(n).or_default().add(t),
             }
         }
     }
@@ -395,6 +446,21 @@ impl Index {
     pub fn unfile(&mut self, misp_type: &str, value: &str, uuid: &[u8; 16]) {
         for key in Key::of_attribute(misp_type, value) {
             self.remove(key, uuid);
+        }
+        // Its stored texts go with it, once no other attribute uses them.
+        for text in stored_texts(misp_type, value) {
+            match text {
+                StoredText::Name(h, t) => {
+                    if self.name_texts.get_mut(&h).is_some_and(|s| s.take(t)) {
+                        self.name_texts.remove(&h);
+                    }
+                }
+                StoredText::Network(n, t) => {
+                    if self.texts.get_mut(&n).is_some_and(|s| s.take(t)) {
+                        self.texts.remove(&n);
+                    }
+                }
+            }
         }
     }
 
@@ -439,10 +505,8 @@ impl Index {
         };
         self.name_texts
             .get(&h)
-            .into_iter()
-            .flatten()
-            .map(|t| t.to_string())
-            .collect()
+            .map(StoredTexts::texts)
+            .unwrap_or_default()
     }
 
     /// The texts MISP stores a matched network under: its canonical one,
@@ -452,9 +516,8 @@ impl Index {
         out.extend(
             self.texts
                 .get(network)
-                .into_iter()
-                .flatten()
-                .map(|t| t.to_string()),
+                .map(StoredTexts::texts)
+                .unwrap_or_default(),
         );
         out
     }
@@ -789,6 +852,40 @@ mod tests {
         let plain: IpNet = "192.0.2.0/24".parse().unwrap();
         assert_eq!(ix.network_texts(&plain), vec!["192.0.2.0/24"]);
         assert_eq!(ix.matches("10.0.0.77".parse().unwrap(), 0).network, Some(n));
+    }
+
+    #[test]
+    fn stored_texts_are_bounded_and_leave_with_their_last_attribute() {
+        let mut ix = Index::default();
+        let n: IpNet = "10.0.0.0/24".parse().unwrap();
+        ix.file("ip-dst", "10.0.0.5/24", Record::new(uuid(1), 1));
+        ix.file("ip-dst", "10.0.0.5/24", Record::new(uuid(2), 1));
+        ix.unfile("ip-dst", "10.0.0.5/24", &uuid(1));
+        assert_eq!(
+            ix.network_texts(&n),
+            vec!["10.0.0.0/24", "10.0.0.5/24"],
+            "uuid 2 still uses it"
+        );
+        ix.unfile("ip-dst", "10.0.0.5/24", &uuid(2));
+        assert_eq!(
+            ix.network_texts(&n),
+            vec!["10.0.0.0/24"],
+            "gone with its last attribute"
+        );
+        assert!(ix.texts.is_empty());
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        ix.file("md5", &md5.to_uppercase(), Record::new(uuid(3), 1));
+        ix.unfile("md5", &md5.to_uppercase(), &uuid(3));
+        assert!(ix.name_texts.is_empty());
+        // Many spellings of one network: at most MAX_STORED_TEXTS kept.
+        for host in 1..=40u32 {
+            ix.file(
+                "ip-dst",
+                &format!("10.0.0.{host}/24"),
+                Record::new(uuid(100 + host), 1),
+            );
+        }
+        assert_eq!(ix.network_texts(&n).len(), 1 + MAX_STORED_TEXTS);
     }
 
     #[test]
