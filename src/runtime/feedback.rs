@@ -460,22 +460,18 @@ async fn hunt_pending(
     settings: &HuntSettings,
 ) -> anyhow::Result<()> {
     let name = server.name.clone();
-    let mut offset_retry = std::collections::HashSet::new();
+    // Hunts kept for a later round: skipped over in this one.
+    let mut later = std::collections::HashSet::new();
+    let stopping = || anyhow::anyhow!("shutting down");
     loop {
-        let pending = {
-            let (mirror_store, name) = (server.store.clone(), name.to_string());
-            let want = HUNT_BATCH + offset_retry.len();
-            tokio::task::spawn_blocking(move || {
-                mirror_store
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pending_hunts(&name, want)
-            })
-            .await??
-        };
+        let want = HUNT_BATCH + later.len();
+        let pending = server
+            .on_store(move |s, name| s.pending_hunts(name, want))
+            .await
+            .ok_or_else(stopping)??;
         let fresh: Vec<_> = pending
             .into_iter()
-            .filter(|p| !offset_retry.contains(&(p.uuid.clone(), p.value.clone())))
+            .filter(|p| !later.contains(&(p.uuid.clone(), p.value.clone())))
             .collect();
         if fresh.is_empty() {
             return Ok(());
@@ -527,19 +523,15 @@ async fn hunt_pending(
         for p in &live {
             let k = (p.uuid.clone(), p.value.clone());
             if retry.contains(&p.uuid) {
-                offset_retry.insert(k);
+                later.insert(k);
             } else {
                 done.push(k);
             }
         }
-        let (mirror_store, name_s) = (server.store.clone(), name.to_string());
-        tokio::task::spawn_blocking(move || {
-            mirror_store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .hunted(&name_s, &done)
-        })
-        .await??;
+        server
+            .on_store(move |s, name| s.hunted(name, &done))
+            .await
+            .ok_or_else(stopping)??;
     }
 }
 

@@ -93,7 +93,6 @@ impl Dataset {
         let e = &mut self.events[event];
         e["published"] = json!(false);
         e["timestamp"] = json!(ts.to_string());
-        self.newest = self.newest.max(ts);
         self.version += 1;
     }
 
@@ -107,7 +106,6 @@ impl Dataset {
         }
         self.attributes[i].1["timestamp"] = json!(ts.to_string());
         self.by_timestamp.entry(ts).or_default().push(i);
-        self.newest = self.newest.max(ts);
         self.version += 1;
     }
 
@@ -175,7 +173,6 @@ impl Dataset {
         self.events.push(event);
         self.by_event.push(Vec::new());
         let ei = self.events.len() - 1;
-        self.newest = self.newest.max(now);
         let mut shown = Vec::new();
         for a in e
             .get("Attribute")
@@ -221,7 +218,6 @@ pub(super) async fn publish_event(
     let now = next_timestamp(&d);
     d.events[ei]["published"] = json!(true);
     d.events[ei]["publish_timestamp"] = json!(now.to_string());
-    d.newest = d.newest.max(now);
     d.version += 1;
     ok(
         json!({"saved": true, "success": true, "name": "Event published without alerts",

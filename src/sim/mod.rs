@@ -99,8 +99,6 @@ struct Dataset {
     warninglists: Vec<Warninglist>,
     next_attr_id: u64,
     next_event_id: u64,
-    /// The newest attribute timestamp.
-    newest: i64,
     /// Bumped at every change.
     version: u64,
     /// Attribute timestamp -> attribute indexes.
@@ -352,7 +350,6 @@ impl Dataset {
             warninglists: data.warninglists.clone(),
             next_attr_id,
             next_event_id,
-            newest: 0,
             version: 0,
             by_timestamp: Default::default(),
         };
@@ -385,7 +382,6 @@ impl Dataset {
             self.by_value.entry(normalise(&k)).or_default().push(i);
         }
         if let Ok(ts) = s(a.get("timestamp")).parse::<i64>() {
-            self.newest = self.newest.max(ts);
             self.by_timestamp.entry(ts).or_default().push(i);
         }
         let uuid = s(a.get("uuid"));

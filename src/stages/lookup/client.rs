@@ -154,14 +154,6 @@ impl Window {
             Window::Published => "publish_timestamp",
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Window::Attribute => "attribute",
-            Window::Event => "event",
-            Window::Published => "published",
-        }
-    }
 }
 
 /// One page of a sync as MISP answered it.

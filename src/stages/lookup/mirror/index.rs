@@ -522,25 +522,6 @@ impl Index {
         out
     }
 
-    /// Whether the attribute `uuid` of `misp_type` holding `value` is filed
-    /// (under every key it files under).
-    pub fn holds(&self, misp_type: &str, value: &str, uuid: &[u8; 16]) -> bool {
-        let keys = Key::of_attribute(misp_type, value);
-        !keys.is_empty() && keys.iter().all(|k| self.holds_under(k, uuid))
-    }
-
-    fn holds_under(&self, key: &Key, uuid: &[u8; 16]) -> bool {
-        let mut at = self.head(key).unwrap_or(END);
-        while at != END {
-            let r = &self.records[at as usize];
-            if &r.uuid == uuid {
-                return true;
-            }
-            at = r.next;
-        }
-        false
-    }
-
     /// Takes the record with `uuid` out from under `key`; false if it was
     /// not there.
     pub fn remove(&mut self, key: Key, uuid: &[u8; 16]) -> bool {

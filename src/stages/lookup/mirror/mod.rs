@@ -123,6 +123,21 @@ pub struct ServerMirror {
 }
 
 impl ServerMirror {
+    /// Runs `f` on this server's store, with its name, on the blocking
+    /// pool (SQLite work never holds a runtime thread). `None`: the task
+    /// was cancelled, which means shutdown.
+    pub async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut store::Store, &str) -> Result<T, store::StoreError> + Send + 'static,
+    ) -> Option<Result<T, store::StoreError>> {
+        let (store, name) = (self.store.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || {
+            f(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &name)
+        })
+        .await
+        .ok()
+    }
+
     pub fn index(&self) -> Option<Arc<Index>> {
         self.index.load_full()
     }

@@ -267,9 +267,10 @@ impl Store {
         tx.commit().map_err(&err)
     }
 
+    /// One server's state, without its `skipped` counts (the sync asks
+    /// often; [`Self::servers`] counts them for `mirror status`).
     pub fn server(&self, name: &str) -> Result<Option<ServerState>> {
-        let state = self
-            .conn
+        self.conn
             .query_row(
                 "SELECT name, fingerprint, generation, complete, cursor, last_sync, last_full_sync,
                         last_error, attributes, networks FROM servers WHERE name = ?1",
@@ -277,14 +278,7 @@ impl Store {
                 server_state,
             )
             .optional()
-            .map_err(|e| self.err(e))?;
-        match state {
-            Some(mut s) => {
-                s.skipped = self.skipped_counts(name, s.generation)?;
-                Ok(Some(s))
-            }
-            None => Ok(None),
-        }
+            .map_err(|e| self.err(e))
     }
 
     /// Starts a full sync of `name`: a new generation, empty, beside the
@@ -348,16 +342,11 @@ impl Store {
     ) -> Result<Vec<Option<(String, String)>>> {
         let err = self.errors();
         let tx = self.conn.transaction().map_err(&err)?;
-        let mut pending: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM pending_hunts WHERE server = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .map_err(&err)?;
+        // Counted at the first new row only: most pages hold none.
+        let mut pending: Option<i64> = None;
         let mut replaced = Vec::with_capacity(rows.len());
         let (mut attributes, mut networks) = (0i64, 0i64);
-        let mut self_dropped = 0u64;
+        let mut dropped = 0u64;
         {
             let mut old = tx
                 .prepare_cached(
@@ -406,8 +395,18 @@ impl Store {
                     None => was.clone(),
                 };
                 if is_new(r, before.as_ref()) {
-                    if pending < MAX_PENDING_HUNTS {
-                        pending += hunt
+                    let waiting = match pending {
+                        Some(n) => n,
+                        None => tx
+                            .query_row(
+                                "SELECT COUNT(*) FROM pending_hunts WHERE server = ?1",
+                                [name],
+                                |x| x.get(0),
+                            )
+                            .map_err(&err)?,
+                    };
+                    if waiting < MAX_PENDING_HUNTS {
+                        let added = hunt
                             .execute(params![
                                 name,
                                 r.uuid,
@@ -416,9 +415,11 @@ impl Store {
                                 r.timestamp,
                                 found_at
                             ])
-                            .map_err(&err)? as i64;
+                            .map_err(&err)?;
+                        pending = Some(waiting + added as i64);
                     } else {
-                        self_dropped += 1;
+                        pending = Some(waiting);
+                        dropped += 1;
                     }
                 }
                 replaced.push(was);
@@ -453,11 +454,11 @@ impl Store {
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
-        if self_dropped > 0 {
-            metrics::counter!("wazuh_misp_retro_pending_dropped_total").increment(self_dropped);
+        if dropped > 0 {
+            metrics::counter!("wazuh_misp_retro_pending_dropped_total").increment(dropped);
             tracing::warn!(
                 server = name,
-                dropped = self_dropped,
+                dropped,
                 max = MAX_PENDING_HUNTS,
                 "new indicators not kept for retro-hunting: the pending hunts are full (the hunter is far behind)"
             );

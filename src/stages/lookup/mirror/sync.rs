@@ -38,7 +38,7 @@ use crate::lookup::client::{MispClient, MispError, SyncPage, SyncQuery, Window};
 use crate::lookup::model::Attribute;
 use crate::stats::Stats;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -63,11 +63,9 @@ pub struct Guards {
 }
 
 impl Default for Guards {
+    /// The config's defaults.
     fn default() -> Self {
-        Guards {
-            min_prefix_v4: 8,
-            min_prefix_v6: 32,
-        }
+        SyncSettings::from_config(&crate::config::MispConfig::default()).guards
     }
 }
 
@@ -256,23 +254,16 @@ impl Syncer {
         self.server.query.client()
     }
 
-    fn store(&self) -> Arc<Mutex<Store>> {
-        self.server.store.clone()
-    }
-
-    /// Runs `f` on the store, with this server's name, on the blocking pool.
+    /// [`ServerMirror::on_store`], its errors as a sync's.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store, &str) -> Result<T, super::store::StoreError> + Send + 'static,
     ) -> Result<T, SyncError> {
-        let store = self.store();
-        let name = self.server.name.clone();
-        tokio::task::spawn_blocking(move || {
-            f(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &name)
-        })
-        .await
-        .map_err(|_| SyncError::Stopped)?
-        .map_err(SyncError::from)
+        self.server
+            .on_store(f)
+            .await
+            .ok_or(SyncError::Stopped)?
+            .map_err(SyncError::from)
     }
 
     /// Syncs until `stop`. Returns only then.
@@ -712,41 +703,46 @@ impl Syncer {
                         break;
                     }
                 }
-                let sorted = rows_of(
+                let Sorted {
+                    rows,
+                    mut leaving,
+                    mut skipped,
+                } = rows_of(
                     page.attributes,
                     &self.settings.filters,
                     self.settings.guards,
                 );
-                let (rows, left) = (sorted.rows, sorted.leaving);
-                if !rows.is_empty() || !left.is_empty() {
-                    let mut ix = index.take().unwrap_or_else(|| (*current).clone());
-                    changes += rows.len() + left.len();
-                    let (written, new) = self.write(state.generation, rows, ix, &collected).await?;
-                    ix = written;
+                changes += rows.len();
+                if !rows.is_empty() {
+                    let base = index.take().unwrap_or_else(|| (*current).clone());
+                    let (written, new) =
+                        self.write(state.generation, rows, base, &collected).await?;
+                    index = Some(written);
                     held += new.len() as u64;
-                    let mut gone_uuids = left;
-                    let mut skipped = sorted.skipped;
                     if held > self.settings.max_indicators {
                         let excess = (held - self.settings.max_indicators) as usize;
-                        let over = new[new.len().saturating_sub(excess)..].to_vec();
+                        let over = &new[new.len().saturating_sub(excess)..];
                         held -= over.len() as u64;
                         skipped.extend(over.iter().map(|u| (u.clone(), Skip::OverMaxIndicators)));
-                        gone_uuids.extend(over);
+                        leaving.extend_from_slice(over);
                     }
-                    if !gone_uuids.is_empty() {
-                        let gone = self
-                            .blocking(move |s, name| s.remove(name, state.generation, &gone_uuids))
-                            .await?;
+                }
+                if !leaving.is_empty() {
+                    let gone = self
+                        .blocking(move |s, name| s.remove(name, state.generation, &leaving))
+                        .await?;
+                    // Most of what leaves was never mirrored (an attribute
+                    // without the IDS flag in the overlap): the index is
+                    // copied only when something really left.
+                    if !gone.is_empty() {
+                        changes += gone.len();
+                        let ix = index.get_or_insert_with(|| (*current).clone());
                         for (uuid, kind, value) in gone {
                             ix.unfile(&kind, &value, &uuid_bytes(&uuid));
                         }
                     }
-                    self.skip(state.generation, skipped, &mut tally).await?;
-                    index = Some(ix);
-                } else {
-                    self.skip(state.generation, sorted.skipped, &mut tally)
-                        .await?;
                 }
+                self.skip(state.generation, skipped, &mut tally).await?;
                 if pager.done {
                     break;
                 }
