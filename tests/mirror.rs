@@ -467,3 +467,31 @@ async fn a_value_asked_about_before_the_first_sync_matches_once_the_mirror_learn
     assert_eq!(ev["detected_ip"]["value"], later);
     assert_eq!(ev["misp_data"]["attributes"][0]["value"], later);
 }
+
+/// An attribute the mirror leaves out (no IDS flag) comes back in every
+/// incremental sync's overlap: it must not make each sync copy and swap
+/// the whole index (which also drops every cached answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmirrored_attribute_in_the_overlap_does_not_swap_the_index() {
+    let h = mirror_harness(&data(&[pool_ip(1)])).await;
+    h.sim.add_attribute(
+        0,
+        json!({"type": "ip-src", "value": pool_ip(79), "to_ids": false}),
+    );
+    let daemon = h.start();
+    ready(&daemon).await;
+    let server = daemon.engine.lookup.mirror().unwrap().servers()[0].clone();
+    let before = server.index().unwrap();
+    // Two more incremental syncs (two windows each) see it again.
+    let asked = h.sim.requests();
+    eventually("two incremental syncs", WAIT, || {
+        h.sim.requests() >= asked + 4
+    })
+    .await;
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &server.index().unwrap()),
+        "nothing changed, yet the index was replaced"
+    );
+    assert!(!hit(&daemon, &pool_ip(79)));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
